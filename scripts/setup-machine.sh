@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs and starts what obsdeploy's tests and demo need on a fresh Debian/Ubuntu machine:
+# Docker Engine, compose v2, an OCI registry on 127.0.0.1:5000, sshd (binary only: tests and
+# the demo start their own instances on loopback), and the project in ./.venv.
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+need_pkgs=()
+command -v dockerd >/dev/null || need_pkgs+=(docker.io)
+command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need_pkgs+=(busybox-static)
+[ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
+command -v git >/dev/null || need_pkgs+=(git)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "setup: installing ${need_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import server_agent, deploy_tool, pytest, testinfra' 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "setup: installing obsdeploy into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e ".[test]"
+  touch .venv/.installed
+fi
+
+# Compose v2 as a CLI plugin, so `docker compose` works for every process, as on a server.
+PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
+if ! docker compose version >/dev/null 2>&1; then
+  echo "setup: installing the compose v2 plugin"
+  $SUDO mkdir -p "$(dirname "$PLUGIN")"
+  $SUDO cp .venv/bin/docker-compose "$PLUGIN"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "setup: starting dockerd"
+  $SUDO sh -c 'nohup dockerd >/var/log/obsdeploy-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/obsdeploy-dockerd.log" >&2; exit 1; }
+fi
+
+# The demo's registry on 127.0.0.1:5000 (tests start their own on free ports).
+if ! (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
+  echo "setup: starting the registry on 127.0.0.1:5000"
+  $SUDO mkdir -p /var/lib/obsdeploy-registry /etc/obsdeploy
+  $SUDO tee /etc/obsdeploy/registry.yml >/dev/null <<'YML'
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/obsdeploy-registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+YML
+  $SUDO sh -c 'nohup docker-registry serve /etc/obsdeploy/registry.yml >/var/log/obsdeploy-registry.log 2>&1 &'
+  for _ in $(seq 1 40); do (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null && break; sleep 0.25; done
+fi
+echo "setup: ready (docker $(docker version -f '{{.Server.Version}}'), $(docker compose version --short 2>/dev/null || echo compose?), venv $ROOT/.venv)"

@@ -1,0 +1,1 @@
+"""obs-agent: the server side of obsdeploy (SPEC §3-§9)."""

@@ -1,0 +1,261 @@
+"""obs-agent: click commands only. Parse, call the core, print text or --json, exit.
+
+Heavy imports (docker, pydantic) happen inside the commands so `--help` stays instant.
+`main()` is the one place that turns errors into SPEC §9 exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from .settings import AgentRoot
+
+ROOT_HELP = "Agent root directory (env OBS_AGENT_ROOT, default /opt/observer)."
+
+
+class Ctx:
+    def __init__(self, root: str, verbose: bool) -> None:
+        self.root_path = root
+        self.verbose = verbose
+
+    def load_root(self, *, preflight: bool = False) -> AgentRoot:
+        """Load the agent root. For deploy/rollback/check a bad configuration is a preflight
+        problem (exit 10); for the read-only commands it is invalid input (exit 2)."""
+        from .errors import PreflightError, UsageError
+        from .preflight import Problem
+        from .settings import AgentRoot
+
+        try:
+            root = AgentRoot(self.root_path)
+        except UsageError as exc:
+            if preflight:
+                raise PreflightError([Problem("config", str(exc))]) from None
+            raise
+        _log_to_state_dir(root)
+        return root
+
+
+def _setup_logging(verbose: bool) -> None:
+    from .redact import REDACTOR
+
+    class Redacting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return REDACTOR(super().format(record))
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Redacting("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    for noisy in ("urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_to_state_dir(root: AgentRoot) -> None:
+    """Keep an agent log beside the state (redacted like stderr)."""
+    try:
+        root.state_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(root.state_dir / "agent.log")
+    except OSError:
+        return
+    handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    logging.getLogger().addHandler(handler)
+
+
+def _print_json(data: Any) -> None:
+    from .redact import REDACTOR
+
+    click.echo(json.dumps(REDACTOR.obj(data), indent=2, sort_keys=False))
+
+
+def _tag(value: str | None) -> str | None:
+    from .versions import validate_version
+
+    return None if value is None else validate_version(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="OBS_AGENT_ROOT", default="/opt/observer", show_default=True,
+              help=ROOT_HELP)
+@click.option("-v", "--verbose", is_flag=True, envvar="OBS_AGENT_VERBOSE",
+              help="Log every command run (env OBS_AGENT_VERBOSE).")
+@click.pass_context
+def cli(ctx: click.Context, root: str, verbose: bool) -> None:
+    """obs-agent: deploy, check and roll back the service on this server (SPEC §7-§8)."""
+    _setup_logging(verbose)
+    ctx.obj = Ctx(root, verbose)
+
+
+@cli.command()
+@click.argument("tag")
+@click.pass_obj
+def deploy(ctx: Ctx, tag: str) -> None:
+    """Pull TAG, back up, start it, gate it; roll back by itself when it fails."""
+    from .deploy import Deployer
+    from .engine import Engine
+
+    valid = _tag(tag)
+    assert valid is not None
+    outcome = Deployer(ctx.load_root(preflight=True), Engine()).deploy(valid)
+    _finish(outcome)
+
+
+@cli.command()
+@click.argument("tag", required=False)
+@click.pass_obj
+def rollback(ctx: Ctx, tag: str | None) -> None:
+    """Go back to TAG, or to the good release before the current one; gated like a deploy."""
+    from .deploy import Deployer
+    from .engine import Engine
+
+    outcome = Deployer(ctx.load_root(preflight=True), Engine()).rollback(_tag(tag))
+    _finish(outcome)
+
+
+def _finish(outcome: Any) -> None:
+    from .redact import REDACTOR
+
+    click.echo(REDACTOR(outcome.message))
+    sys.exit(int(outcome.exit_code))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (SPEC §8 keys).")
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool) -> None:
+    """Current and last good release, container states, the last action."""
+    from .engine import Engine
+    from .status import status as read_status
+
+    data = read_status(ctx.load_root(), Engine())
+    if as_json:
+        _print_json(data)
+        return
+    la = data["last_action"]
+    click.echo(f"current:   {data['current_tag'] or '-'}  ({'healthy' if data['healthy'] else 'NOT healthy'})")
+    click.echo(f"last good: {data['last_good_tag'] or '-'}")
+    for s in data["services"]:
+        click.echo(f"  {s['name']:<16} {s['state']:<10} {s['health'] or '-':<10} {s['image']}")
+    if la:
+        click.echo(f"last action: {la['action']} {la['tag']} -> {la['result']} at {la['finished_at'] or '-'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": bool, "problems": [...]}.')
+@click.option("--tag", default=None, help="Check the compose file with this IMAGE_TAG "
+                                          "(default: the last good tag, else v0.0.0).")
+@click.pass_obj
+def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
+    """Preflight only: exit 0, or 10 with every problem listed."""
+    from .engine import Engine
+    from .errors import PreflightError
+    from .preflight import run_preflight
+    from .state import ReleaseState
+
+    try:
+        root = ctx.load_root(preflight=True)
+    except PreflightError as exc:
+        problems = exc.problems
+        notes: list[str] = []
+    else:
+        probe_tag = _tag(tag) or ReleaseState(root.state_dir).last_good_tag() or "v0.0.0"
+        report = run_preflight(root, Engine(), probe_tag)
+        problems, notes = report.problems, report.notes
+    if as_json:
+        _print_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
+    else:
+        for n in notes:
+            click.echo(f"note: {n}")
+        for p in problems:
+            click.echo(f"problem [{p.code}]: {p.as_dict()['message']}")
+        click.echo("ok" if not problems else f"{len(problems)} problem(s)")
+    sys.exit(10 if problems else 0)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N records.")
+@click.pass_obj
+def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
+    """Deploy and rollback attempts, newest first."""
+    from .status import history as read_history
+
+    records = read_history(ctx.load_root(), limit)
+    if as_json:
+        _print_json(records)
+        return
+    for r in records:
+        click.echo(f"{r['started_at'] or '-':<25} {r['action']:<8} {r['from_tag'] or '-':>10} -> "
+                   f"{r['tag'] or '-':<10} {r['result']:<12} {r['duration_s'] if r['duration_s'] is not None else '-'}s"
+                   + (f"  ({r['failure']['reason']})" if r.get("failure") else ""))
+
+
+@cli.group()
+def backup() -> None:
+    """Backup archives in DIR/backups/."""
+
+
+@backup.command("create")
+@click.pass_obj
+def backup_create(ctx: Ctx) -> None:
+    """Archive backup_paths, the compose file, the config and the state now."""
+    from .backup import BackupArchive
+
+    path = BackupArchive(ctx.load_root()).create("manual")
+    click.echo(path.name)
+
+
+@backup.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def backup_list(ctx: Ctx, as_json: bool) -> None:
+    """Archives, newest first."""
+    from .backup import BackupArchive
+
+    items = [{"name": p.name, "bytes": p.stat().st_size} for p in BackupArchive(ctx.load_root()).list()]
+    if as_json:
+        _print_json(items)
+        return
+    for i in items:
+        click.echo(f"{i['name']}  {i['bytes']} bytes")
+
+
+@backup.command("restore")
+@click.argument("name")
+@click.pass_obj
+def backup_restore(ctx: Ctx, name: str) -> None:
+    """Restore NAME over DIR (state/ excepted); the current files are backed up first."""
+    from .backup import BackupArchive
+
+    safety = BackupArchive(ctx.load_root()).restore(name)
+    click.echo(f"restored {name}; the files it replaced are in {safety.name}")
+
+
+def main() -> None:
+    from .errors import ObsError
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except ObsError as exc:
+        from .redact import REDACTOR
+
+        click.echo(f"error: {REDACTOR(str(exc))}", err=True)
+        sys.exit(int(exc.exit_code))
+    except Exception as exc:  # a bug: say so, without leaking secrets through the traceback
+        from .redact import REDACTOR
+
+        click.echo(f"internal error (a bug, please report): {type(exc).__name__}: "
+                   f"{REDACTOR(str(exc))}", err=True)
+        logging.getLogger("obs").debug("traceback", exc_info=True)
+        sys.exit(1)
+    sys.exit(0)

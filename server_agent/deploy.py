@@ -1,0 +1,267 @@
+"""Deployer: the transaction of SPEC §7, and rollback, as readable steps.
+
+    lock → recover a killed attempt → preflight → pull → journal → switch (backup captured
+    the moment the old release stopped) → health gate → commit, or roll back and gate that.
+
+The switch creates the new release's containers with compose *beside* the running ones, then
+stops the old and starts the new: the service is down only for a stop and a start. The
+previous release's containers are kept, stopped, so going back is a start, not a re-create.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backup import BackupArchive, BackupSnapshot
+from .compose import ComposeConfig, ComposeProject
+from .engine import ContainerInfo, Engine
+from .errors import ExitCode, ObsError, PreflightError, UsageError
+from .health import GateResult, HealthGate
+from .preflight import run_preflight
+from .settings import AgentRoot
+from .state import ReleaseState, now_iso
+
+log = logging.getLogger("obs.deploy")
+
+RUNNING_STATES = ("running", "restarting", "paused")
+DIE_AT_ENV = "OBS_AGENT_DIE_AT"
+
+
+def checkpoint(step: str) -> None:
+    """Test hook for the crash-safety suite: `OBS_AGENT_DIE_AT=step` kills the agent here."""
+    if os.environ.get(DIE_AT_ENV) == step:
+        log.warning("%s=%s: killing myself", DIE_AT_ENV, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Outcome:
+    exit_code: ExitCode
+    message: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Switch:
+    old: list[ContainerInfo]
+    new: list[ContainerInfo]
+    swap_s: float
+
+
+class Deployer:
+    def __init__(self, root: AgentRoot, engine: Engine) -> None:
+        self.root = root
+        self.engine = engine
+        self.compose = ComposeProject(root.path, root.compose_file, root.project)
+        self.state = ReleaseState(root.state_dir)
+        self.backups = BackupArchive(root)
+        self.gate = HealthGate(root, engine)
+
+    # --- the public steps ------------------------------------------------------------------
+    def deploy(self, tag: str) -> Outcome:
+        return self._attempt("deploy", tag)
+
+    def rollback(self, tag: str | None) -> Outcome:
+        return self._attempt("rollback", tag)
+
+    def _attempt(self, action: str, tag: str | None) -> Outcome:
+        self.state.ensure()
+        with self.state.lock.hold(action, tag or "previous"):
+            self.state.recover_interrupted()
+            checkpoint("locked")
+            target = tag or self._previous_good()
+            t0 = time.monotonic()
+            steps: dict[str, float] = {}
+
+            report = run_preflight(self.root, self.engine, target)
+            for note in report.notes:
+                log.info("preflight: %s", note)
+            if not report.ok:
+                raise PreflightError(report.problems)
+            assert report.config is not None
+            steps["preflight"] = _since(t0)
+            log.info("preflight ok (%.2fs)", steps["preflight"])
+
+            t = time.monotonic()
+            self._pull(report.config.images, always=(action == "deploy"))
+            steps["pull"] = _since(t)
+            checkpoint("pulled")
+
+            current = self._running()
+            from_tag = current[0].tag if current else self.state.last_good_tag()
+            record: dict[str, Any] = {
+                "action": action, "tag": target, "from_tag": from_tag,
+                "started_at": now_iso(), "backup": None, "pid": os.getpid(),
+            }
+            self.state.begin(record)
+            checkpoint("journaled")
+            return self._switch_and_gate(record, report.config, steps, t0)
+
+    def _switch_and_gate(self, record: dict[str, Any], config: ComposeConfig,
+                         steps: dict[str, float], t0: float) -> Outcome:
+        tag = record["tag"]
+        snapshot: list[BackupSnapshot] = []
+
+        def capture() -> None:
+            snapshot.append(self.backups.capture(f"{record['from_tag'] or 'none'}-to-{tag}"))
+
+        switch = self._switch(tag, config, reuse=record["action"] == "rollback", on_stopped=capture)
+        steps["swap"] = switch.swap_s
+        checkpoint("started")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The archive is written while the gate watches the new release.
+            writing: Future[Path] = pool.submit(self._write_backup, snapshot[0])
+            gate = self.gate.wait(tag, switch.new)
+            steps["gate"] = gate.seconds
+            backup_error = writing.exception()
+        checkpoint("gated")
+        if backup_error is None:
+            record["backup"] = writing.result().name
+            self.state.update(backup=record["backup"])
+        elif gate.healthy:
+            gate = GateResult(False, f"backup failed: {backup_error}", gate.seconds)
+
+        if gate.healthy:
+            self.state.set_last_good_tag(tag)
+            checkpoint("committed")
+            self._drop_stopped(keep=switch.old)
+            self.backups.prune()
+            return self._finish(record, "success", steps, t0, ExitCode.OK,
+                                f"{tag} is healthy (gate {gate.seconds:.2f}s)")
+        return self._recover(record, gate, switch, steps, t0)
+
+    def _recover(self, record: dict[str, Any], gate: GateResult, switch: Switch,
+                 steps: dict[str, float], t0: float) -> Outcome:
+        """The release failed its gate: keep diagnostics, go back to the last good release."""
+        tag = record["tag"]
+        t_fail = time.monotonic()
+        log.error("%s failed: %s", tag, gate.reason)
+        record["failure"] = {"reason": gate.reason, **gate.diagnostics}
+        self.state.update(failure=record["failure"])
+        self.engine.remove(switch.new)  # kill, don't wait out a grace period of a broken release
+        checkpoint("failed_removed")
+        previous = self.state.last_good_tag()
+        if previous is None or previous == tag:
+            if switch.old:  # put back what ran before, though it never passed a gate here
+                self.engine.start(switch.old)
+            return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
+                                f"{tag} failed ({gate.reason}); there is no previous good release "
+                                "to roll back to" + ("" if switch.old else "; nothing is running"))
+        log.warning("rolling back to %s", previous)
+        try:
+            env = self.root.compose_env(previous)
+            back = self._switch(previous, self.compose.config(env), reuse=True, on_stopped=None)
+            checkpoint("rolled_back")
+            again = self.gate.wait(previous, back.new)
+        except ObsError as exc:
+            again = GateResult(False, str(exc), 0.0)
+        record["rollback_gate"] = {"healthy": again.healthy, "reason": again.reason}
+        steps["restore"] = _since(t_fail)
+        if again.healthy:
+            self._drop_stopped(keep=[])
+            return self._finish(record, "rolled_back", steps, t0, ExitCode.ROLLED_BACK,
+                                f"{tag} failed ({gate.reason}); rolled back to {previous}, "
+                                "which is healthy")
+        return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
+                            f"{tag} failed ({gate.reason}); rollback to {previous} failed too "
+                            f"({again.reason})")
+
+    def _finish(self, record: dict[str, Any], result: str, steps: dict[str, float], t0: float,
+                code: ExitCode, message: str) -> Outcome:
+        record.pop("pid", None)
+        record.update(result=result, finished_at=now_iso(), duration_s=_since(t0),
+                      steps={k: round(v, 3) for k, v in steps.items()})
+        checkpoint("finishing")
+        self.state.finish(record)
+        return Outcome(code, message, record)
+
+    # --- switching containers --------------------------------------------------------------
+    def _switch(self, tag: str, config: ComposeConfig, *, reuse: bool,
+                on_stopped: Callable[[], None] | None) -> Switch:
+        existing = self.engine.project_containers(self.root.project)
+        running = [c for c in existing if c.state in RUNNING_STATES]
+        stopped = [c for c in existing if c.state not in RUNNING_STATES]
+        services = sorted(s.name for s in config.services)
+
+        new = _one_per_service([c for c in stopped if c.tag == tag], services) if reuse else None
+        if new is None:
+            # Keep at most the last good release's stopped containers, for a fast way back.
+            keep_tag = self.state.last_good_tag()
+            keep = _one_per_service([c for c in stopped if c.tag == keep_tag != tag], services)
+            drop = [c for c in stopped if c not in (keep or [])]
+            self.engine.remove(drop)
+            counts = Counter(c.service for c in existing if c not in drop)
+            before = {c.id for c in existing}
+            self.compose.create({s: counts[s] + 1 for s in services}, self.root.compose_env(tag))
+            created = [c for c in self.engine.project_containers(self.root.project)
+                       if c.id not in before]
+            new = _one_per_service(created, services)
+            if new is None:
+                raise ObsError(f"compose created {[c.name for c in created]} for {tag}; "
+                               f"expected one container per service {services}")
+        t = time.monotonic()
+        self.engine.stop(running)
+        if on_stopped is not None:
+            on_stopped()
+        checkpoint("stopped")
+        self.engine.start(new)
+        swap_s = _since(t)
+        log.info("started %s (%s) in %.2fs", tag, ", ".join(c.name for c in new), swap_s)
+        return Switch(old=running, new=new, swap_s=swap_s)
+
+    def _drop_stopped(self, keep: list[ContainerInfo]) -> None:
+        keep_ids = {c.id for c in keep}
+        self.engine.remove([
+            c for c in self.engine.project_containers(self.root.project)
+            if c.state not in RUNNING_STATES and c.id not in keep_ids
+        ])
+
+    def _running(self) -> list[ContainerInfo]:
+        return [c for c in self.engine.project_containers(self.root.project)
+                if c.state in RUNNING_STATES]
+
+    def _pull(self, images: list[str], *, always: bool) -> None:
+        missing = images if always else [i for i in images if not self.engine.has_image(i)]
+        self.engine.pull(missing)
+
+    def _write_backup(self, snapshot: BackupSnapshot) -> Path:
+        t = time.monotonic()
+        path = self.backups.write(snapshot)
+        checkpoint("backed_up")
+        log.info("backup %s written (%.2fs)", path.name, _since(t))
+        return path
+
+    def _previous_good(self) -> str:
+        """The good release before the current one (SPEC §8 rollback without TAG)."""
+        current = self.state.last_good_tag()
+        for t in reversed(self.state.good_tags()):
+            if t != current:
+                return t
+        raise UsageError(
+            "there is no earlier good release to roll back to"
+            + (f" (only {current} passed the gate)" if current else ""),
+            hint="name the version: obs-agent rollback vX.Y.Z",
+        )
+
+
+def _one_per_service(containers: list[ContainerInfo], services: list[str]) -> list[ContainerInfo] | None:
+    """The newest container of each service, or None unless every service has one."""
+    by_service: dict[str, ContainerInfo] = {}
+    for c in sorted(containers, key=lambda c: c.number):
+        by_service[c.service] = c
+    if sorted(by_service) != services:
+        return None
+    return [by_service[s] for s in services]
+
+
+def _since(t: float) -> float:
+    return round(time.monotonic() - t, 3)

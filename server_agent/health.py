@@ -1,0 +1,218 @@
+"""HealthGate: is the release healthy by the seed's success criteria (SPEC §6)?
+
+It wakes on Docker events (a `die` or `health_status` of one of the release's containers
+arrives within milliseconds) and probes `health_url` every PROBE_INTERVAL, so a crashed
+release fails at once and an error-answering one after three answers, not after the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import PROJECT_LABEL, ContainerInfo, Engine
+from .redact import REDACTOR
+from .settings import AgentRoot
+
+log = logging.getLogger("obs.health")
+
+PROBE_INTERVAL = 0.05
+PROBE_TIMEOUT = 2.0
+FAILS_IN_A_ROW = 3
+
+
+@dataclass
+class GateResult:
+    healthy: bool
+    reason: str
+    seconds: float
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class _Verdict(Exception):
+    """A definitive failure: stop waiting."""
+
+
+@dataclass
+class HealthAnswer:
+    kind: str  # pass | wait | fail | down
+    detail: str
+
+
+def classify(status: int, body: bytes, allow_degraded: bool) -> HealthAnswer:
+    """Map one HTTP answer of health_url to pass / wait / fail (SPEC §6)."""
+    if not 200 <= status < 300:
+        return HealthAnswer("fail", f"HTTP {status}")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return HealthAnswer("pass", f"HTTP {status}")
+    if not isinstance(doc, dict) or "status" not in doc:
+        return HealthAnswer("pass", f"HTTP {status}")
+    st = str(doc["status"]).lower()
+    if st == "healthy" or (st == "degraded" and allow_degraded):
+        return HealthAnswer("pass", f"HTTP {status} status={st}")
+    if st in ("initializing", "starting"):
+        return HealthAnswer("wait", f"HTTP {status} status={st}")
+    return HealthAnswer("fail", f"HTTP {status} status={st}")
+
+
+def probe(url: str, allow_degraded: bool) -> HealthAnswer:
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as resp:  # noqa: S310 (http(s) only, validated)
+            return classify(resp.status, resp.read(65536), allow_degraded)
+    except urllib.error.HTTPError as exc:
+        return classify(exc.code, exc.read(65536) if exc.fp else b"", allow_degraded)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return HealthAnswer("down", f"no answer ({reason})")
+
+
+class HealthGate:
+    def __init__(self, root: AgentRoot, engine: Engine) -> None:
+        self.root = root
+        self.engine = engine
+        s = root.settings
+        self.timeout = s.health_timeout
+        self.stabilize = s.stabilize_seconds
+        self.pattern = re.compile(s.verify.log_pattern) if s.verify.log_pattern else None
+        env = s.verify.container_env
+        self.container_env = s.required_env if env is None else env
+
+    def wait(self, tag: str, containers: list[ContainerInfo]) -> GateResult:
+        started = time.monotonic()
+        ids = {c.id for c in containers}
+        wake = threading.Event()
+        dead: list[str] = []
+        stream = self._open_events()
+        if stream is not None:
+            threading.Thread(
+                target=self._watch_events, args=(stream, ids, wake, dead), daemon=True
+            ).start()
+        answers: list[str] = []
+        try:
+            reason = self._loop(tag, ids, wake, dead, answers, started)
+        finally:
+            if stream is not None:
+                stream.close()
+        seconds = round(time.monotonic() - started, 3)
+        if reason is None:
+            return GateResult(True, "healthy", seconds)
+        return GateResult(False, REDACTOR(reason), seconds, self._diagnostics(ids, answers))
+
+    def _loop(self, tag: str, ids: set[str], wake: threading.Event, dead: list[str],
+              answers: list[str], started: float) -> str | None:
+        deadline = started + self.timeout
+        healthy_since: float | None = None
+        fails_in_a_row = 0
+        answered = False
+        log_seen = self.pattern is None
+        env_checked = False
+        waiting_on = "containers"
+        while True:
+            now = time.monotonic()
+            if dead:
+                return dead[0]
+            try:
+                infos = [self.engine.inspect(cid) for cid in ids]
+            except Exception as exc:  # a container removed under us is a failure of this release
+                return f"cannot inspect the release's containers: {exc}"
+            for c in infos:
+                if c.state in ("exited", "dead") or (c.state == "created" and now - started > 5):
+                    return f"container {c.name} exited with code {c.exit_code}"
+                if c.state == "restarting" or c.restart_count > 0:
+                    return f"container {c.name} is restarting (exit code {c.exit_code})"
+                if c.health == "unhealthy":
+                    return f"container {c.name} is unhealthy (Docker healthcheck)"
+                if c.tag != tag:
+                    return f"container {c.name} runs {c.image}, not {tag}"
+            ok = all(c.state == "running" and c.health in (None, "healthy") for c in infos)
+            if not ok:
+                waiting_on = "container health (" + ", ".join(
+                    f"{c.name}: {c.health or c.state}" for c in infos) + ")"
+            # Probe as soon as the containers run, before Docker's own healthcheck has had its
+            # first interval: an error-answering release is caught within three probes.
+            if all(c.state == "running" for c in infos) and self.root.settings.health_url:
+                ans = probe(self.root.settings.health_url, self.root.settings.allow_degraded)
+                answers.append(ans.detail)
+                del answers[:-10]
+                if ans.kind != "down":
+                    answered = True
+                if ans.kind == "fail" and answered:
+                    fails_in_a_row += 1
+                    if fails_in_a_row >= FAILS_IN_A_ROW:
+                        return f"health_url answered a failure {FAILS_IN_A_ROW} times in a row: {ans.detail}"
+                else:
+                    fails_in_a_row = 0
+                if ans.kind != "pass":
+                    ok = False
+                    waiting_on = f"health_url ({ans.detail})"
+            if ok:
+                missing = [p for p in self.root.settings.verify.paths
+                           if not (self.root.path / p).exists()]
+                if missing:
+                    ok = False
+                    waiting_on = "verify.paths " + ", ".join(missing)
+            if ok and not env_checked:
+                unset = sorted({n for c in infos for n in self.container_env if n not in c.env_names})
+                if unset:
+                    return "not set inside the container: " + ", ".join(unset)
+                env_checked = True
+            if ok and not log_seen:
+                assert self.pattern is not None
+                log_seen = all(self.engine.logs_contain(cid, self.pattern) for cid in ids)
+                if not log_seen:
+                    ok = False
+                    waiting_on = f"verify.log_pattern {self.pattern.pattern!r} in the log"
+            if ok:
+                healthy_since = healthy_since or now
+                if now - healthy_since >= self.stabilize:
+                    return None
+            else:
+                healthy_since = None
+            if now >= deadline:
+                return f"not healthy within health_timeout={self.timeout:g}s; waiting on {waiting_on}"
+            wake.wait(PROBE_INTERVAL)
+            wake.clear()
+
+    def _open_events(self) -> Any:
+        try:
+            return self.engine.client.api.events(
+                decode=True,
+                filters={"type": "container", "label": f"{PROJECT_LABEL}={self.root.project}"},
+                since=int(time.time()) - 1,
+            )
+        except Exception:  # the polling loop still sees everything, only later
+            return None
+
+    @staticmethod
+    def _watch_events(stream: Any, ids: set[str], wake: threading.Event, dead: list[str]) -> None:
+        """Turn a `die` or `health_status: unhealthy` of the release into an immediate verdict."""
+        try:
+            for ev in stream:
+                if ev.get("id") not in ids:
+                    continue
+                action = str(ev.get("Action") or ev.get("status") or "")
+                attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                name = attrs.get("name", str(ev.get("id", ""))[:12])
+                if action == "die":
+                    dead.append(f"container {name} exited with code {attrs.get('exitCode', '?')}")
+                elif action.startswith("health_status") and "unhealthy" in action:
+                    dead.append(f"container {name} is unhealthy (Docker healthcheck)")
+                wake.set()
+        except Exception:  # closing the stream at the end of the gate ends the loop
+            pass
+
+    def _diagnostics(self, ids: set[str], answers: list[str]) -> dict[str, Any]:
+        return {
+            "log_tail": {cid[:12]: self.engine.logs_tail(cid) for cid in ids},
+            "health_log": {cid[:12]: self.engine.health_log(cid) for cid in ids},
+            "health_answers": [REDACTOR(a) for a in answers[-5:]],
+        }

@@ -1,0 +1,215 @@
+"""Preflight (SPEC §5, §7.2): every check runs, every finding is reported together.
+
+Checks return `Problem`s; they never raise for a finding. Nothing here changes anything
+except creating missing host directories of the path contract, which it reports as a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .compose import ComposeConfig, ComposeProject
+from .engine import Engine
+from .errors import CommandError, ObsError
+from .redact import REDACTOR
+from .settings import AgentRoot
+
+log = logging.getLogger("obs.preflight")
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": REDACTOR(self.message)}
+
+
+@dataclass
+class PreflightReport:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    config: ComposeConfig | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, code: str, message: str) -> None:
+        self.problems.append(Problem(code, message))
+
+
+def run_preflight(root: AgentRoot, engine: Engine, tag: str) -> PreflightReport:
+    report = PreflightReport()
+    env = root.compose_env(tag)
+    _check_env(root, env, report)
+    _check_env_file(root, report)
+    docker_ok = _check_docker(engine, report)
+    _check_compose(root, env, report)
+    if report.config is not None:
+        _check_mounts(root, report.config, report)
+        _check_aliases_in_compose(root, report.config, report)
+    _check_disk(root, engine if docker_ok else None, report)
+    return report
+
+
+def _check_env(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:
+    s = root.settings
+    for name in s.required_env:
+        if not env.get(name):
+            report.add("env.missing",
+                       f"required variable {name} is not set (set it in {root.env_file}, in "
+                       f"deployment_config.json's \"environment\", or in the agent's environment)")
+    for name in s.secret_env:
+        if not env.get(name):
+            report.add("env.secret_missing",
+                       f"secret variable {name} is not set (put it in {root.env_file}, mode 0600)")
+    for alias, standard in s.env_aliases.items():
+        if alias in env:
+            report.add("env.alias",
+                       f"{alias} is a non-standard name: rename it to {standard}")
+
+
+def _check_aliases_in_compose(root: AgentRoot, cfg: ComposeConfig, report: PreflightReport) -> None:
+    for svc in cfg.services:
+        for alias, standard in root.settings.env_aliases.items():
+            if alias in svc.environment:
+                report.add("env.alias",
+                           f"service {svc.name} sets {alias} in {root.settings.compose_file}: "
+                           f"rename it to {standard}")
+
+
+def _check_env_file(root: AgentRoot, report: PreflightReport) -> None:
+    try:
+        mode = stat.S_IMODE(root.env_file.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        report.add("env_file.mode",
+                   f"{root.env_file} has mode {mode:04o}; it holds secrets and must be 0600 "
+                   f"(chmod 600 {root.env_file})")
+
+
+def _check_docker(engine: Engine, report: PreflightReport) -> bool:
+    try:
+        engine.ping()
+        return True
+    except Exception as exc:  # any failure to talk to the engine is this one finding
+        report.add("docker.unreachable",
+                   f"the Docker engine is not reachable ({type(exc).__name__}: "
+                   f"{REDACTOR(str(exc))[:200]}); start dockerd or fix DOCKER_HOST")
+        return False
+
+
+def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:
+    if not root.compose_file.exists():
+        report.add("compose.missing",
+                   f"compose file {root.compose_file} does not exist (setting compose_file)")
+        return
+    try:
+        text = root.compose_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        report.add("compose.unreadable", f"cannot read {root.compose_file}: {exc.strerror}")
+        return
+    if "${IMAGE_TAG" not in text:
+        report.add("compose.no_image_tag",
+                   f"{root.compose_file} does not use ${{IMAGE_TAG}}; write the image as "
+                   "image: REPO:${IMAGE_TAG:?IMAGE_TAG required}")
+    project = ComposeProject(root.path, root.compose_file, root.project)
+    try:
+        report.config = project.config(env)
+    except CommandError as exc:
+        report.add("compose.invalid", f"{root.compose_file} is not valid with IMAGE_TAG set: "
+                                      f"{exc.stderr.strip()[-400:]}")
+    except ObsError as exc:
+        report.add("compose.unavailable", str(exc))
+        return
+    if report.config is not None and not report.config.services:
+        report.add("compose.no_services", f"{root.compose_file} defines no services")
+        report.config = None
+
+
+def _check_mounts(root: AgentRoot, cfg: ComposeConfig, report: PreflightReport) -> None:
+    expected = {
+        str((root.path / host).resolve()): container
+        for host, container in root.settings.mounts.items()
+    }
+    mounting = [s for s in cfg.services if s.binds]
+    if not mounting:
+        report.add("mounts.none",
+                   f"no service in {root.settings.compose_file} mounts the path contract "
+                   + ", ".join(f"{h}:{c}" for h, c in root.settings.mounts.items()))
+    for svc in mounting:
+        actual = {str(Path(h).resolve()): c for h, c in svc.binds.items()}
+        if actual != expected:
+            missing = [f"{_rel(root, h)}:{c}" for h, c in expected.items() if actual.get(h) != c]
+            extra = [f"{_rel(root, h)}:{c}" for h, c in actual.items() if expected.get(h) != c]
+            detail = []
+            if missing:
+                detail.append("missing " + ", ".join(missing))
+            if extra:
+                detail.append("unexpected " + ", ".join(extra))
+            report.add("mounts.mismatch",
+                       f"service {svc.name} does not mount the path contract exactly: "
+                       + "; ".join(detail))
+    for host in root.settings.mounts:
+        path = (root.path / host).resolve()
+        if not path.exists():
+            try:
+                path.mkdir(parents=True)
+                report.notes.append(f"created missing host directory {path}")
+            except OSError as exc:
+                report.add("mounts.create", f"cannot create {path}: {exc.strerror}")
+                continue
+        if not path.is_dir():
+            report.add("mounts.not_dir", f"{path} is not a directory")
+        elif not os.access(path, os.W_OK):
+            report.add("mounts.not_writable", f"{path} is not writable by uid {os.getuid()}")
+
+
+def _rel(root: AgentRoot, host: str) -> str:
+    try:
+        return "./" + str(Path(host).relative_to(root.path.resolve()))
+    except ValueError:
+        return host
+
+
+def backup_size(root: AgentRoot) -> int:
+    total = 0
+    for rel in root.settings.backup_paths:
+        for dirpath, _dirs, files in os.walk(root.path / rel):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, f)).st_size
+                except OSError:
+                    pass
+    return total
+
+
+def _check_disk(root: AgentRoot, engine: Engine | None, report: PreflightReport) -> None:
+    need = root.settings.min_free_mb * 1024 * 1024
+    free_root = shutil.disk_usage(root.path).free
+    if free_root < need:
+        report.add("disk.root", f"{root.path} has {free_root // 2**20} MB free; "
+                                f"min_free_mb is {root.settings.min_free_mb}")
+    else:
+        backup = backup_size(root)
+        if free_root - backup < need:
+            report.add("disk.backup",
+                       f"the backup needs {backup // 2**20} MB and would leave {root.path} with "
+                       f"{(free_root - backup) // 2**20} MB free (min_free_mb is "
+                       f"{root.settings.min_free_mb}); free space or lower backup_keep")
+    if engine is None:
+        return
+    docker_root = engine.root_dir()
+    if os.path.isdir(docker_root):  # a remote engine's root is not ours to measure
+        free = shutil.disk_usage(docker_root).free
+        if free < need:
+            report.add("disk.docker", f"Docker's root {docker_root} has {free // 2**20} MB free; "
+                                      f"min_free_mb is {root.settings.min_free_mb}")

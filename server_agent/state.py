@@ -1,0 +1,236 @@
+"""What the agent remembers between runs, written so that `kill -9` at any point leaves it whole.
+
+- `state/last_good_tag`: replaced atomically (write temp, fsync, rename, fsync dir).
+- `state/history.jsonl`: one record per attempt, appended and fsynced; a torn last line (a
+  crash mid-append) is skipped on read.
+- `state/attempt.json`: the journal of the attempt in progress. It exists only while an
+  attempt runs; finding it with the lock free means the last attempt was killed, and it is
+  turned into an `interrupted` history record.
+- `state/deploy.lock`: an flock, released by the kernel when its holder dies, so a killed
+  deploy never blocks the next one. Its content names the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import LockedError, UsageError
+from .redact import REDACTOR
+from .versions import validate_version
+
+log = logging.getLogger("obs.state")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(REDACTOR.obj(record), sort_keys=True) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            # A torn line from a crash must not glue onto this record.
+            if os.fstat(fd).st_size and not self._ends_with_newline():
+                line = "\n" + line
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def records(self) -> list[dict[str, Any]]:
+        """Oldest first; unreadable lines (a torn write) are skipped with a warning."""
+        if not self.path.exists():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("history.jsonl line %d is torn or corrupt; skipped", n)
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+
+@dataclass
+class LockHolder:
+    pid: int
+    action: str
+    tag: str
+    since: str
+
+
+class DeployLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def hold(self, action: str, tag: str) -> Iterator[None]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read_holder(fd)
+                who = (
+                    f"pid {holder.pid} ({holder.action} {holder.tag}) since {holder.since}"
+                    if holder else "another process"
+                )
+                raise LockedError(
+                    f"another deploy holds the lock: {who}",
+                    hint="wait for it to finish; a killed holder releases the lock by itself",
+                ) from None
+            info = json.dumps({"pid": os.getpid(), "action": action, "tag": tag, "since": now_iso()})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def is_held(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _read_holder(fd: int) -> LockHolder | None:
+        try:
+            data = json.loads(os.pread(fd, 4096, 0) or b"null")
+            return LockHolder(int(data["pid"]), str(data["action"]), str(data["tag"]), str(data["since"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class ReleaseState:
+    """The state directory of an agent root."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.last_good_path = state_dir / "last_good_tag"
+        self.journal_path = state_dir / "attempt.json"
+        self.history = History(state_dir / "history.jsonl")
+        self.lock = DeployLock(state_dir / "deploy.lock")
+
+    def ensure(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    # --- last_good_tag ---------------------------------------------------------------------
+    def last_good_tag(self) -> str | None:
+        """The last tag that passed the gate. A corrupt file falls back to history's record."""
+        try:
+            text = self.last_good_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return validate_version(text)
+        except UsageError:
+            recovered = self._last_success_tag()
+            log.warning(
+                "state/last_good_tag is corrupt (%r); using %s from history.jsonl",
+                text[:40], recovered,
+            )
+            return recovered
+
+    def set_last_good_tag(self, tag: str) -> None:
+        atomic_write(self.last_good_path, tag + "\n")
+
+    def _last_success_tag(self) -> str | None:
+        for rec in reversed(self.history.records()):
+            if rec.get("result") == "success":
+                return str(rec.get("tag"))
+        return None
+
+    def good_tags(self) -> list[str]:
+        """Tags that passed the gate, oldest first, from history."""
+        return [str(r["tag"]) for r in self.history.records() if r.get("result") == "success"]
+
+    # --- the journal of the attempt in progress --------------------------------------------
+    def begin(self, record: dict[str, Any]) -> None:
+        atomic_write(self.journal_path, json.dumps(REDACTOR.obj(record)))
+
+    def update(self, **fields: Any) -> None:
+        rec = self.pending() or {}
+        rec.update(fields)
+        self.begin(rec)
+
+    def pending(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.journal_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"action": "unknown", "tag": None, "started_at": None}
+        return data if isinstance(data, dict) else None
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Record the attempt in history, then drop the journal (in this order: a crash
+        between the two is resolved by `recover_interrupted`, which sees the history)."""
+        self.history.append(record)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+
+    def recover_interrupted(self) -> dict[str, Any] | None:
+        """Call with the lock held: turn a journal left by a killed attempt into history."""
+        rec = self.pending()
+        if rec is None:
+            return None
+        hist = self.history.records()
+        if hist and hist[-1].get("started_at") == rec.get("started_at") and rec.get("started_at"):
+            # The attempt finished its history record but died before dropping the journal.
+            os.unlink(self.journal_path)
+            return None
+        rec = {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}
+        rec.pop("pid", None)
+        self.finish(rec)
+        log.warning("the previous %s of %s was interrupted; recorded in history",
+                    rec.get("action"), rec.get("tag"))
+        return rec

@@ -1,0 +1,70 @@
+"""Read-only views of an agent root: `status` and `history` (SPEC §8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine import ContainerInfo, Engine
+from .health import probe
+from .settings import AgentRoot
+from .state import ReleaseState
+
+HISTORY_KEYS = ("action", "tag", "from_tag", "result", "started_at", "finished_at",
+                "duration_s", "backup")
+
+
+def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
+    state = ReleaseState(root.state_dir)
+    containers = engine.project_containers(root.project)
+    running = [c for c in containers if c.state in ("running", "restarting", "paused")]
+    shown = running or _latest_per_service(containers)
+    current = running[0].tag if running else None
+    healthy = bool(running) and all(
+        c.state == "running" and c.health in (None, "healthy") for c in running
+    )
+    if healthy and root.settings.health_url:
+        healthy = probe(root.settings.health_url, root.settings.allow_degraded).kind == "pass"
+    return {
+        "current_tag": current,
+        "last_good_tag": state.last_good_tag(),
+        "healthy": healthy,
+        "services": [
+            {"name": c.service, "container": c.name, "image": c.image, "state": c.state,
+             "health": c.health}
+            for c in shown
+        ],
+        "last_action": last_action(state),
+    }
+
+
+def last_action(state: ReleaseState) -> dict[str, Any] | None:
+    pending = state.pending()
+    if pending is not None:
+        # A journal with the lock free is an attempt that was killed; with it held, one running.
+        result = "running" if state.lock.is_held() else "interrupted"
+        return {"action": pending.get("action"), "tag": pending.get("tag"),
+                "result": result, "finished_at": None}
+    records = state.history.records()
+    if not records:
+        return None
+    r = records[-1]
+    return {k: r.get(k) for k in ("action", "tag", "result", "finished_at")}
+
+
+def history(root: AgentRoot, limit: int | None) -> list[dict[str, Any]]:
+    state = ReleaseState(root.state_dir)
+    records = list(reversed(state.history.records()))
+    pending = last_action(state)
+    if pending is not None and pending["result"] == "interrupted" and state.pending():
+        rec = state.pending() or {}
+        records.insert(0, {**rec, "result": "interrupted", "finished_at": None, "duration_s": None})
+    records = records[:limit] if limit else records
+    return [{**{k: r.get(k) for k in HISTORY_KEYS}, **{k: v for k, v in r.items()
+             if k not in HISTORY_KEYS and k != "pid"}} for r in records]
+
+
+def _latest_per_service(containers: list[ContainerInfo]) -> list[ContainerInfo]:
+    latest: dict[str, ContainerInfo] = {}
+    for c in sorted(containers, key=lambda c: c.number):
+        latest[c.service] = c
+    return list(latest.values())

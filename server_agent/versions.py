@@ -1,0 +1,27 @@
+"""Version = git tag = image tag (SPEC §2): SemVer 2.0 with a leading `v`."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+# The official SemVer 2.0 regex, with a mandatory "v" and no build metadata: `+` is not
+# allowed in a Docker tag.
+_SEMVER = re.compile(
+    r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+)
+# A Docker tag is at most 128 characters.
+MAX_LEN = 128
+
+
+def validate_version(value: str) -> str:
+    """Return `value` if it is a release version, else raise UsageError (exit 2)."""
+    if len(value) > MAX_LEN or not _SEMVER.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + f"... ({len(value)} chars)"
+        raise UsageError(
+            f"invalid version {shown!r}",
+            hint="expected vMAJOR.MINOR.PATCH with an optional -PRERELEASE, e.g. v1.2.3 or v1.2.3-rc.1",
+        )
+    return value

@@ -1,0 +1,200 @@
+"""The real parts the tests (and bench/ and the demo) run against: a registry, fixture
+images, sshd instances and agent roots. Plain Python, no pytest, so bench/ can use it too."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+IMAGE_DIR = HERE / "fixtures" / "image"
+VENV_BIN = Path(sys.executable).parent
+REPOSITORY = "obs/observer"
+
+# Fixture releases: tag -> behaviour (tests/fixtures/image/observer.sh).
+RELEASES = {
+    "v1.0.0": "healthy",
+    "v1.1.0": "healthy",
+    "v1.2.0": "healthy",
+    "v2.0.0-error": "error",
+    "v2.0.0-crash": "crash",
+    "v2.0.0-slow": "slow",
+    "v2.0.0-wrongpath": "wrongpath",
+}
+SECRETS = {"KIS_API_KEY": "kis-key-SENTINEL-7f3a9c", "KIS_API_SECRET": "kis-secret-SENTINEL-d41e08"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Registry:
+    """`docker-registry serve` on a free loopback port, optionally with htpasswd auth."""
+
+    workdir: Path
+    htpasswd: Path | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Registry:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        auth = (
+            f"auth:\n  htpasswd:\n    realm: obs\n    path: {self.htpasswd}\n" if self.htpasswd else ""
+        )
+        cfg = self.workdir / "config.yml"
+        cfg.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {self.workdir / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.address}\n{auth}"
+        )
+        log = open(self.workdir / "registry.log", "wb")  # noqa: SIM115 (lives with the process)
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=log, stderr=log)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def build_fixture_images(client, registry: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Build the fixture releases once and push them; returns tag -> image reference."""
+    with tempfile.TemporaryDirectory() as ctx:
+        for name in ("Dockerfile", "observer.sh"):
+            shutil.copy(IMAGE_DIR / name, ctx)
+        shutil.copy("/bin/busybox", Path(ctx) / "busybox")
+        client.images.build(path=ctx, tag="obs-fixture-base:latest", rm=True)
+    refs = {}
+    for tag, mode in RELEASES.items():
+        ref = f"{registry}/{REPOSITORY}:{tag}"
+        dockerfile = f"FROM obs-fixture-base:latest\nENV MODE={mode} VERSION={tag} SLOW_SECONDS=3\n"
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
+        for line in client.api.push(f"{registry}/{REPOSITORY}", tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"push {ref}: {line['error']}")
+        refs[tag] = ref
+    return refs
+
+
+COMPOSE_TEMPLATE = """\
+services:
+  observer:
+    image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
+    restart: unless-stopped
+    stop_grace_period: 5s
+    ports:
+      - "127.0.0.1:{port}:8000"
+    environment:
+      QTS_OBSERVER_STANDALONE: ${{QTS_OBSERVER_STANDALONE}}
+      PYTHONPATH: ${{PYTHONPATH}}
+      KIS_API_KEY: ${{KIS_API_KEY}}
+      KIS_API_SECRET: ${{KIS_API_SECRET}}
+    volumes:
+      - ./data:/app/data/observer
+      - ./logs:/app/logs
+      - ./config:/app/config
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
+      interval: 1s
+      timeout: 1s
+      retries: 3
+"""
+
+
+@dataclass
+class AgentRootDir:
+    path: Path
+    port: int
+    registry: str
+
+    @property
+    def project(self) -> str:
+        return json.loads((self.path / "deployment_config.json").read_text())["agent"]["project_name"]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OBS_AGENT_")}
+        env.update(OBS_AGENT_ROOT=str(self.path), **extra)
+        return env
+
+    def agent(self, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "obs-agent"), *args],
+            env=env or self.env(), capture_output=True, text=True, timeout=timeout,
+        )
+
+    def last_good(self) -> str | None:
+        p = self.path / "state" / "last_good_tag"
+        return p.read_text().strip() if p.exists() else None
+
+    def health(self) -> dict | None:  # type: ignore[type-arg]
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except OSError:
+            return None
+
+    def down(self) -> None:
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}"],
+            capture_output=True, text=True,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        subprocess.run(["docker", "network", "rm", f"{self.project}_default"], capture_output=True)
+
+
+def make_agent_root(path: Path, registry: str, project: str, **agent: object) -> AgentRootDir:
+    port = free_port()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "docker-compose.server.yml").write_text(
+        COMPOSE_TEMPLATE.format(registry=registry, repository=REPOSITORY, port=port)
+    )
+    settings: dict[str, object] = {
+        "project_name": project,
+        "health_url": f"http://127.0.0.1:{port}/health",
+        "health_timeout": 20,
+        "stabilize_seconds": 0.3,
+        "min_free_mb": 10,
+        **agent,
+    }
+    config = {
+        "service": {"name": "observer"},
+        "agent": settings,
+        "environment": {"QTS_OBSERVER_STANDALONE": "1", "PYTHONPATH": "/app/src"},
+    }
+    (path / "deployment_config.json").write_text(json.dumps(config, indent=2))
+    env_file = path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    env_file.chmod(0o600)
+    return AgentRootDir(path, port, registry)
