@@ -91,10 +91,11 @@ class HealthGate:
         ids = {c.id for c in containers}
         wake = threading.Event()
         dead: list[str] = []
-        stream = self._open_events()
+        since_ns = time.time_ns()
+        stream = self._open_events(since_ns)
         if stream is not None:
             threading.Thread(
-                target=self._watch_events, args=(stream, ids, wake, dead), daemon=True
+                target=self._watch_events, args=(stream, ids, since_ns, wake, dead), daemon=True
             ).start()
         answers: list[str] = []
         try:
@@ -128,7 +129,7 @@ class HealthGate:
                 if c.state in ("exited", "dead") or (c.state == "created" and now - started > 5):
                     return f"container {c.name} exited with code {c.exit_code}"
                 if c.state == "restarting" or c.restart_count > 0:
-                    return f"container {c.name} is restarting (exit code {c.exit_code})"
+                    return f"container {c.name} exited with code {c.exit_code} and is restarting"
                 if c.health == "unhealthy":
                     return f"container {c.name} is unhealthy (Docker healthcheck)"
                 if c.tag != tag:
@@ -182,22 +183,25 @@ class HealthGate:
             wake.wait(PROBE_INTERVAL)
             wake.clear()
 
-    def _open_events(self) -> Any:
+    def _open_events(self, since_ns: int) -> Any:
         try:
             return self.engine.client.api.events(
                 decode=True,
                 filters={"type": "container", "label": f"{PROJECT_LABEL}={self.root.project}"},
-                since=int(time.time()) - 1,
+                since=since_ns // 1_000_000_000,
             )
         except Exception:  # the polling loop still sees everything, only later
             return None
 
     @staticmethod
-    def _watch_events(stream: Any, ids: set[str], wake: threading.Event, dead: list[str]) -> None:
-        """Turn a `die` or `health_status: unhealthy` of the release into an immediate verdict."""
+    def _watch_events(stream: Any, ids: set[str], since_ns: int, wake: threading.Event,
+                      dead: list[str]) -> None:
+        """Turn a `die` or `health_status: unhealthy` of the release into an immediate verdict.
+        Events from before the gate (the stop of a container now started again) are old news;
+        anything that happened between the start and the gate, the polling loop sees."""
         try:
             for ev in stream:
-                if ev.get("id") not in ids:
+                if ev.get("id") not in ids or int(ev.get("timeNano") or 0) < since_ns:
                     continue
                 action = str(ev.get("Action") or ev.get("status") or "")
                 attrs = (ev.get("Actor") or {}).get("Attributes") or {}

@@ -42,3 +42,99 @@ def test_first_deploy_of_a_healthy_tag(agent_root: AgentRootDir) -> None:
     h = history(agent_root)
     assert h[0]["action"] == "deploy" and h[0]["result"] == "success" and h[0]["from_tag"] is None
     assert h[0]["backup"] and (agent_root.path / "backups" / h[0]["backup"]).exists()
+
+
+def test_broken_release_is_rolled_back_to_the_last_good(agent_root: AgentRootDir) -> None:
+    assert deploy(agent_root, "v1.0.0").returncode == 0
+    assert deploy(agent_root, "v1.1.0").returncode == 0
+    res = deploy(agent_root, "v2.0.0-error")
+    assert res.returncode == 20, res.stdout + res.stderr
+    assert "rolled back to v1.1.0" in res.stdout
+    assert agent_root.health()["version"] == "v1.1.0"
+    assert agent_root.last_good() == "v1.1.0"
+    st = status(agent_root)
+    assert st["current_tag"] == "v1.1.0" and st["healthy"] is True
+    rec = history(agent_root)[0]
+    assert rec["result"] == "rolled_back" and rec["tag"] == "v2.0.0-error"
+    assert rec["from_tag"] == "v1.1.0"
+    assert "health_url answered a failure 3 times" in rec["failure"]["reason"]
+    tails = "".join(rec["failure"]["log_tail"].values())
+    assert "observer v2.0.0-error starting" in tails
+
+
+def test_crash_at_start_fails_fast(agent_root: AgentRootDir) -> None:
+    assert deploy(agent_root, "v1.0.0").returncode == 0
+    t = time.monotonic()
+    res = deploy(agent_root, "v2.0.0-crash")
+    took = time.monotonic() - t
+    assert res.returncode == 20, res.stdout + res.stderr
+    rec = history(agent_root)[0]
+    assert "exited with code 3" in rec["failure"]["reason"]
+    assert "fixture crash" in "".join(rec["failure"]["log_tail"].values())
+    # health_timeout is 20 s: failing fast means the gate did not wait it out.
+    assert rec["steps"]["gate"] < 5, rec["steps"]
+    assert took < 15
+    assert agent_root.health()["version"] == "v1.0.0"
+
+
+def test_first_ever_deploy_of_a_broken_tag_leaves_nothing_running(agent_root: AgentRootDir) -> None:
+    res = deploy(agent_root, "v2.0.0-error")
+    assert res.returncode == 21, res.stdout + res.stderr
+    assert agent_root.last_good() is None
+    st = status(agent_root)
+    assert st["current_tag"] is None and st["healthy"] is False
+    assert st["services"] == []
+    assert history(agent_root)[0]["result"] == "failed"
+
+
+def test_slow_release_waits_for_initializing(agent_root: AgentRootDir) -> None:
+    res = deploy(agent_root, "v2.0.0-slow")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert history(agent_root)[0]["steps"]["gate"] >= 3
+
+
+def test_wrong_archive_path_fails_verify_paths(agent_root: AgentRootDir) -> None:
+    res = deploy(agent_root, "v2.0.0-wrongpath")
+    assert res.returncode == 21, res.stdout + res.stderr
+    assert "verify.paths config/observer" in history(agent_root)[0]["failure"]["reason"]
+
+
+def test_missing_tag_in_registry_exits_11_and_keeps_the_release(agent_root: AgentRootDir) -> None:
+    assert deploy(agent_root, "v1.0.0").returncode == 0
+    res = deploy(agent_root, "v9.9.9")
+    assert res.returncode == 11, res.stdout + res.stderr
+    assert "cannot pull" in res.stderr and "v9.9.9" in res.stderr
+    assert agent_root.health()["version"] == "v1.0.0"
+    assert agent_root.last_good() == "v1.0.0"
+    assert status(agent_root)["last_action"]["tag"] == "v1.0.0"
+
+
+def test_manual_rollback_returns_to_the_previous_good_release(agent_root: AgentRootDir) -> None:
+    assert deploy(agent_root, "v1.0.0").returncode == 0
+    assert deploy(agent_root, "v1.1.0").returncode == 0
+    res = agent_root.agent("rollback")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert agent_root.health()["version"] == "v1.0.0"
+    assert agent_root.last_good() == "v1.0.0"
+    rec = history(agent_root)[0]
+    assert rec["action"] == "rollback" and rec["tag"] == "v1.0.0" and rec["from_tag"] == "v1.1.0"
+    # And forward again to a named tag.
+    res = agent_root.agent("rollback", "v1.1.0")
+    assert res.returncode == 0, res.stderr
+    assert agent_root.health()["version"] == "v1.1.0"
+
+
+def test_rollback_without_an_earlier_release_is_refused(agent_root: AgentRootDir) -> None:
+    assert deploy(agent_root, "v1.0.0").returncode == 0
+    res = agent_root.agent("rollback")
+    assert res.returncode == 2
+    assert "no earlier good release" in res.stderr
+    assert agent_root.health()["version"] == "v1.0.0"
+
+
+def test_invalid_tag_is_refused_with_the_expected_form(agent_root: AgentRootDir) -> None:
+    for bad in ("1.2.3", "v1.2", "v1.2.3;rm -rf /", "$(id)", "../v1", "v" + "1" * 10000):
+        res = agent_root.agent("deploy", bad)
+        assert res.returncode == 2, bad
+        assert "vMAJOR.MINOR.PATCH" in res.stderr
+    assert not (agent_root.path / "state" / "history.jsonl").exists()
