@@ -196,6 +196,9 @@ class BackupArchive:
                 members = tar.getmembers()
                 for m in members:
                     try:
+                        # data_filter would quietly re-root an absolute name; refuse it instead.
+                        if m.name.startswith("/"):
+                            raise tarfile.AbsolutePathError(m)
                         tarfile.data_filter(m, dest)
                     except tarfile.FilterError as exc:
                         raise UsageError(

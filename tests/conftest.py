@@ -58,3 +58,5 @@ def agent_root(tmp_path: Path, images: dict[str, str], registry: parts.Registry)
     root = parts.make_agent_root(tmp_path / "observer", registry.address, f"obs-{uuid.uuid4().hex[:8]}")
     yield root
     root.down()
+    leaks = root.secret_leaks()
+    assert not leaks, f"secret values leaked into: {leaks}"

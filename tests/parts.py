@@ -31,6 +31,8 @@ RELEASES = {
     "v2.0.0-slow": "slow",
     "v2.0.0-wrongpath": "wrongpath",
 }
+# Everything any agent printed in this test session, for the secret scan.
+OUTPUTS: list[str] = []
 SECRETS = {"KIS_API_KEY": "kis-key-SENTINEL-7f3a9c", "KIS_API_SECRET": "kis-secret-SENTINEL-d41e08"}
 
 
@@ -134,10 +136,7 @@ class AgentRootDir:
     path: Path
     port: int
     registry: str
-
-    @property
-    def project(self) -> str:
-        return json.loads((self.path / "deployment_config.json").read_text())["agent"]["project_name"]
+    project: str
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OBS_AGENT_")}
@@ -146,10 +145,22 @@ class AgentRootDir:
 
     def agent(self, *args: str, env: dict[str, str] | None = None,
               timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        res = subprocess.run(
             [str(VENV_BIN / "obs-agent"), *args],
             env=env or self.env(), capture_output=True, text=True, timeout=timeout,
         )
+        OUTPUTS.append(res.stdout + res.stderr)
+        return res
+
+    def secret_leaks(self) -> list[str]:
+        """Where a secret value shows up: agent output so far, or any file of the root other
+        than .env itself (state, history, agent log, backups and what is inside them)."""
+        found = [f"output #{i}" for i, out in enumerate(OUTPUTS) if any(v in out for v in SECRETS.values())]
+        for p in self.path.rglob("*"):
+            if p.is_file() and p.name != ".env":
+                data = p.read_bytes()
+                found += [str(p) for v in SECRETS.values() if v.encode() in data]
+        return found
 
     def last_good(self) -> str | None:
         p = self.path / "state" / "last_good_tag"
@@ -197,4 +208,4 @@ def make_agent_root(path: Path, registry: str, project: str, **agent: object) ->
     env_file = path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
     env_file.chmod(0o600)
-    return AgentRootDir(path, port, registry)
+    return AgentRootDir(path, port, registry, project)

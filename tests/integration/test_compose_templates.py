@@ -1,0 +1,160 @@
+"""compose/ templates (SPEC §12): the agent's preflight accepts them, compose renders them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import missing
+from tests.parts import REPO, SECRETS, VENV_BIN
+
+pytestmark = pytest.mark.integration
+
+COMPOSE_DIR = REPO / "compose"
+TEMPLATES = ("docker-compose.server.yml", "deployment_config.json")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "observer"
+    root.mkdir()
+    for name in TEMPLATES:
+        shutil.copy(COMPOSE_DIR / name, root / name)
+    return root
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OBS_AGENT_") and k not in ("IMAGE_TAG", *SECRETS)}
+    env.update(extra)
+    return env
+
+
+def agent_env(root: Path, **extra: str) -> dict[str, str]:
+    # The test machine may have less free disk than the production default of 1024 MB.
+    return base_env(OBS_AGENT_ROOT=str(root), OBS_AGENT_MIN_FREE_MB="0", **extra)
+
+
+def check(root: Path, env: dict[str, str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    res = subprocess.run([str(VENV_BIN / "obs-agent"), "--root", str(root), "check", "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip(), res.stderr
+    return res.returncode, json.loads(res.stdout)
+
+
+def compose(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    from server_agent.compose import compose_command
+    from server_agent.errors import ObsError
+
+    try:
+        cmd = compose_command()
+    except ObsError:
+        missing("compose v2 (docker compose plugin or docker-compose binary)")
+    return subprocess.run(
+        [*cmd, "--project-directory", str(root), "-f", str(root / TEMPLATES[0]), "-p", "observer",
+         *args], env=env, capture_output=True, text=True, timeout=60, cwd=root,
+    )
+
+
+def test_deployment_config_agent_section_is_accepted_as_is() -> None:
+    from server_agent.settings import AgentSettings
+
+    data = json.loads((COMPOSE_DIR / "deployment_config.json").read_text())
+    assert data["service"]["name"] == "observer"
+    settings = AgentSettings(**data["agent"])  # unknown keys would raise
+    assert settings.compose_file == "docker-compose.server.yml"
+    assert settings.required_env == ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"]
+    assert settings.secret_env == ["KIS_API_KEY", "KIS_API_SECRET"]
+    assert settings.mounts == {"./data": "/app/data/observer", "./logs": "/app/logs",
+                               "./config": "/app/config"}
+    # No secret is ever seeded in the config file.
+    assert not set(SECRETS) & set(data.get("environment", {}))
+
+
+def test_agent_preflight_accepts_the_templates(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
+    code, report = check(root, agent_env(root, **SECRETS))
+    assert (code, report) == (0, {"ok": True, "problems": []})
+    for d in ("data", "logs", "config"):  # created by preflight (the path contract)
+        assert (root / d).is_dir()
+
+
+def test_agent_preflight_accepts_secrets_from_a_0600_env_file(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
+    env_file = root / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    env_file.chmod(0o600)
+    code, report = check(root, agent_env(root))
+    assert (code, report["ok"]) == (0, True), report
+
+
+def test_agent_preflight_names_missing_secrets_without_values(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
+    code, report = check(root, agent_env(root, KIS_API_KEY=SECRETS["KIS_API_KEY"]))
+    assert code == 10 and report["ok"] is False
+    codes = {p["code"] for p in report["problems"]}
+    assert "env.secret_missing" in codes
+    assert any("KIS_API_SECRET" in p["message"] for p in report["problems"])
+    assert SECRETS["KIS_API_KEY"] not in json.dumps(report)
+
+
+def test_agent_preflight_refuses_the_non_standard_alias(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
+    code, report = check(root, agent_env(root, OBSERVER_STANDALONE="1", **SECRETS))
+    assert code == 10
+    assert "env.alias" in {p["code"] for p in report["problems"]}
+
+
+def test_compose_renders_the_service_with_image_tag(root: Path) -> None:
+    env = base_env(IMAGE_TAG="v1.2.3", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src",
+                   **SECRETS)
+    res = compose(root, env, "config", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    svc = json.loads(res.stdout)["services"]["observer"]
+    assert svc["image"] == "ghcr.io/tawbury/observer:v1.2.3"
+    assert svc["restart"] == "unless-stopped"
+    assert svc["stop_grace_period"] in ("30s", 30_000_000_000)
+    assert [p["target"] for p in svc["ports"]] == [8000]
+    assert str(svc["ports"][0]["published"]) == "8000"
+    binds = {v["source"]: v["target"] for v in svc["volumes"] if v["type"] == "bind"}
+    assert binds == {str(root / "data"): "/app/data/observer", str(root / "logs"): "/app/logs",
+                     str(root / "config"): "/app/config"}
+    assert svc["environment"]["QTS_OBSERVER_STANDALONE"] == "1"
+    assert svc["environment"]["PYTHONPATH"] == "/app/src"
+    assert svc["environment"]["KIS_API_KEY"] == SECRETS["KIS_API_KEY"]
+    assert "OBSERVER_STANDALONE" not in svc["environment"]
+    res_ = svc["deploy"]["resources"]
+    assert float(res_["limits"]["cpus"]) == 1.0 and float(res_["reservations"]["cpus"]) == 0.5
+    assert int(res_["limits"]["memory"]) == 512 * 2**20
+    assert int(res_["reservations"]["memory"]) == 256 * 2**20
+    hc = svc["healthcheck"]
+    assert hc["test"][0] == "CMD" and "urllib" in " ".join(hc["test"]) and "/health" in hc["test"][-1]
+    user = svc["user"]
+    assert user and user.split(":")[0] not in ("0", "root")
+
+
+def test_compose_refuses_to_render_without_image_tag(root: Path) -> None:
+    env = base_env(QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src", **SECRETS)
+    res = compose(root, env, "config")
+    assert res.returncode != 0
+    assert "IMAGE_TAG required" in res.stderr
+
+
+def test_compose_refuses_to_render_without_a_secret(root: Path) -> None:
+    env = base_env(IMAGE_TAG="v1.2.3", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src",
+                   KIS_API_KEY="x")
+    res = compose(root, env, "config")
+    assert res.returncode != 0
+    assert "KIS_API_SECRET required" in res.stderr
+
+
+def test_the_healthcheck_command_is_valid_python() -> None:
+    # The image is not pullable in the tests; at least the probe must compile.
+    env = base_env(IMAGE_TAG="v1.0.0", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src",
+                   **SECRETS)
+    res = compose(COMPOSE_DIR, env, "config", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    test = json.loads(res.stdout)["services"]["observer"]["healthcheck"]["test"]
+    assert test[1:3] == ["python", "-c"]
+    compile(test[3], "<healthcheck>", "exec")

@@ -1,0 +1,466 @@
+""".github/workflows (SPEC §11): GitHub's schema, the deploy workflow's guarantees, and its
+`run:` steps executed as a runner would, against a real sshd host and the real agent."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.parts import REPO, VENV_BIN
+
+WORKFLOWS = REPO / ".github" / "workflows"
+DEPLOY = WORKFLOWS / "deploy.yml"
+CI = WORKFLOWS / "ci.yml"
+SECRET_NAMES = ("DEPLOY_HOSTS", "DEPLOY_SSH_USER", "DEPLOY_SSH_KEY", "DEPLOY_KNOWN_HOSTS")
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return YAML(typ="safe", pure=True).load(path.read_text())  # type: ignore[no-any-return]
+
+
+def dump(data: dict[str, Any], path: Path) -> None:
+    buf = io.StringIO()
+    YAML(typ="safe", pure=True).dump(data, buf)
+    path.write_text(buf.getvalue())
+
+
+def check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
+    exe = VENV_BIN / "check-jsonschema"
+    assert exe.exists(), "check-jsonschema is a test dependency (pip install -e '.[test]')"
+    # --builtin-schema: the schema ships with check-jsonschema; no network is used.
+    return subprocess.run([str(exe), "--builtin-schema", "vendor.github-workflows",
+                           *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def steps(wf: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    return wf["jobs"][job]["steps"]  # type: ignore[no-any-return]
+
+
+def all_steps(wf: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for job in wf["jobs"].values() for s in job.get("steps", [])]
+
+
+# --- GitHub's schema ---------------------------------------------------------------------------
+
+def test_both_workflows_pass_githubs_schema() -> None:
+    res = check_jsonschema(DEPLOY, CI)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+BREAKAGES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "job without runs-on": lambda wf: wf["jobs"]["deploy"].pop("runs-on"),
+    "cancel-in-progress not a boolean": lambda wf: wf["concurrency"].update(
+        {"cancel-in-progress": "never"}),
+    "unknown permission level": lambda wf: wf["jobs"]["deploy"]["permissions"].update(
+        {"contents": "admin"}),
+    "misspelled top-level key": lambda wf: wf.update({"jobz": wf.pop("jobs")}),
+    "step without run or uses": lambda wf: steps(wf, "deploy").append({"name": "nothing"}),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_a_broken_copy_fails_the_schema(tmp_path: Path, breakage: str) -> None:
+    wf = load(DEPLOY)
+    BREAKAGES[breakage](wf)
+    broken = tmp_path / "deploy.yml"
+    dump(wf, broken)
+    res = check_jsonschema(broken)
+    assert res.returncode == 1, f"{breakage}: accepted\n{res.stdout}"
+    # ... while the same round trip of the untouched workflow is accepted.
+    dump(load(DEPLOY), tmp_path / "same.yml")
+    assert check_jsonschema(tmp_path / "same.yml").returncode == 0
+
+
+def test_a_yaml_syntax_error_fails(tmp_path: Path) -> None:
+    broken = tmp_path / "deploy.yml"
+    broken.write_text(DEPLOY.read_text().replace("jobs:\n", "jobs:\n  deploy: [\n", 1))
+    assert check_jsonschema(broken).returncode != 0
+
+
+# --- the deploy workflow's guarantees ---------------------------------------------------------
+
+def test_deploy_triggers_on_release_tags_and_manual_dispatch() -> None:
+    on = load(DEPLOY)["on"]
+    assert set(on) == {"push", "workflow_dispatch"}
+    assert on["push"] == {"tags": ["v*.*.*"]}  # tags only: a branch push never deploys
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"version", "action"}
+    assert inputs["action"]["type"] == "choice"
+    assert inputs["action"]["options"] == ["deploy", "rollback"]
+
+
+def test_deploy_is_least_privilege_serialised_and_gated_by_an_environment() -> None:
+    wf = load(DEPLOY)
+    assert wf["permissions"] == {}
+    job = wf["jobs"]["deploy"]
+    assert set(job["permissions"].values()) <= {"read", "none"}
+    assert job["environment"]
+    assert wf["concurrency"]["group"] and wf["concurrency"]["cancel-in-progress"] is False
+    assert [s.get("uses", "").split("@")[0] for s in job["steps"] if "uses" in s] == [
+        "actions/checkout", "actions/setup-python"]  # never builds, never logs in anywhere
+    checkout = job["steps"][0]
+    assert checkout["with"]["persist-credentials"] is False
+
+
+@pytest.mark.parametrize("path", [DEPLOY, CI], ids=lambda p: p.name)
+def test_third_party_actions_are_pinned_by_commit_sha(path: Path) -> None:
+    uses = [s["uses"] for s in all_steps(load(path)) if "uses" in s]
+    assert uses
+    for ref in uses:
+        assert PINNED.match(ref), f"{ref} is not pinned by a full commit SHA"
+
+
+@pytest.mark.parametrize("path", [DEPLOY, CI], ids=lambda p: p.name)
+def test_no_expression_is_interpolated_into_a_script(path: Path) -> None:
+    for step in all_steps(load(path)):
+        assert "${{" not in step.get("run", ""), f"step {step.get('name')!r}: use env: instead"
+
+
+def test_secrets_reach_the_steps_only_through_env() -> None:
+    text = DEPLOY.read_text()
+    wf = load(DEPLOY)
+    for name in SECRET_NAMES:
+        assert f"secrets.{name}" in text
+    mapped = {v for s in steps(wf, "deploy") for v in (s.get("env") or {}).values()}
+    for name in SECRET_NAMES:
+        assert "${{ secrets.%s }}" % name in mapped
+
+
+def test_key_files_are_written_private() -> None:
+    (key_step,) = [s for s in steps(load(DEPLOY), "deploy") if "DEPLOY_SSH_KEY" in s.get("env", {})]
+    script = key_step["run"]
+    assert "umask 077" in script and "chmod 600" in script
+    assert script.index("umask 077") < script.index("> \"$ssh_dir/id_deploy\"")
+
+
+def test_ci_runs_the_suite_on_push_and_pull_request() -> None:
+    wf = load(CI)
+    assert {"push", "pull_request"} <= set(wf["on"])
+    assert set(wf["permissions"].values()) <= {"read", "none"}
+    runs = [s["run"] for s in all_steps(wf) if "run" in s]
+    assert any(".ci/run" in r for r in runs)
+
+
+# --- executing the deploy job's run: steps as a runner would ----------------------------------
+
+EXPR = re.compile(r"^\$\{\{\s*(secrets|inputs|vars|github)\.([A-Za-z_]+)\s*\}\}$")
+
+
+@dataclass
+class StepResult:
+    name: str
+    ran: bool
+    code: int | None = None
+    output: str = ""
+    skipped_reason: str = ""
+
+
+@dataclass
+class JobRun:
+    steps: list[StepResult] = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(s.code in (None, 0) for s in self.steps)
+
+    def step(self, prefix: str) -> StepResult:
+        (hit,) = [s for s in self.steps if s.name.startswith(prefix)]
+        return hit
+
+    def log(self) -> str:
+        return "\n".join(f"--- {s.name}: ran={s.ran} code={s.code} {s.skipped_reason}\n{s.output}"
+                         for s in self.steps)
+
+
+def _expression(value: Any, contexts: dict[str, dict[str, str]]) -> str:
+    text = str(value)
+    if "${{" not in text:
+        return text
+    m = EXPR.match(text.strip())
+    assert m, f"the emulated runner only maps plain context lookups into env, not {text!r}"
+    return contexts[m.group(1)].get(m.group(2), "")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """$GITHUB_ENV: NAME=value lines and NAME<<DELIMITER blocks."""
+    out: dict[str, str] = {}
+    lines = path.read_text().splitlines() if path.exists() else []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delim = line.split("<<", 1)
+            j = lines.index(delim, i + 1)
+            out[name] = "\n".join(lines[i + 1:j])
+            i = j + 1
+            continue
+        if line.strip():
+            name, _, value = line.partition("=")
+            out[name] = value
+        i += 1
+    return out
+
+
+def run_deploy_job(
+    tmp: Path, *, event: str, ref_name: str = "", inputs: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None, variables: dict[str, str] | None = None,
+    after_step: Callable[[str, dict[str, str]], None] | None = None,
+) -> JobRun:
+    """Run the deploy job's `run:` steps in order with what a GitHub runner provides.
+
+    `uses:` steps are skipped (checkout: the workspace is this checkout; setup-python: the
+    venv's Python is on PATH). The install step is detected and skipped: obsdeploy is already
+    installed in the venv, whose bin/ leads PATH. `if:` is honoured for success()/always().
+    """
+    wf = load(DEPLOY)
+    job = wf["jobs"]["deploy"]
+    shell = (job.get("defaults") or {}).get("run", {}).get("shell", "bash")
+    assert shell == "bash"
+    temp = tmp / "runner-temp"
+    temp.mkdir(parents=True, exist_ok=True)
+    summary = tmp / "step-summary.md"
+    summary.write_text("")
+    is_tag = event == "push"
+    contexts = {
+        "secrets": secrets or {},
+        "inputs": inputs or {},
+        "vars": variables or {},
+        "github": {"event_name": event, "ref_name": ref_name},
+    }
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("OBS_AGENT_", "OBSDEPLOY_", "GITHUB_", "RUNNER_"))}
+    base.update({
+        "CI": "true", "GITHUB_ACTIONS": "true",
+        "GITHUB_EVENT_NAME": event,
+        "GITHUB_REF_NAME": ref_name,
+        "GITHUB_REF": (f"refs/tags/{ref_name}" if is_tag else f"refs/heads/{ref_name or 'main'}"),
+        "GITHUB_REF_TYPE": "tag" if is_tag else "branch",
+        "GITHUB_REPOSITORY": "tawbury/observer",
+        "GITHUB_WORKFLOW": str(wf.get("name", "deploy")),
+        "GITHUB_WORKSPACE": str(REPO),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "RUNNER_TEMP": str(temp),
+        "RUNNER_OS": "Linux",
+        # setup-python + the install step: the venv's python and obsdeploy come first.
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    for scope in (wf.get("env") or {}, job.get("env") or {}):
+        base.update({k: _expression(v, contexts) for k, v in scope.items()})
+    exported: dict[str, str] = {}
+    run = JobRun()
+    failed = False
+    for i, step in enumerate(job["steps"]):
+        name = str(step.get("name") or f"step {i}")
+        cond = str(step.get("if", ""))
+        wants = "always()" in cond or ("failure()" in cond and failed) or (
+            not cond and not failed)
+        if cond and not wants and "always()" not in cond and "failure()" not in cond:
+            raise AssertionError(f"the emulated runner does not understand if: {cond!r}")
+        if "uses" in step or not wants:
+            reason = "uses:" if "uses" in step else f"if: {cond or 'success()'}"
+            run.steps.append(StepResult(name, False, skipped_reason=reason))
+            continue
+        script = str(step["run"])
+        if re.search(r"\bpip install\b", script):
+            assert "obsdeploy" in (VENV_BIN / "obsdeploy").name
+            assert (VENV_BIN / "obsdeploy").exists()
+            run.steps.append(StepResult(name, False, skipped_reason="install (venv has it)"))
+            continue
+        env_file, path_file = temp / f"env-{i}", temp / f"path-{i}"
+        env = {**base, **exported,
+               **{k: _expression(v, contexts) for k, v in (step.get("env") or {}).items()},
+               "GITHUB_ENV": str(env_file), "GITHUB_PATH": str(path_file),
+               "GITHUB_OUTPUT": str(temp / f"output-{i}")}
+        script_file = temp / f"step-{i}.sh"
+        script_file.write_text(script)
+        # How the runner starts `shell: bash`.
+        res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script_file)],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        run.steps.append(StepResult(name, True, res.returncode, res.stdout + res.stderr))
+        exported.update(_read_env_file(env_file))
+        if path_file.exists():
+            extra = [p for p in path_file.read_text().splitlines() if p]
+            base["PATH"] = os.pathsep.join([*reversed(extra), base["PATH"]])
+        if after_step:
+            after_step(name, {**exported, "RUNNER_TEMP": str(temp)})
+        failed = failed or res.returncode != 0
+    run.summary = summary.read_text()
+    return run
+
+
+def summary_rows(summary: str) -> list[list[str]]:
+    rows = [line for line in summary.splitlines() if line.startswith("|")]
+    assert rows and rows[0].replace(" ", "") == "|host|from|to|result|seconds|", summary
+    # Cells are split on unescaped pipes only ("\\|" is a pipe inside a cell).
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", r.strip()[1:-1])] for r in rows[2:]]
+
+
+def test_an_invalid_dispatched_version_stops_before_any_host_is_touched(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    job = run_deploy_job(
+        tmp_path, event="workflow_dispatch", ref_name="main",
+        inputs={"action": "deploy", "version": f'v1.0.0"; touch {marker}; echo "$(touch {marker})'},
+        secrets={"DEPLOY_HOSTS": "203.0.113.1", "DEPLOY_SSH_KEY": "k", "DEPLOY_KNOWN_HOSTS": "h"},
+    )
+    resolve = job.step("Resolve")
+    assert resolve.code == 2, job.log()
+    assert "expected vMAJOR.MINOR.PATCH" in resolve.output
+    assert not marker.exists()  # the input was data, never code
+    assert not job.step("Run obsdeploy").ran
+    assert job.step("Summary").code == 0 and "Exit code **not run**" in job.summary
+    assert job.step("Remove the SSH key").code == 0
+
+
+def test_missing_secrets_fail_with_their_names(tmp_path: Path) -> None:
+    job = run_deploy_job(tmp_path, event="push", ref_name="v1.0.0",
+                         secrets={"DEPLOY_HOSTS": "203.0.113.1"})
+    key = job.step("Write the SSH key")
+    assert key.code == 1 and "DEPLOY_SSH_KEY is not set" in key.output, job.log()
+    assert not job.step("Run obsdeploy").ran
+    assert "not run" in job.summary
+
+
+def test_a_tag_that_is_not_a_version_is_refused(tmp_path: Path) -> None:
+    job = run_deploy_job(tmp_path, event="push", ref_name="v1.2.3.4",
+                         secrets=dict.fromkeys(SECRET_NAMES, "x"))
+    assert job.step("Resolve").code == 2, job.log()
+    assert not job.step("Run obsdeploy").ran
+
+
+# --- against a real SSH host and the real agent -----------------------------------------------
+
+@pytest.fixture
+def ssh_host(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from tests.conftest import missing
+
+    try:
+        from tests.parts_ssh import Sshd  # written alongside deploy_tool
+    except ImportError:
+        missing("tests/parts_ssh.py (the sshd helper)")
+    if not (REPO / "deploy_tool" / "cli.py").exists():
+        missing("obsdeploy's deploy command (deploy_tool/cli.py)")
+    sshd = _start_sshd(Sshd, tmp_path / "sshd")
+    yield sshd
+    sshd.stop()
+
+
+def _start_sshd(cls, workdir: Path):  # type: ignore[no-untyped-def]
+    sshd = cls(workdir)
+    started = sshd.start()
+    return started if started is not None else sshd
+
+
+def _ssh_secrets(sshd) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {
+        "DEPLOY_HOSTS": f"127.0.0.1:{sshd.port}",
+        "DEPLOY_SSH_USER": sshd.user,
+        "DEPLOY_SSH_KEY": Path(sshd.client_key).read_text(),
+        "DEPLOY_KNOWN_HOSTS": Path(sshd.known_hosts).read_text(),
+    }
+
+
+@pytest.mark.integration
+def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
+    tmp_path: Path, ssh_host, agent_root  # type: ignore[no-untyped-def]
+) -> None:
+    secrets = _ssh_secrets(ssh_host)
+    variables = {"OBSDEPLOY_AGENT_COMMAND": str(VENV_BIN / "obs-agent"),
+                 "OBSDEPLOY_AGENT_ROOT": str(agent_root.path)}
+    modes: dict[str, int] = {}
+
+    def watch_key_files(step: str, env: dict[str, str]) -> None:
+        if step.startswith("Write the SSH key"):
+            d = Path(env["DEPLOY_SSH_DIR"])
+            for f in ("id_deploy", "known_hosts"):
+                modes[f] = stat.S_IMODE((d / f).stat().st_mode)
+            modes["dir"] = stat.S_IMODE(d.stat().st_mode)
+
+    first = run_deploy_job(tmp_path / "run1", event="push", ref_name="v1.0.0",
+                           secrets=secrets, variables=variables, after_step=watch_key_files)
+    assert first.ok, first.log()
+    assert modes == {"id_deploy": 0o600, "known_hosts": 0o600, "dir": 0o700}
+    assert not (tmp_path / "run1" / "runner-temp" / "obsdeploy-ssh").exists()  # removed
+    assert agent_root.last_good() == "v1.0.0"
+    (row,) = summary_rows(first.summary)
+    assert row[0].endswith(str(ssh_host.port)) or "127.0.0.1" in row[0]
+    assert row[1] in ("-", "") and row[2] == "v1.0.0" and row[3].startswith("success")
+    assert float(row[4]) > 0
+    assert "Exit code **0**" in first.summary
+    for secret in ("DEPLOY_SSH_KEY",):
+        assert secrets[secret].strip().splitlines()[1] not in first.summary
+
+    second = run_deploy_job(tmp_path / "run2", event="push", ref_name="v1.1.0",
+                            secrets=secrets, variables=variables)
+    assert second.ok, second.log()
+    assert agent_root.last_good() == "v1.1.0"
+    (row,) = summary_rows(second.summary)
+    assert row[1:3] == ["v1.0.0", "v1.1.0"]
+
+    back = run_deploy_job(tmp_path / "run3", event="workflow_dispatch", ref_name="main",
+                          inputs={"action": "rollback", "version": ""},
+                          secrets=secrets, variables=variables)
+    assert back.ok, back.log()
+    assert agent_root.last_good() == "v1.0.0"
+    (row,) = summary_rows(back.summary)
+    assert row[1:3] == ["v1.1.0", "v1.0.0"] and row[3].startswith("success")
+    assert "obsdeploy rollback" in back.summary
+
+
+@pytest.mark.integration
+def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
+    tmp_path: Path, ssh_host, agent_root  # type: ignore[no-untyped-def]
+) -> None:
+    secrets = _ssh_secrets(ssh_host)
+    variables = {"OBSDEPLOY_AGENT_COMMAND": str(VENV_BIN / "obs-agent"),
+                 "OBSDEPLOY_AGENT_ROOT": str(agent_root.path)}
+    good = run_deploy_job(tmp_path / "good", event="push", ref_name="v1.0.0",
+                          secrets=secrets, variables=variables)
+    assert good.ok, good.log()
+    bad = run_deploy_job(tmp_path / "bad", event="push", ref_name="v2.0.0-error",
+                         secrets=secrets, variables=variables)
+    assert bad.step("Run obsdeploy").code == 20, bad.log()
+    assert not bad.ok
+    assert bad.step("Summary").code == 0 and bad.step("Remove the SSH key").code == 0
+    assert "Exit code **20**" in bad.summary
+    (row,) = summary_rows(bad.summary)
+    assert row[1:3] == ["v1.0.0", "v2.0.0-error"] and "20" in row[3]
+    assert agent_root.last_good() == "v1.0.0"
+
+
+def test_the_summary_script_renders_a_report(tmp_path: Path) -> None:
+    """The summary step alone, fed the report format obsdeploy --json prints."""
+    (step,) = [s for s in steps(load(DEPLOY), "deploy") if s.get("name") == "Summary"]
+    temp = tmp_path / "t"
+    temp.mkdir()
+    (temp / "obsdeploy-report.json").write_text(json.dumps({"hosts": [
+        {"host": "vm1|x", "from_tag": None, "to_tag": "v1.0.0", "result": "success",
+         "exit_code": 0, "seconds": 12.345},
+        {"host": "vm2", "from_tag": "v0.9.0", "to_tag": "v1.0.0", "result": "rolled_back",
+         "exit_code": 20, "seconds": 30},
+    ]}))
+    (temp / "obsdeploy-exit-code").write_text("20\n")
+    out = tmp_path / "summary.md"
+    env = {**os.environ, "RUNNER_TEMP": str(temp), "GITHUB_STEP_SUMMARY": str(out),
+           "DEPLOY_ACTION": "deploy", "DEPLOY_VERSION": "v1.0.0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rows = summary_rows(out.read_text())
+    assert rows == [["vm1\\|x", "-", "v1.0.0", "success", "12.3"],
+                    ["vm2", "v0.9.0", "v1.0.0", "rolled_back (exit 20)", "30.0"]]
+    assert "Exit code **20**" in out.read_text()
