@@ -164,7 +164,7 @@ class BackupArchive:
         return self.write(self.capture(label))
 
     # --- list / prune ----------------------------------------------------------------------
-    def list(self) -> list[Path]:
+    def archives(self) -> list[Path]:
         """Newest first. Leftover `.partial` files from a killed run are removed."""
         if not self.dir.exists():
             return []
@@ -174,7 +174,7 @@ class BackupArchive:
         return sorted(self.dir.glob(f"backup-*{SUFFIX}"), key=lambda p: p.name, reverse=True)
 
     def prune(self) -> list[Path]:
-        removed = self.list()[self.root.settings.backup_keep:]
+        removed = self.archives()[self.root.settings.backup_keep:]
         for p in removed:
             p.unlink()
         return removed

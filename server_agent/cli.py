@@ -216,7 +216,7 @@ def backup_list(ctx: Ctx, as_json: bool) -> None:
     """Archives, newest first."""
     from .backup import BackupArchive
 
-    items = [{"name": p.name, "bytes": p.stat().st_size} for p in BackupArchive(ctx.load_root()).list()]
+    items = [{"name": p.name, "bytes": p.stat().st_size} for p in BackupArchive(ctx.load_root()).archives()]
     if as_json:
         _print_json(items)
         return

@@ -1,0 +1,236 @@
+"""Fast tests of the agent's pure parts: versions, redaction, settings, builders, health
+answers, state files and archives. No daemon needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from server_agent.backup import BackupArchive
+from server_agent.compose import ComposeConfig, ComposeProject
+from server_agent.errors import LockedError, UsageError
+from server_agent.health import classify
+from server_agent.redact import Redactor
+from server_agent.settings import AgentRoot
+from server_agent.state import History, ReleaseState, atomic_write
+from server_agent.versions import validate_version
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith("OBS_AGENT_"):
+            monkeypatch.delenv(k)
+
+
+@pytest.mark.parametrize("ok", ["v1.2.3", "v0.0.1", "v10.20.30", "v1.2.3-rc.1", "v1.2.3-alpha-2"])
+def test_valid_versions(ok: str) -> None:
+    assert validate_version(ok) == ok
+
+
+@pytest.mark.parametrize("bad", ["1.2.3", "v1.2", "v01.2.3", "v1.2.3+build", "v1.2.3;rm -rf /",
+                                 "$(id)", "../v1", "v1.2.3\n", "v" + "9" * 10000, ""])
+def test_invalid_versions_show_the_expected_form(bad: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        validate_version(bad)
+    assert "vMAJOR.MINOR.PATCH" in str(exc.value)
+    assert len(str(exc.value)) < 300  # a 10 000-character tag is not echoed back whole
+
+
+def test_redactor_masks_longest_first_and_inside_structures() -> None:
+    r = Redactor(["abcd1234", "abcd1234-longer", "x"])
+    assert r("k=abcd1234-longer and abcd1234, x") == "k=*** and ***, x"
+    assert r.obj({"a": ["abcd1234"], "b": 3}) == {"a": ["***"], "b": 3}
+
+
+def _root(tmp_path: Path, agent: dict | None = None, environment: dict | None = None) -> Path:  # type: ignore[type-arg]
+    (tmp_path / "deployment_config.json").write_text(json.dumps(
+        {"service": {"x": 1}, "agent": agent or {}, "environment": environment or {}}))
+    return tmp_path
+
+
+def test_settings_precedence_env_over_json_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _root(tmp_path, {"health_timeout": 30, "backup_keep": 3})
+    assert AgentRoot(root).settings.health_timeout == 30
+    assert AgentRoot(root).settings.stabilize_seconds == 2  # default
+    monkeypatch.setenv("OBS_AGENT_HEALTH_TIMEOUT", "7")
+    monkeypatch.setenv("OBS_AGENT_REQUIRED_ENV", '["A", "B"]')
+    s = AgentRoot(root).settings
+    assert (s.health_timeout, s.backup_keep, s.required_env) == (7, 3, ["A", "B"])
+
+
+def test_settings_refuse_unknown_keys_and_bad_values_with_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UsageError, match=r"agent\.verify\.pathz: unknown key"):
+        AgentRoot(_root(tmp_path, {"verify": {"pathz": []}}))
+    with pytest.raises(UsageError, match=r"agent\.backup_paths: Value error, '\.\./etc'"):
+        AgentRoot(_root(tmp_path, {"backup_paths": ["../etc"]}))
+    with pytest.raises(UsageError, match=r"agent\.verify\.log_pattern: .*regular expression"):
+        AgentRoot(_root(tmp_path, {"verify": {"log_pattern": "(unclosed"}}))
+    monkeypatch.setenv("OBS_AGENT_HEALTH_TIMEOT", "3")
+    with pytest.raises(UsageError, match="OBS_AGENT_HEALTH_TIMEOT"):
+        AgentRoot(_root(tmp_path))
+
+
+def test_environment_merge_later_wins_and_secrets_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _root(tmp_path, environment={"A": "json", "B": "json", "C": "json"})
+    (root / ".env").write_text("export B=dotenv\r\nC=dotenv\r\nKIS_API_KEY='secret-from-env-file'\r\n")
+    monkeypatch.setenv("C", "process")
+    monkeypatch.setenv("KIS_API_SECRET", "process-secret-value")
+    r = AgentRoot(root)
+    env = r.merged_env()
+    assert (env["A"], env["B"], env["C"]) == ("json", "dotenv", "process")
+    assert env["KIS_API_KEY"] == "secret-from-env-file"
+    assert set(r.secret_values()) >= {"secret-from-env-file", "process-secret-value", "dotenv"}
+    assert r.compose_env("v1.0.0")["IMAGE_TAG"] == "v1.0.0"
+
+
+def test_project_name_defaults_to_the_root_base_name(tmp_path: Path) -> None:
+    d = tmp_path / "Observer.Prod"
+    d.mkdir()
+    assert AgentRoot(d).project == "observerprod"
+
+
+def test_compose_builders_are_plain_argv(tmp_path: Path) -> None:
+    p = ComposeProject(tmp_path, tmp_path / "c.yml", "obs")
+    argv = p.create_argv({"web": 2, "api": 3})
+    assert argv[-7:] == ["--no-recreate", "--pull", "never", "--scale", "api=3", "--scale", "web=2"]
+    assert ["-p", "obs"] == argv[argv.index("-p"):argv.index("-p") + 2]
+    assert p.config_argv()[-3:] == ["config", "--format", "json"]
+
+
+def test_compose_config_model() -> None:
+    cfg = ComposeConfig({"services": {"observer": {
+        "image": "r/o:v1", "environment": {"A": "1"},
+        "volumes": [{"type": "bind", "source": "/x/data", "target": "/app/data"},
+                    {"type": "volume", "source": "v", "target": "/v"}],
+        "healthcheck": {"test": ["CMD", "true"]}}}})
+    svc = cfg.services[0]
+    assert (svc.name, svc.image, svc.binds, svc.has_healthcheck) == (
+        "observer", "r/o:v1", {"/x/data": "/app/data"}, True)
+    assert cfg.images == ["r/o:v1"]
+
+
+@pytest.mark.parametrize(("status", "body", "degraded", "kind"), [
+    (200, b'{"status":"healthy"}', False, "pass"),
+    (200, b'{"status":"initializing"}', False, "wait"),
+    (200, b'{"status":"starting"}', False, "wait"),
+    (200, b'{"status":"degraded"}', False, "fail"),
+    (200, b'{"status":"degraded"}', True, "pass"),
+    (200, b'{"status":"shutting_down"}', False, "fail"),
+    (200, b"OK", False, "pass"),
+    (503, b'{"status":"healthy"}', False, "fail"),
+    (500, b"", False, "fail"),
+])
+def test_health_answers(status: int, body: bytes, degraded: bool, kind: str) -> None:
+    assert classify(status, body, degraded).kind == kind
+
+
+def test_atomic_write_and_corrupt_last_good_recovers_from_history(tmp_path: Path) -> None:
+    st = ReleaseState(tmp_path)
+    st.history.append({"action": "deploy", "tag": "v1.0.0", "result": "success"})
+    st.set_last_good_tag("v1.0.0")
+    assert st.last_good_tag() == "v1.0.0"
+    atomic_write(st.last_good_path, "v1.0.")  # as if truncated
+    assert st.last_good_tag() == "v1.0.0"
+    assert not list(tmp_path.glob(".last_good_tag.tmp*"))
+
+
+def test_history_skips_a_torn_last_line_and_appends_after_it(tmp_path: Path) -> None:
+    h = History(tmp_path / "history.jsonl")
+    h.append({"tag": "v1.0.0", "result": "success"})
+    with open(h.path, "a") as f:
+        f.write('{"tag": "v1.1.0", "res')  # killed mid-write
+    h.append({"tag": "v1.2.0", "result": "success"})
+    assert [r["tag"] for r in h.records()] == ["v1.0.0", "v1.2.0"]
+
+
+def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
+    st = ReleaseState(tmp_path)
+    with st.lock.hold("deploy", "v1.0.0"):
+        assert st.lock.is_held()
+        with pytest.raises(LockedError, match=rf"pid {os.getpid()} \(deploy v1.0.0\) since"):
+            with st.lock.hold("rollback", "v0.9.0"):
+                pass
+    assert not st.lock.is_held()
+
+
+def test_interrupted_attempt_becomes_history(tmp_path: Path) -> None:
+    st = ReleaseState(tmp_path)
+    st.begin({"action": "deploy", "tag": "v2.0.0", "from_tag": "v1.0.0", "started_at": "t0", "pid": 1})
+    rec = st.recover_interrupted()
+    assert rec is not None and rec["result"] == "interrupted" and "pid" not in rec
+    assert st.pending() is None
+    assert st.history.records()[-1]["result"] == "interrupted"
+
+
+def test_backup_captures_then_writes_a_tar_with_exact_sizes(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    (root / "config" / "observer").mkdir(parents=True)
+    big = root / "config" / "observer" / "observer.jsonl"
+    big.write_bytes(b'{"n":1}\n' * 100_000)  # > SMALL_FILE: copied from a held descriptor
+    (root / "logs").mkdir()
+    (root / "logs" / "app.log").write_text("hello\n")
+    os.symlink("observer/observer.jsonl", root / "config" / "latest")
+    ar = BackupArchive(AgentRoot(root))
+    snap = ar.capture("t")
+    size = big.stat().st_size
+    with open(big, "ab") as f:
+        f.write(b'{"n":2}\n' * 10)  # written after the capture: not in the archive
+    path = ar.write(snap)
+    assert path.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(path) as tar:
+        member = tar.getmember("config/observer/observer.jsonl")
+        assert member.size == size
+        assert tar.getmember("config/latest").issym()
+        data = tar.extractfile(member)
+        assert data is not None and data.read() == b'{"n":1}\n' * 100_000
+
+
+def test_backup_write_failure_leaves_no_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _root(tmp_path)
+    (root / "config").mkdir()
+    (root / "config" / "f").write_bytes(b"x" * 300_000)
+    ar = BackupArchive(AgentRoot(root))
+    snap = ar.capture("t")
+
+    def no_space(*_a: object, **_k: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", no_space)
+    with pytest.raises(OSError):
+        ar.write(snap)
+    assert list((root / "backups").iterdir()) == []
+
+
+def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+    root = _root(tmp_path, {"backup_keep": 2})
+    ar = BackupArchive(AgentRoot(root))
+    (root / "backups").mkdir()
+    for i in range(4):
+        (root / "backups" / f"backup-2026010{i}T000000Z-x.tar").write_bytes(b"")
+    (root / "backups" / "backup-20260109T000000Z-x.tar.partial").write_bytes(b"")
+    ar.prune()
+    assert sorted(p.name for p in (root / "backups").iterdir()) == [
+        "backup-20260102T000000Z-x.tar", "backup-20260103T000000Z-x.tar"]
+
+
+def test_restore_refuses_a_member_outside_before_writing_anything(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    (root / "backups").mkdir()
+    with tarfile.open(root / "backups" / "evil.tar", "w") as tar:
+        for name in ("config/ok.txt", "config/../../evil.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(UsageError, match="would land outside"):
+        BackupArchive(AgentRoot(root)).restore("evil.tar")
+    assert not (root / "config").exists()
+    with pytest.raises(UsageError, match="invalid backup name"):
+        BackupArchive(AgentRoot(root)).restore("../evil.tar")
