@@ -27,6 +27,7 @@ from .engine import ContainerInfo, Engine
 from .errors import ExitCode, ObsError, PreflightError, UsageError
 from .health import GateResult, HealthGate
 from .preflight import run_preflight
+from .redact import REDACTOR
 from .settings import AgentRoot
 from .state import ReleaseState, now_iso
 
@@ -55,6 +56,7 @@ class Switch:
     old: list[ContainerInfo]
     new: list[ContainerInfo]
     swap_s: float
+    start_error: str | None = None
 
 
 class Deployer:
@@ -114,13 +116,21 @@ class Deployer:
         def capture() -> None:
             snapshot.append(self.backups.capture(f"{record['from_tag'] or 'none'}-to-{tag}"))
 
-        switch = self._switch(tag, config, reuse=record["action"] == "rollback", on_stopped=capture)
+        try:
+            switch = self._switch(tag, config, reuse=record["action"] == "rollback", on_stopped=capture)
+        except Exception:
+            # Creating the containers failed before anything running was touched.
+            self._finish(record, "failed", steps, t0, ExitCode.BUG, "")
+            raise
         steps["swap"] = switch.swap_s
         checkpoint("started")
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The archive is written while the gate watches the new release.
             writing: Future[Path] = pool.submit(self._write_backup, snapshot[0])
-            gate = self.gate.wait(tag, switch.new)
+            if switch.start_error:
+                gate = GateResult(False, f"could not start {tag}: {switch.start_error}", 0.0)
+            else:
+                gate = self.gate.wait(tag, switch.new)
             steps["gate"] = gate.seconds
             backup_error = writing.exception()
         checkpoint("gated")
@@ -150,7 +160,7 @@ class Deployer:
         self.engine.remove(switch.new)  # kill, don't wait out a grace period of a broken release
         checkpoint("failed_removed")
         previous = self.state.last_good_tag()
-        if previous is None or previous == tag:
+        if previous is None:
             if switch.old:  # put back what ran before, though it never passed a gate here
                 self.engine.start(switch.old)
             return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
@@ -161,7 +171,10 @@ class Deployer:
             env = self.root.compose_env(previous)
             back = self._switch(previous, self.compose.config(env), reuse=True, on_stopped=None)
             checkpoint("rolled_back")
-            again = self.gate.wait(previous, back.new)
+            if back.start_error:
+                again = GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
+            else:
+                again = self.gate.wait(previous, back.new)
         except ObsError as exc:
             again = GateResult(False, str(exc), 0.0)
         record["rollback_gate"] = {"healthy": again.healthy, "reason": again.reason}
@@ -213,7 +226,11 @@ class Deployer:
         if on_stopped is not None:
             on_stopped()
         checkpoint("stopped")
-        self.engine.start(new)
+        try:
+            self.engine.start(new)
+        except Exception as exc:  # e.g. its port is taken: a failed release, not a crash of ours
+            log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
+            return Switch(old=running, new=new, swap_s=_since(t), start_error=REDACTOR(str(exc))[:500])
         swap_s = _since(t)
         log.info("started %s (%s) in %.2fs", tag, ", ".join(c.name for c in new), swap_s)
         return Switch(old=running, new=new, swap_s=swap_s)
