@@ -129,7 +129,12 @@ class HealthGate:
                 if c.state in ("exited", "dead") or (c.state == "created" and now - started > 5):
                     return f"container {c.name} exited with code {c.exit_code}"
                 if c.state == "restarting" or c.restart_count > 0:
-                    return f"container {c.name} exited with code {c.exit_code} and is restarting"
+                    # Restarted already, the exit code inspect shows is the new run's; the
+                    # `die` event, due any moment, carries the real one.
+                    wait_until = time.monotonic() + 0.5
+                    while not dead and time.monotonic() < wait_until:
+                        time.sleep(0.02)
+                    return dead[0] if dead else f"container {c.name} crashed and is restarting"
                 if c.health == "unhealthy":
                     return f"container {c.name} is unhealthy (Docker healthcheck)"
                 if c.tag != tag:
