@@ -158,3 +158,41 @@ def test_the_healthcheck_command_is_valid_python() -> None:
     test = json.loads(res.stdout)["services"]["observer"]["healthcheck"]["test"]
     assert test[1:3] == ["python", "-c"]
     compile(test[3], "<healthcheck>", "exec")
+
+
+def test_the_healthcheck_probe_reads_the_example_observer(tmp_path: Path) -> None:
+    """The compose healthcheck's Python, pointed at examples/observer on the host: it passes
+    when the service is healthy and fails while it is initializing (503)."""
+    import sys
+    import time
+
+    from tests.parts import free_port, wait_port
+
+    env = base_env(IMAGE_TAG="v1.0.0", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src",
+                   **SECRETS)
+    res = compose(COMPOSE_DIR, env, "config", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    port = free_port()
+    probe = json.loads(res.stdout)["services"]["observer"]["healthcheck"]["test"][3]
+    probe = probe.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    obs = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "observer" / "observer.py")],
+        env={**os.environ, "OBSERVER_HOST": "127.0.0.1", "OBSERVER_PORT": str(port),
+             "OBSERVER_ARCHIVE": str(tmp_path / "config" / "observer" / "observer.jsonl"),
+             "OBSERVER_STARTUP_SECONDS": "1.5"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def probe_rc() -> int:
+            return subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                  timeout=10).returncode
+
+        wait_port(port)
+        assert probe_rc() == 1  # listening, but initializing: 503
+        deadline = time.monotonic() + 10
+        while probe_rc() != 0:
+            assert time.monotonic() < deadline, "the probe never passed"
+            time.sleep(0.1)
+    finally:
+        obs.terminate()
+        assert obs.wait(15) == 0

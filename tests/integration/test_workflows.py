@@ -24,6 +24,7 @@ WORKFLOWS = REPO / ".github" / "workflows"
 DEPLOY = WORKFLOWS / "deploy.yml"
 CI = WORKFLOWS / "ci.yml"
 SECRET_NAMES = ("DEPLOY_HOSTS", "DEPLOY_SSH_USER", "DEPLOY_SSH_KEY", "DEPLOY_KNOWN_HOSTS")
+OK_RESULTS = ("ok", "success")  # obsdeploy's per-host result for exit 0
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 
@@ -136,7 +137,7 @@ def test_secrets_reach_the_steps_only_through_env() -> None:
         assert f"secrets.{name}" in text
     mapped = {v for s in steps(wf, "deploy") for v in (s.get("env") or {}).values()}
     for name in SECRET_NAMES:
-        assert "${{ secrets.%s }}" % name in mapped
+        assert "${{ secrets." + name + " }}" in mapped
 
 
 def test_key_files_are_written_private() -> None:
@@ -313,13 +314,16 @@ def test_an_invalid_dispatched_version_stops_before_any_host_is_touched(tmp_path
     marker = tmp_path / "pwned"
     job = run_deploy_job(
         tmp_path, event="workflow_dispatch", ref_name="main",
-        inputs={"action": "deploy", "version": f'v1.0.0"; touch {marker}; echo "$(touch {marker})'},
+        inputs={"action": "deploy",
+                "version": f'v1.0.0"; touch {marker}; echo "$(touch {marker})\n::warning::injected'},
         secrets={"DEPLOY_HOSTS": "203.0.113.1", "DEPLOY_SSH_KEY": "k", "DEPLOY_KNOWN_HOSTS": "h"},
     )
     resolve = job.step("Resolve")
     assert resolve.code == 2, job.log()
     assert "expected vMAJOR.MINOR.PATCH" in resolve.output
     assert not marker.exists()  # the input was data, never code
+    # ... and it cannot start a workflow command line of its own.
+    assert not any(line.startswith("::warning::") for line in resolve.output.splitlines())
     assert not job.step("Run obsdeploy").ran
     assert job.step("Summary").code == 0 and "Exit code **not run**" in job.summary
     assert job.step("Remove the SSH key").code == 0
@@ -369,7 +373,7 @@ def _ssh_secrets(sshd) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "DEPLOY_HOSTS": f"127.0.0.1:{sshd.port}",
         "DEPLOY_SSH_USER": sshd.user,
         "DEPLOY_SSH_KEY": Path(sshd.client_key).read_text(),
-        "DEPLOY_KNOWN_HOSTS": Path(sshd.known_hosts).read_text(),
+        "DEPLOY_KNOWN_HOSTS": sshd.known_hosts_line,
     }
 
 
@@ -397,7 +401,7 @@ def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
     assert agent_root.last_good() == "v1.0.0"
     (row,) = summary_rows(first.summary)
     assert row[0].endswith(str(ssh_host.port)) or "127.0.0.1" in row[0]
-    assert row[1] in ("-", "") and row[2] == "v1.0.0" and row[3].startswith("success")
+    assert row[1] in ("-", "") and row[2] == "v1.0.0" and row[3] in OK_RESULTS
     assert float(row[4]) > 0
     assert "Exit code **0**" in first.summary
     for secret in ("DEPLOY_SSH_KEY",):
@@ -416,7 +420,7 @@ def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
     assert back.ok, back.log()
     assert agent_root.last_good() == "v1.0.0"
     (row,) = summary_rows(back.summary)
-    assert row[1:3] == ["v1.1.0", "v1.0.0"] and row[3].startswith("success")
+    assert row[1:3] == ["v1.1.0", "v1.0.0"] and row[3] in OK_RESULTS
     assert "obsdeploy rollback" in back.summary
 
 
@@ -437,8 +441,52 @@ def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
     assert bad.step("Summary").code == 0 and bad.step("Remove the SSH key").code == 0
     assert "Exit code **20**" in bad.summary
     (row,) = summary_rows(bad.summary)
-    assert row[1:3] == ["v1.0.0", "v2.0.0-error"] and "20" in row[3]
+    # "to" is where the host ended up (obsdeploy reports the rolled-back-to release there);
+    # the attempted version is in the heading.
+    assert row[1] == "v1.0.0" and row[2] in ("v1.0.0", "v2.0.0-error"), row
+    assert row[3] == "rolled_back (exit 20)", row
+    assert "obsdeploy deploy v2.0.0-error" in bad.summary
     assert agent_root.last_good() == "v1.0.0"
+
+
+@pytest.mark.integration
+def test_several_hosts_from_the_secret_each_get_a_row(
+    tmp_path: Path, ssh_host, agent_root, registry  # type: ignore[no-untyped-def]
+) -> None:
+    """DEPLOY_HOSTS with two VMs (comma and newline separated); each VM's sshd sets its own
+    OBS_AGENT_ROOT, so no agent root is passed (the agent's own default applies)."""
+    import uuid
+
+    from tests.parts import make_agent_root
+    from tests.parts_ssh import Sshd
+
+    other_root = make_agent_root(tmp_path / "observer2", registry.address,
+                                 f"obs-{uuid.uuid4().hex[:8]}")
+    ssh_host.stop()
+    first = Sshd(tmp_path / "sshd-a", env={"OBS_AGENT_ROOT": str(agent_root.path)}).start()
+    second = Sshd(tmp_path / "sshd-b", env={"OBS_AGENT_ROOT": str(other_root.path)}).start()
+    # One deploy key for both VMs (sshd reads authorized_keys at each login).
+    (second.workdir / "authorized_keys").write_text(
+        first.client_key.with_suffix(".pub").read_text())
+    try:
+        secrets = {
+            "DEPLOY_HOSTS": f"127.0.0.1:{first.port},\n 127.0.0.1:{second.port}\n",
+            "DEPLOY_SSH_USER": "root",
+            "DEPLOY_SSH_KEY": first.client_key.read_text(),
+            "DEPLOY_KNOWN_HOSTS": first.known_hosts_line + second.known_hosts_line,
+        }
+        job = run_deploy_job(tmp_path / "run", event="push", ref_name="v1.0.0", secrets=secrets,
+                             variables={"OBSDEPLOY_AGENT_COMMAND": str(VENV_BIN / "obs-agent"),
+                                        "OBSDEPLOY_BATCH": "2"})
+        assert job.ok, job.log()
+        rows = summary_rows(job.summary)
+        assert [r[0].rsplit(":", 1)[1] for r in rows] == [str(first.port), str(second.port)]
+        assert all(r[2] == "v1.0.0" and r[3] in OK_RESULTS for r in rows), rows
+        assert agent_root.last_good() == other_root.last_good() == "v1.0.0"
+    finally:
+        first.stop()
+        second.stop()
+        other_root.down()
 
 
 def test_the_summary_script_renders_a_report(tmp_path: Path) -> None:
