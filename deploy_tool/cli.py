@@ -1,0 +1,298 @@
+"""obsdeploy: click commands only (SPEC §10). Parse, call the core, print text or --json, exit.
+
+Heavy imports (docker, fabric, pydantic, rich) happen inside the commands so `--help` stays
+instant. Options do not read the environment themselves: `deploy_tool.config` reads
+`OBSDEPLOY_*` (env > obsdeploy.toml > default) and an option given on the command line wins
+over both. `main()` is the one place that turns errors into SPEC §9 exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from .config import ObsdeployConfig
+    from .remote import RolloutReport
+
+
+class Ctx:
+    def __init__(self, config: str | None, verbose: bool) -> None:
+        self.config_path = config
+        self.verbose = verbose
+
+    def config(self) -> ObsdeployConfig:
+        from .config import load_config
+
+        return load_config(self.config_path)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from server_agent.redact import REDACTOR
+
+    class Redacting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return REDACTOR(super().format(record))
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Redacting("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    for noisy in ("urllib3", "docker", "paramiko", "invoke", "fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_json(data: Any) -> None:
+    from server_agent.redact import REDACTOR
+
+    click.echo(json.dumps(REDACTOR.obj(data), indent=2))
+
+
+def _console(stderr: bool) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # A wide table when not on a terminal (CI logs, pipes): rows stay one line each.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", envvar="OBSDEPLOY_CONFIG", type=click.Path(dir_okay=False),
+              help="obsdeploy.toml to read (env OBSDEPLOY_CONFIG; default ./obsdeploy.toml "
+                   "when present).")
+@click.option("-v", "--verbose", is_flag=True, envvar="OBSDEPLOY_VERBOSE",
+              help="Log every command run (env OBSDEPLOY_VERBOSE).")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
+    """obsdeploy: release the observer image and deploy it to servers over SSH (SPEC §10).
+
+    Exit codes: 0 done, 1 bug, 2 usage, 10 preflight, 11 image/registry, 12 locked,
+    20 rolled back, 21 rollback failed, 30 SSH or host-key failure.
+    """
+    _setup_logging(verbose)
+    ctx.obj = Ctx(config, verbose)
+
+
+# --- release ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("version")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--allow-dirty", is_flag=True, help="Release even with uncommitted changes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and its outcome as JSON.")
+@click.pass_obj
+def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: bool) -> None:
+    """Build image:VERSION with OCI labels, push it, tag VERSION in git and push the tag.
+
+    Run it in the app's repository (where obsdeploy.toml is). Registry credentials come from
+    GHCR_USERNAME and GHCR_TOKEN (else Docker's own credential store); the token is never put
+    on a command line or shown. Re-running after a failure finishes the job and skips what is
+    done; a version already released from another commit is refused.
+    """
+    from server_agent.redact import REDACTOR
+    from server_agent.versions import validate_version
+
+    from .git import Git
+    from .release import ReleaseActions, execute, plan_release
+
+    validate_version(version)
+    cfg = ctx.config()
+    err = _console(stderr=True)
+
+    def progress(line: str) -> None:
+        err.print(f"  {REDACTOR(line)}", markup=False, style="dim")
+
+    actions = ReleaseActions(cfg, Git(cfg.base_dir), progress=progress)
+    plan = plan_release(cfg, version, actions, allow_dirty=allow_dirty, dry_run=dry_run)
+    out = _console(stderr=as_json)
+    out.print(f"release {plan.version}: {plan.reference} from {plan.revision[:12]}"
+              + (" (dry run: nothing will change)" if dry_run else ""), markup=False)
+    for step in plan.steps:
+        mark = {"already-done": "done already", "todo": "to do"}.get(step.state, step.state)
+        out.print(f"  [{mark:>12}] {step.name:<9} {step.description}", markup=False)
+    if not dry_run:
+        if not plan.todo:
+            out.print("nothing to do: this release is complete")
+        for step in execute(plan, actions, on_step=lambda s: err.print(
+                f"-> {s.name}: {s.description}", markup=False)):
+            out.print(f"  [{'done':>12}] {step.name}", markup=False)
+        out.print(f"released {plan.reference} and tag {plan.version} on {plan.git_remote}",
+                  markup=False)
+    if as_json:
+        _print_json(plan.model_dump())
+
+
+# --- deploy / rollback / status ----------------------------------------------------------------
+def _ssh_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--host", "hosts", multiple=True, metavar="[USER@]HOST[:PORT]",
+                     help="Server to act on; repeatable (env OBSDEPLOY_HOSTS, comma-separated)."),
+        click.option("--user", default=None, help="SSH user when a host names none "
+                                                  "(env OBSDEPLOY_USER)."),
+        click.option("--port", type=click.IntRange(1, 65535), default=None,
+                     help="SSH port when a host names none (env OBSDEPLOY_PORT; default 22)."),
+        click.option("--identity", type=click.Path(dir_okay=False), default=None,
+                     help="SSH private key file (env OBSDEPLOY_IDENTITY)."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
+                     help="known_hosts file to verify host keys against "
+                          "(env OBSDEPLOY_KNOWN_HOSTS; default ~/.ssh/known_hosts). "
+                          "Unknown or changed keys are refused (exit 30)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--agent-root", default=None,
+                     help="Agent root on the servers (env OBSDEPLOY_AGENT_ROOT; default: the "
+                          "agent's own, its OBS_AGENT_ROOT or /opt/observer)."),
+        click.option("--agent-command", default=None,
+                     help="Agent program on the servers (env OBSDEPLOY_AGENT_COMMAND; "
+                          "default obs-agent)."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print the per-host report as JSON (agent output goes to stderr)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return _ssh_options(f)
+
+
+def _remote(action: str, ctx: Ctx, version: str | None, batch: int | None, as_json: bool,
+            **o: Any) -> None:
+    from .remote import AgentCall, SshOptions, parse_hosts, rollout
+
+    cfg = ctx.config().deploy
+    hosts = parse_hosts(list(o["hosts"]) or cfg.hosts, user=o["user"] or cfg.user,
+                        port=o["port"] or cfg.port)
+    call = AgentCall(agent_command=o["agent_command"] or cfg.agent_command,
+                     agent_root=o["agent_root"] or cfg.agent_root)
+    opts = SshOptions(identity=o["identity"] or cfg.identity,
+                      known_hosts=o["known_hosts"] or cfg.known_hosts,
+                      connect_timeout=cfg.connect_timeout)
+    stream = sys.stderr if as_json else sys.stdout
+    report = rollout(hosts, action, version, call, opts,  # type: ignore[arg-type]
+                     batch=batch or cfg.batch, out=stream, err=sys.stderr)
+    _report(report, as_json)
+
+
+def _report(report: RolloutReport, as_json: bool) -> None:
+    from .remote import render_report
+
+    render_report(report, _console(stderr=as_json))
+    if as_json:
+        _print_json(report.model_dump())
+    sys.exit(report.exit_code)
+
+
+def _batch_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--batch", type=click.IntRange(min=1), default=None,
+                        help="Hosts per batch, run in parallel; the first batch with a failure "
+                             "stops the rollout (env OBSDEPLOY_BATCH; default 1).")(f)
+
+
+def _version(value: str | None) -> str | None:
+    from server_agent.versions import validate_version
+
+    return None if value is None else validate_version(value)
+
+
+@cli.command()
+@click.argument("version")
+@_batch_option
+@_agent_options
+@click.pass_obj
+def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -> None:
+    """Deploy VERSION on every host: the agent pulls, gates and rolls back by itself.
+
+    Exit code: the first failed host's (20: rolled back, 21: rollback failed, 30: SSH...).
+    """
+    _remote("deploy", ctx, _version(version), batch, as_json, **o)
+
+
+@cli.command()
+@click.argument("version", required=False)
+@_batch_option
+@_agent_options
+@click.pass_obj
+def rollback(ctx: Ctx, version: str | None, batch: int | None, as_json: bool, **o: Any) -> None:
+    """Roll every host back to VERSION, or to the good release before its current one."""
+    _remote("rollback", ctx, _version(version), batch, as_json, **o)
+
+
+@cli.command()
+@_agent_options
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool, **o: Any) -> None:
+    """Each host's current and last good release, health and last action."""
+    _remote("status", ctx, None, None, as_json, **o)
+
+
+# --- setup -------------------------------------------------------------------------------------
+@cli.command()
+@_ssh_options
+@click.option("--venv", default="/opt/obsdeploy/venv", show_default=True,
+              help="Virtualenv on the server to install the agent into (created when missing).")
+@click.option("--python", "python", default="python3", show_default=True,
+              help="Python (>= 3.11) on the server that creates the venv.")
+@click.option("--link", default="/usr/local/bin/obs-agent", show_default=True,
+              help="Symlink to the agent, on the server's PATH; '' for none.")
+@click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Install this wheel instead of building one from this source tree.")
+@click.option("--pip-arg", "pip_args", multiple=True,
+              help="Extra argument for pip install on the server; repeatable "
+                   "(e.g. --pip-arg=--index-url=URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-host report as JSON.")
+@click.pass_obj
+def setup(ctx: Ctx, venv: str, python: str, link: str, wheel: str | None,
+          pip_args: tuple[str, ...], as_json: bool, **o: Any) -> None:
+    """Install or upgrade obs-agent on the hosts (a wheel of this project, pip over SSH)."""
+    from pathlib import Path
+
+    from .install import InstallPlan, setup_hosts
+    from .remote import RolloutReport, SshOptions, parse_hosts
+
+    cfg = ctx.config().deploy
+    hosts = parse_hosts(list(o["hosts"]) or cfg.hosts, user=o["user"] or cfg.user,
+                        port=o["port"] or cfg.port)
+    opts = SshOptions(identity=o["identity"] or cfg.identity,
+                      known_hosts=o["known_hosts"] or cfg.known_hosts,
+                      connect_timeout=cfg.connect_timeout)
+    plan = InstallPlan(venv=venv, python=python, link=link or None, pip_args=list(pip_args))
+    results = setup_hosts(hosts, plan, opts, wheel=Path(wheel) if wheel else None,
+                          out=sys.stderr if as_json else sys.stdout, err=sys.stderr)
+    code = next((r.exit_code for r in results if r.exit_code not in (0, None)), 0) or 0
+    _report(RolloutReport(action="setup", version=None, batch=1, exit_code=code,
+                          hosts=results), as_json)
+
+
+def main() -> None:
+    from server_agent.errors import ObsError
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except ObsError as exc:
+        from server_agent.redact import REDACTOR
+
+        click.echo(f"error: {REDACTOR(str(exc))}", err=True)
+        sys.exit(int(exc.exit_code))
+    except Exception as exc:  # a bug: say so, without leaking secrets through the traceback
+        from server_agent.redact import REDACTOR
+
+        click.echo(f"internal error (a bug, please report): {type(exc).__name__}: "
+                   f"{REDACTOR(str(exc))}", err=True)
+        logging.getLogger("obsdeploy").debug("traceback", exc_info=True)
+        sys.exit(1)
+    sys.exit(0)
+

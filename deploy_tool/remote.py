@@ -1,0 +1,343 @@
+"""`obsdeploy deploy|rollback|status` (SPEC §10): run the agent on each host over SSH.
+
+Building and running are kept apart: `HostSpec.parse` and `AgentCall.command` only build
+(a host spec, a `shlex.join`ed command line: no tag, path or host is ever pasted unquoted);
+`SshSession` runs one command on one host (fabric, host keys verified against known_hosts
+with paramiko's `RejectPolicy`: an unknown or changed key is exit 30); `rollout` goes through
+the hosts in batches and stops after the first batch with a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel
+
+from server_agent.errors import ExitCode, SSHError, UsageError
+
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
+_HOST_SPEC = re.compile(r"(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:@]+))"
+                        r"(?::(?P<port>[0-9]+))?")
+
+# Agent exit codes that mean "the agent ran and answered"; anything else is reported as is.
+RESULT_NAMES = {
+    0: "ok", 20: "rolled_back", 21: "failed", 10: "preflight_failed", 11: "image_failed",
+    12: "locked", 2: "usage_error", 1: "agent_bug", 127: "agent_not_found",
+    int(ExitCode.SSH): "ssh_error",
+}
+
+
+class HostSpec(BaseModel, frozen=True):
+    """One server: `[user@]host[:port]`, `[v6addr]:port` for IPv6."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, user: str | None = None, port: int | None = None) -> HostSpec:
+        m = _HOST_SPEC.fullmatch(text.strip())
+        if not m:
+            raise UsageError(f"invalid host {text!r}", hint="expected [user@]host[:port]")
+        host = m.group("v6") or m.group("host")
+        if not m.group("v6") and not _NAME.fullmatch(host):
+            raise UsageError(f"invalid host name {host!r} in {text!r}",
+                             hint="letters, digits, '.', '-' and '_' only; [user@]host[:port]")
+        u = m.group("user") or user
+        if u is not None and not _USER.fullmatch(u):
+            raise UsageError(f"invalid user name {u!r} in {text!r}")
+        p = int(m.group("port")) if m.group("port") else port
+        if p is not None and not 1 <= p <= 65535:
+            raise UsageError(f"invalid port {p} in {text!r}", hint="1-65535")
+        return cls(host=host, user=u, port=p)
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user + '@' if self.user else ''}{host}{f':{self.port}' if self.port else ''}"
+
+
+def parse_hosts(texts: Sequence[str], *, user: str | None, port: int | None) -> list[HostSpec]:
+    hosts = [HostSpec.parse(t, user=user, port=port) for t in texts]
+    if not hosts:
+        raise UsageError("no host given", hint="pass --host (repeatable) or set OBSDEPLOY_HOSTS "
+                                               "or [deploy].hosts in obsdeploy.toml")
+    seen: set[tuple[str, int | None]] = set()
+    for h in hosts:
+        if (h.host, h.port) in seen:
+            raise UsageError(f"host {h.label} is given twice")
+        seen.add((h.host, h.port))
+    return hosts
+
+
+class AgentCall(BaseModel):
+    """How to invoke the agent on a server; builds command lines, runs nothing."""
+
+    agent_command: str = "obs-agent"
+    agent_root: str | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        try:
+            program = shlex.split(self.agent_command)
+        except ValueError as exc:
+            raise UsageError(f"--agent-command {self.agent_command!r}: {exc}") from None
+        root = ["--root", self.agent_root] if self.agent_root else []
+        return [*program, *root, *args]
+
+    def command(self, *args: str) -> str:
+        return shlex.join(self.argv(*args))
+
+
+class SshOptions(BaseModel):
+    identity: str | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = 15
+
+    def check(self) -> None:
+        for name, value in (("--identity", self.identity), ("--known-hosts", self.known_hosts)):
+            if value and not Path(value).expanduser().is_file():
+                raise UsageError(f"{name} {value}: no such file")
+
+
+class _PrefixWriter:
+    """A stream for invoke: writes whole lines as `label | line` under a shared lock."""
+
+    lock = threading.Lock()
+
+    def __init__(self, label: str, target: IO[str]) -> None:
+        self.label, self.target, self.buf = label, target, ""
+
+    def write(self, data: str) -> None:
+        self.buf += data
+        *lines, self.buf = self.buf.split("\n")
+        if lines:
+            with self.lock:
+                self.target.write("".join(f"{self.label} | {line}\n" for line in lines))
+                self.target.flush()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.buf:
+            self.write("\n")
+
+
+class SshSession:
+    """One fabric connection to one host, host key checked before anything is sent."""
+
+    def __init__(self, host: HostSpec, opts: SshOptions) -> None:
+        self.host, self.opts = host, opts
+        self.conn: Any = None
+
+    def __enter__(self) -> SshSession:
+        import paramiko
+        from fabric import Connection
+
+        connect_kwargs: dict[str, Any] = {}
+        if self.opts.identity:
+            connect_kwargs["key_filename"] = str(Path(self.opts.identity).expanduser())
+        conn = Connection(self.host.host, user=self.host.user, port=self.host.port,
+                          connect_timeout=int(self.opts.connect_timeout),
+                          connect_kwargs=connect_kwargs)
+        # Fabric trusts any key by default (AutoAddPolicy); we never do.
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if self.opts.known_hosts:
+            conn.client.load_host_keys(str(Path(self.opts.known_hosts).expanduser()))
+        else:
+            conn.client.load_system_host_keys()
+            if Path("/etc/ssh/ssh_known_hosts").is_file():
+                conn.client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise SSHError(
+                f"{self.host.label}: the host key has CHANGED (server offers "
+                f"{exc.key.get_name()} {exc.key.fingerprint}); refusing to connect",
+                hint="if the server was reinstalled, verify the new key and update known_hosts",
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            raise SSHError(f"{self.host.label}: SSH authentication failed ({exc})",
+                           hint="check --user and --identity") from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                where = self.opts.known_hosts or "~/.ssh/known_hosts"
+                raise SSHError(
+                    f"{self.host.label}: unknown host key (not in {where}); refusing to connect",
+                    hint="verify the server's fingerprint, then add its line to known_hosts "
+                         "(--known-hosts FILE, env OBSDEPLOY_KNOWN_HOSTS)",
+                ) from None
+            raise SSHError(f"{self.host.label}: SSH failure: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise SSHError(f"{self.host.label}: cannot connect: {exc}") from None
+        self.conn = conn
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def run(self, command: str, *, out: IO[str] | None = None,
+            err: IO[str] | None = None) -> tuple[int, str]:
+        """Run `command`; stream its output prefixed with the host when `out`/`err` are given.
+        Returns (exit code, stdout)."""
+        import paramiko
+
+        streams: list[_PrefixWriter] = []
+        kwargs: dict[str, Any] = {"warn": True, "in_stream": False, "pty": False}
+        if out is not None and err is not None:
+            o, e = _PrefixWriter(self.host.label, out), _PrefixWriter(self.host.label, err)
+            streams = [o, e]
+            kwargs.update(hide=False, out_stream=o, err_stream=e)
+        else:
+            kwargs["hide"] = True
+        try:
+            res = self.conn.run(command, **kwargs)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(f"{self.host.label}: connection lost: {exc}") from None
+        finally:
+            for s in streams:
+                s.close()
+        return int(res.exited), str(res.stdout)
+
+    def put(self, local: str, remote: str) -> None:
+        self.conn.put(local, remote)
+
+
+Action = Literal["deploy", "rollback", "status", "setup"]
+
+
+class HostResult(BaseModel):
+    host: str
+    result: str  # ok | rolled_back | failed | ssh_error | skipped | ...
+    exit_code: int | None
+    from_tag: str | None = None
+    to_tag: str | None = None
+    seconds: float | None = None
+    message: str | None = None
+    status: dict[str, Any] | None = None
+
+
+class RolloutReport(BaseModel):
+    action: Action
+    version: str | None
+    batch: int
+    exit_code: int
+    hosts: list[HostResult]
+
+
+def batches(hosts: Sequence[HostSpec], size: int) -> list[list[HostSpec]]:
+    return [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
+
+
+def _current_tag(session: SshSession, call: AgentCall) -> str | None:
+    code, out = session.run(call.command("status", "--json"))
+    if code != 0:
+        return None
+    try:
+        return json.loads(out).get("current_tag")  # type: ignore[no-any-return]
+    except (ValueError, AttributeError):
+        return None
+
+
+def run_on_host(host: HostSpec, action: Action, version: str | None, call: AgentCall,
+                opts: SshOptions, out: IO[str], err: IO[str]) -> HostResult:
+    started = time.monotonic()
+    try:
+        with SshSession(host, opts) as session:
+            if action == "status":
+                code, stdout = session.run(call.command("status", "--json"))
+                try:
+                    data = json.loads(stdout) if code == 0 else None
+                except ValueError:
+                    data = None
+                return HostResult(host=host.label, result=RESULT_NAMES.get(code, "failed"),
+                                  exit_code=code, status=data,
+                                  seconds=round(time.monotonic() - started, 2))
+            before = _current_tag(session, call)
+            args = [action, *([version] if version else [])]
+            code, _ = session.run(call.command(*args), out=out, err=err)
+            after = _current_tag(session, call)
+    except SSHError as exc:
+        with _PrefixWriter.lock:
+            err.write(f"{host.label} | error: {exc}\n")
+        return HostResult(host=host.label, result="ssh_error", exit_code=int(exc.exit_code),
+                          message=str(exc), seconds=round(time.monotonic() - started, 2))
+    message = None
+    if code == 127:
+        message = f"agent command not found ({call.agent_command!r}): run `obsdeploy setup`"
+    return HostResult(host=host.label, result=RESULT_NAMES.get(code, "failed"), exit_code=code,
+                      from_tag=before, to_tag=after, message=message,
+                      seconds=round(time.monotonic() - started, 2))
+
+
+def rollout(hosts: Sequence[HostSpec], action: Action, version: str | None, call: AgentCall,
+            opts: SshOptions, *, batch: int, out: IO[str], err: IO[str],
+            runner: Callable[..., HostResult] = run_on_host) -> RolloutReport:
+    """Batches of `batch` hosts run in parallel; after a batch with a failure the rest is
+    skipped (for `status`, every host is asked). Exit code: the first failed host's."""
+    opts.check()
+    results: dict[str, HostResult] = {}
+    stopped_after: int | None = None
+    groups = batches(hosts, len(hosts) if action == "status" else batch)
+    for n, group in enumerate(groups, 1):
+        if stopped_after is not None:
+            for h in group:
+                results[h.label] = HostResult(
+                    host=h.label, result="skipped", exit_code=None,
+                    message=f"not started: batch {stopped_after} failed")
+            continue
+        with ThreadPoolExecutor(max_workers=len(group)) as pool:
+            futures = {h.label: pool.submit(runner, h, action, version, call, opts, out, err)
+                       for h in group}
+        for label, fut in futures.items():
+            results[label] = fut.result()
+        if any(results[h.label].exit_code != 0 for h in group):
+            stopped_after = n
+    ordered = [results[h.label] for h in hosts]
+    code = next((r.exit_code for r in ordered if r.exit_code not in (0, None)), 0)
+    return RolloutReport(action=action, version=version, batch=batch, exit_code=code or 0,
+                         hosts=ordered)
+
+
+def _note(message: str | None) -> str:
+    """The report's note column: the first line only (the full message went to stderr)."""
+    return message.splitlines()[0] if message else ""
+
+
+def render_report(report: RolloutReport, console: Any) -> None:
+    from rich.table import Table
+
+    if report.action == "status":
+        table = Table(title="status", title_justify="left")
+        for col in ("host", "current", "last good", "healthy", "last action", "note"):
+            table.add_column(col)
+        for r in report.hosts:
+            s = r.status or {}
+            la = s.get("last_action") or {}
+            table.add_row(
+                r.host, s.get("current_tag") or "-", s.get("last_good_tag") or "-",
+                "-" if not s else ("yes" if s.get("healthy") else "NO"),
+                f"{la.get('action')} {la.get('tag')} -> {la.get('result')}" if la else "-",
+                _note(r.message) or ("" if r.exit_code == 0 else f"exit {r.exit_code}"))
+        console.print(table)
+        return
+    what = report.version or ("(previous)" if report.action == "rollback" else "")
+    title = f"{report.action} {what}".rstrip() + f": exit {report.exit_code}"
+    table = Table(title=title, title_justify="left")
+    for col in ("host", "from", "to", "result", "exit", "seconds", "note"):
+        table.add_column(col)
+    for r in report.hosts:
+        table.add_row(r.host, r.from_tag or "-", r.to_tag or "-", r.result,
+                      "-" if r.exit_code is None else str(r.exit_code),
+                      "-" if r.seconds is None else f"{r.seconds:.1f}", _note(r.message))
+    console.print(table)

@@ -1,0 +1,97 @@
+"""obsdeploy.toml + OBSDEPLOY_* (SPEC §10): precedence, validation, messages naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy_tool.config import load_config
+from server_agent.errors import ExitCode, UsageError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("OBSDEPLOY_"):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "obsdeploy.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    cfg = load_config()
+    assert cfg.image is None and cfg.git_remote == "origin" and cfg.dockerfile == "Dockerfile"
+    assert cfg.deploy.batch == 1 and cfg.deploy.agent_command == "obs-agent"
+    assert cfg.deploy.hosts == [] and cfg.deploy.agent_root is None
+    with pytest.raises(UsageError, match="no image configured"):
+        cfg.require_image()
+
+
+def test_file_is_read_and_paths_are_relative_to_it(tmp_path: Path) -> None:
+    sub = tmp_path / "app"
+    sub.mkdir()
+    p = sub / "obsdeploy.toml"
+    p.write_text('image = "ghcr.io/tawbury/observer"\ncontext = "docker"\n'
+                 'build_args = {PY = "3.11"}\n'
+                 '[deploy]\nhosts = ["vm1", "deploy@vm2:2222"]\nbatch = 2\n'
+                 'agent_root = "/srv/observer"\n')
+    cfg = load_config(p)
+    assert cfg.image == "ghcr.io/tawbury/observer"
+    assert cfg.context_dir == (sub / "docker").resolve()
+    assert cfg.build_args == {"PY": "3.11"}
+    assert cfg.deploy.hosts == ["vm1", "deploy@vm2:2222"]
+    assert cfg.deploy.batch == 2 and cfg.deploy.agent_root == "/srv/observer"
+
+
+def test_cwd_file_is_the_default(tmp_path: Path) -> None:
+    write(tmp_path, 'image = "127.0.0.1:5000/acme/observer"\n')
+    assert load_config().image == "127.0.0.1:5000/acme/observer"
+
+
+def test_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, 'image = "ghcr.io/a/b"\n[deploy]\nhosts = ["vm1"]\nbatch = 2\n')
+    monkeypatch.setenv("OBSDEPLOY_HOSTS", "vm7, root@vm8:2200,")
+    monkeypatch.setenv("OBSDEPLOY_BATCH", "3")
+    monkeypatch.setenv("OBSDEPLOY_IMAGE", "ghcr.io/a/c")
+    monkeypatch.setenv("OBSDEPLOY_BUILD_ARGS", '{"X": "1"}')
+    cfg = load_config()
+    assert cfg.deploy.hosts == ["vm7", "root@vm8:2200"]
+    assert cfg.deploy.batch == 3 and cfg.image == "ghcr.io/a/c" and cfg.build_args == {"X": "1"}
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        ('[deploy]\nport = 0\n', {}, "obsdeploy.toml: deploy.port"),
+        ('[deploy]\nhostz = ["a"]\n', {}, "deploy.hostz: unknown key"),
+        ('imagee = "x/y"\n', {}, "imagee: unknown key"),
+        ('image = "ghcr.io/a/b:v1"\n', {}, "image: Value error, must be an image repository"),
+        ("", {"OBSDEPLOY_BATCH": "0"}, "env OBSDEPLOY_BATCH"),
+        ("", {"OBSDEPLOY_PORT": "ssh"}, "env OBSDEPLOY_PORT"),
+        ("", {"OBSDEPLOY_HOSTZ": "a"}, "unknown setting(s) in the environment: OBSDEPLOY_HOSTZ"),
+        ("image = [", {}, "is not valid TOML"),
+        ("deploy = 3\n", {}, "must be a table"),
+    ],
+)
+def test_bad_configuration_names_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           toml: str, env: dict[str, str], expected: str) -> None:
+    write(tmp_path, toml)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UsageError) as info:
+        load_config()
+    assert expected in str(info.value)
+    assert info.value.exit_code == ExitCode.USAGE
+
+
+def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
