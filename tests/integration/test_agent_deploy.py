@@ -94,7 +94,8 @@ def test_slow_release_waits_for_initializing(agent_root: AgentRootDir) -> None:
 
 
 def test_wrong_archive_path_fails_verify_paths(agent_root: AgentRootDir) -> None:
-    res = deploy(agent_root, "v2.0.0-wrongpath")
+    # The gate waits for verify.paths until health_timeout: keep it short here.
+    res = agent_root.agent("deploy", "v2.0.0-wrongpath", env=agent_root.env(OBS_AGENT_HEALTH_TIMEOUT="4"))
     assert res.returncode == 21, res.stdout + res.stderr
     assert "verify.paths config/observer" in history(agent_root)[0]["failure"]["reason"]
 
