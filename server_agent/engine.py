@@ -1,28 +1,31 @@
-"""The Docker engine through the SDK: pulls with retries, the project's containers, the swap.
+"""The Docker engine: pulls with retries, the project's containers, stop/start/remove.
 
 Containers are read into `ContainerInfo` (pydantic) from the engine's inspect data, so the
 rest of the agent never digs through raw dicts.
+
+Writes, pulls, logs and events go through the docker SDK. Reads (list, inspect, ping) go
+through `EngineSocket`, plain HTTP on the engine's unix socket: importing the SDK alone takes
+longer than `docker compose ps`, and `status` and the gate's polls need nothing else.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
-import docker
-import docker.errors
-import requests
 from pydantic import BaseModel
-from tenacity import (
-    retry,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from .errors import ImageError, ObsError
 from .redact import REDACTOR
+
+if TYPE_CHECKING:
+    import docker
 
 log = logging.getLogger("obs.engine")
 
@@ -76,7 +79,59 @@ class ContainerInfo(BaseModel):
         )
 
 
+class EngineHTTPError(ObsError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Docker engine answered {status}: {message}")
+        self.status = status
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class EngineSocket:
+    """GET requests to the engine's API on its unix socket, one connection per thread use."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    @classmethod
+    def from_env(cls) -> EngineSocket | None:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return cls(host.removeprefix("unix://")) if host.startswith("unix://") else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        conn = _UnixHTTPConnection(self.path, self.timeout)
+        try:
+            conn.request("GET", path + ("?" + urlencode(params) if params else ""))
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as exc:
+            raise ObsError(f"cannot reach the Docker engine at {self.path}: {exc}",
+                           hint="is dockerd running? is DOCKER_HOST right?") from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            try:
+                message = json.loads(body).get("message", "")
+            except ValueError:
+                message = body.decode(errors="replace")[:200]
+            raise EngineHTTPError(resp.status, message)
+        return json.loads(body) if body and body[:1] in b"[{" else body.decode()
+
+
 def _transient(exc: BaseException) -> bool:
+    import docker.errors
+    import requests
+
     if isinstance(exc, docker.errors.NotFound):
         return False
     if isinstance(exc, docker.errors.APIError):
@@ -90,10 +145,13 @@ def _transient(exc: BaseException) -> bool:
 class Engine:
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self._client = client
+        self.socket = EngineSocket.from_env() if client is None else None
 
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
+            import docker
+
             try:
                 self._client = docker.from_env(timeout=120)
             except docker.errors.DockerException as exc:
@@ -101,25 +159,40 @@ class Engine:
                                hint="is dockerd running? is DOCKER_HOST right?") from None
         return self._client
 
+    def _get(self, path: str, **params: Any) -> Any:
+        if self.socket is not None:
+            return self.socket.get(path, **params)
+        # A remote engine (tcp://, ssh://): the SDK's session, which knows its TLS and auth.
+        resp = self.client.api.get(self.client.api.base_url + path, params=params)
+        if resp.status_code >= 400:
+            raise EngineHTTPError(resp.status_code, resp.text[:200])
+        return resp.json() if resp.content[:1] in (b"[", b"{") else resp.text
+
     def ping(self) -> None:
-        self.client.ping()
+        self._get("/_ping")
 
     def root_dir(self) -> str:
-        return str(self.client.info().get("DockerRootDir", "/var/lib/docker"))
+        return str(self._get("/info").get("DockerRootDir", "/var/lib/docker"))
 
     # --- images ----------------------------------------------------------------------------
     def has_image(self, ref: str) -> bool:
         try:
-            self.client.images.get(ref)
+            self._get(f"/images/{quote(ref, safe='')}/json")
             return True
-        except docker.errors.ImageNotFound:
-            return False
+        except EngineHTTPError as exc:
+            if exc.status == 404:
+                return False
+            raise
 
     def pull(self, refs: list[str]) -> None:
         for ref in refs:
             self._pull_one(ref)
 
     def _pull_one(self, ref: str) -> None:
+        import docker.errors
+        import requests
+        from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
         @retry(
             retry=retry_if_exception(_transient),
             stop=stop_after_attempt(PULL_ATTEMPTS),
@@ -150,21 +223,21 @@ class Engine:
 
     # --- containers ------------------------------------------------------------------------
     def project_containers(self, project: str) -> list[ContainerInfo]:
-        api = self.client.api
-        listed = api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
+        listed = self._get("/containers/json", all=1,
+                           filters=json.dumps({"label": [f"{PROJECT_LABEL}={project}"]}))
         out = []
         for c in listed:
-            try:
-                info = ContainerInfo.from_inspect(api.inspect_container(c["Id"]))
-            except docker.errors.NotFound:
-                continue
             if (c.get("Labels") or {}).get(ONEOFF_LABEL) == "True":
                 continue
-            out.append(info)
+            try:
+                out.append(self.inspect(c["Id"]))
+            except EngineHTTPError as exc:
+                if exc.status != 404:  # removed between list and inspect
+                    raise
         return sorted(out, key=lambda c: (c.service, c.number))
 
     def inspect(self, cid: str) -> ContainerInfo:
-        return ContainerInfo.from_inspect(self.client.api.inspect_container(cid))
+        return ContainerInfo.from_inspect(self._get(f"/containers/{cid}/json"))
 
     def stop(self, containers: list[ContainerInfo]) -> None:
         """Stop in parallel, each with its own stop_grace_period (compose's StopTimeout)."""
@@ -176,6 +249,8 @@ class Engine:
         _parallel(lambda c: self.client.api.start(c.id), containers)
 
     def remove(self, containers: list[ContainerInfo]) -> None:
+        import docker.errors
+
         def one(c: ContainerInfo) -> None:
             try:
                 self.client.api.remove_container(c.id, force=True)
@@ -184,6 +259,8 @@ class Engine:
         _parallel(one, containers)
 
     def logs_tail(self, cid: str, lines: int = 50) -> str:
+        import docker.errors
+
         try:
             raw = self.client.api.logs(cid, tail=lines, stdout=True, stderr=True)
         except docker.errors.APIError:
@@ -196,8 +273,8 @@ class Engine:
 
     def health_log(self, cid: str) -> list[dict[str, Any]]:
         try:
-            st = self.client.api.inspect_container(cid).get("State") or {}
-        except docker.errors.APIError:
+            st = self._get(f"/containers/{cid}/json").get("State") or {}
+        except ObsError:
             return []
         entries = (st.get("Health") or {}).get("Log") or []
         return [
