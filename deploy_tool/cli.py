@@ -8,13 +8,14 @@ over both. `main()` is the one place that turns errors into SPEC §9 exit codes.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from server_agent.clikit import print_json
 
 if TYPE_CHECKING:
     from .config import ObsdeployConfig
@@ -30,26 +31,6 @@ class Ctx:
         from .config import load_config
 
         return load_config(self.config_path)
-
-
-def _setup_logging(verbose: bool) -> None:
-    from server_agent.redact import REDACTOR
-
-    class Redacting(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return REDACTOR(super().format(record))
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Redacting("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
-    for noisy in ("urllib3", "docker", "paramiko", "invoke", "fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _print_json(data: Any) -> None:
-    from server_agent.redact import REDACTOR
-
-    click.echo(json.dumps(REDACTOR.obj(data), indent=2))
 
 
 def _console(stderr: bool) -> Any:
@@ -74,7 +55,9 @@ def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
     Exit codes: 0 done, 1 bug, 2 usage, 10 preflight, 11 image/registry, 12 locked,
     20 rolled back, 21 rollback failed, 30 SSH or host-key failure.
     """
-    _setup_logging(verbose)
+    from server_agent.clikit import setup_logging
+
+    setup_logging(verbose, logging.WARNING)
     ctx.obj = Ctx(config, verbose)
 
 
@@ -123,7 +106,7 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: b
         out.print(f"released {plan.reference} and tag {plan.version} on {plan.git_remote}",
                   markup=False)
     if as_json:
-        _print_json(plan.model_dump())
+        print_json(plan.model_dump())
 
 
 # --- deploy / rollback / status ----------------------------------------------------------------
@@ -186,7 +169,7 @@ def _report(report: RolloutReport, as_json: bool) -> None:
 
     render_report(report, _console(stderr=as_json))
     if as_json:
-        _print_json(report.model_dump())
+        print_json(report.model_dump())
     sys.exit(report.exit_code)
 
 
@@ -272,27 +255,6 @@ def setup(ctx: Ctx, venv: str, python: str, link: str, wheel: str | None,
 
 
 def main() -> None:
-    from server_agent.errors import ObsError
+    from server_agent import clikit
 
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except ObsError as exc:
-        from server_agent.redact import REDACTOR
-
-        click.echo(f"error: {REDACTOR(str(exc))}", err=True)
-        sys.exit(int(exc.exit_code))
-    except Exception as exc:  # a bug: say so, without leaking secrets through the traceback
-        from server_agent.redact import REDACTOR
-
-        click.echo(f"internal error (a bug, please report): {type(exc).__name__}: "
-                   f"{REDACTOR(str(exc))}", err=True)
-        logging.getLogger("obsdeploy").debug("traceback", exc_info=True)
-        sys.exit(1)
-    sys.exit(0)
-
+    clikit.run(cli)

@@ -6,12 +6,13 @@ Heavy imports (docker, pydantic) happen inside the commands so `--help` stays in
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from .clikit import print_json
 
 if TYPE_CHECKING:
     from .settings import AgentRoot
@@ -37,39 +38,22 @@ class Ctx:
             if preflight:
                 raise PreflightError([Problem("config", str(exc))]) from None
             raise
-        _log_to_state_dir(root)
+        _log_to_state_dir(root, create=preflight)
         return root
 
 
-def _setup_logging(verbose: bool) -> None:
-    from .redact import REDACTOR
-
-    class Redacting(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return REDACTOR(super().format(record))
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Redacting("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    for noisy in ("urllib3", "docker"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _log_to_state_dir(root: AgentRoot) -> None:
-    """Keep an agent log beside the state (redacted like stderr)."""
+def _log_to_state_dir(root: AgentRoot, create: bool) -> None:
+    """Keep an agent log beside the state (redacted like stderr). Read-only commands write
+    to it only where the state directory already exists."""
+    if not create and not root.state_dir.is_dir():
+        return
     try:
-        root.state_dir.mkdir(parents=True, exist_ok=True)
+        root.state_dir.mkdir(exist_ok=True)
         handler = logging.FileHandler(root.state_dir / "agent.log")
     except OSError:
         return
     handler.setFormatter(logging.getLogger().handlers[0].formatter)
     logging.getLogger().addHandler(handler)
-
-
-def _print_json(data: Any) -> None:
-    from .redact import REDACTOR
-
-    click.echo(json.dumps(REDACTOR.obj(data), indent=2, sort_keys=False))
 
 
 def _tag(value: str | None) -> str | None:
@@ -86,7 +70,9 @@ def _tag(value: str | None) -> str | None:
 @click.pass_context
 def cli(ctx: click.Context, root: str, verbose: bool) -> None:
     """obs-agent: deploy, check and roll back the service on this server (SPEC §7-§8)."""
-    _setup_logging(verbose)
+    from .clikit import setup_logging
+
+    setup_logging(verbose)
     ctx.obj = Ctx(root, verbose)
 
 
@@ -133,7 +119,7 @@ def status(ctx: Ctx, as_json: bool) -> None:
 
     data = read_status(ctx.load_root(), Engine())
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     la = data["last_action"]
     click.echo(f"current:   {data['current_tag'] or '-'}  ({'healthy' if data['healthy'] else 'NOT healthy'})")
@@ -166,7 +152,7 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
         report = run_preflight(root, Engine(), probe_tag)
         problems, notes = report.problems, report.notes
     if as_json:
-        _print_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
+        print_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
     else:
         for n in notes:
             click.echo(f"note: {n}")
@@ -186,7 +172,7 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
 
     records = read_history(ctx.load_root(), limit)
     if as_json:
-        _print_json(records)
+        print_json(records)
         return
     for r in records:
         click.echo(f"{r['started_at'] or '-':<25} {r['action']:<8} {r['from_tag'] or '-':>10} -> "
@@ -218,7 +204,7 @@ def backup_list(ctx: Ctx, as_json: bool) -> None:
 
     items = [{"name": p.name, "bytes": p.stat().st_size} for p in BackupArchive(ctx.load_root()).archives()]
     if as_json:
-        _print_json(items)
+        print_json(items)
         return
     for i in items:
         click.echo(f"{i['name']}  {i['bytes']} bytes")
@@ -236,26 +222,6 @@ def backup_restore(ctx: Ctx, name: str) -> None:
 
 
 def main() -> None:
-    from .errors import ObsError
+    from . import clikit
 
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except ObsError as exc:
-        from .redact import REDACTOR
-
-        click.echo(f"error: {REDACTOR(str(exc))}", err=True)
-        sys.exit(int(exc.exit_code))
-    except Exception as exc:  # a bug: say so, without leaking secrets through the traceback
-        from .redact import REDACTOR
-
-        click.echo(f"internal error (a bug, please report): {type(exc).__name__}: "
-                   f"{REDACTOR(str(exc))}", err=True)
-        logging.getLogger("obs").debug("traceback", exc_info=True)
-        sys.exit(1)
-    sys.exit(0)
+    clikit.run(cli)

@@ -150,6 +150,9 @@ class AgentRoot:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
+        if not self.path.is_dir():
+            raise UsageError(f"agent root {self.path} does not exist",
+                             hint="pass --root DIR or set OBS_AGENT_ROOT (default /opt/observer)")
         self.raw_config = self._read_config()
         self.settings = self._load_settings()
         self.project = self.settings.project_name or _default_project(self.path)
