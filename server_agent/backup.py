@@ -192,9 +192,13 @@ class BackupArchive:
                              hint="see `obs-agent backup list`")
         dest = str(self.root.path)
         try:
+            size = path.stat().st_size
             with tarfile.open(path, "r:") as tar:
                 members = tar.getmembers()
                 for m in members:
+                    if m.isreg() and m.offset_data + m.size > size:
+                        raise UsageError(f"refusing {name}: it is truncated ({m.name!r} is cut short)",
+                                         hint="pick another archive from `backup list`")
                     try:
                         # data_filter would quietly re-root an absolute name; refuse it instead.
                         if m.name.startswith("/"):
@@ -210,7 +214,8 @@ class BackupArchive:
                 wanted = [m for m in members if m.name != "state" and not m.name.startswith("state/")]
                 tar.extractall(dest, members=wanted, filter="data")
         except tarfile.TarError as exc:
-            raise ObsError(f"{name} is not a readable tar archive: {exc}") from None
+            raise UsageError(f"refusing {name}: not a readable tar archive ({exc})",
+                             hint="pick another archive from `backup list`") from None
         log.info("restored %s; the files it replaced are in %s", name, safety.name)
         return safety
 

@@ -86,7 +86,8 @@ def deploy(ctx: Ctx, tag: str) -> None:
 
     valid = _tag(tag)
     assert valid is not None
-    outcome = Deployer(ctx.load_root(preflight=True), Engine()).deploy(valid)
+    root = ctx.load_root(preflight=True)
+    outcome = Deployer(root, Engine(timeout=root.settings.pull_timeout)).deploy(valid)
     _finish(outcome)
 
 
@@ -98,7 +99,8 @@ def rollback(ctx: Ctx, tag: str | None) -> None:
     from .deploy import Deployer
     from .engine import Engine
 
-    outcome = Deployer(ctx.load_root(preflight=True), Engine()).rollback(_tag(tag))
+    root = ctx.load_root(preflight=True)
+    outcome = Deployer(root, Engine(timeout=root.settings.pull_timeout)).rollback(_tag(tag))
     _finish(outcome)
 
 
@@ -175,9 +177,12 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
         print_json(records)
         return
     for r in records:
-        click.echo(f"{r['started_at'] or '-':<25} {r['action']:<8} {r['from_tag'] or '-':>10} -> "
-                   f"{r['tag'] or '-':<10} {r['result']:<12} {r['duration_s'] if r['duration_s'] is not None else '-'}s"
-                   + (f"  ({r['failure']['reason']})" if r.get("failure") else ""))
+        failure = r.get("failure")
+        reason = failure.get("reason") if isinstance(failure, dict) else None
+        took = f"{r['duration_s']}s" if r["duration_s"] is not None else "-"
+        click.echo(f"{r['started_at'] or '-':<25} {r['action'] or '-':<8} {r['from_tag'] or '-':>10} -> "
+                   f"{r['tag'] or '-':<10} {r['result'] or '-':<12} {took}"
+                   + (f"  ({reason})" if reason else ""))
 
 
 @cli.group()

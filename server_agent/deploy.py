@@ -78,35 +78,44 @@ class Deployer:
     def _attempt(self, action: str, tag: str | None) -> Outcome:
         self.state.ensure()
         with self.state.lock.hold(action, tag or "previous"):
-            self.state.recover_interrupted()
-            checkpoint("locked")
-            target = tag or self._previous_good()
+            interrupted = self.state.recover_interrupted()
+            target = tag or self._previous_good(interrupted)
             t0 = time.monotonic()
             steps: dict[str, float] = {}
-
-            report = run_preflight(self.root, self.engine, target)
-            for note in report.notes:
-                log.info("preflight: %s", note)
-            if not report.ok:
-                raise PreflightError(report.problems)
-            assert report.config is not None
-            steps["preflight"] = _since(t0)
-            log.info("preflight ok (%.2fs)", steps["preflight"])
-
-            t = time.monotonic()
-            self._pull(report.config.images, always=(action == "deploy"))
-            steps["pull"] = _since(t)
-            checkpoint("pulled")
-
-            current = self._running()
-            from_tag = current[0].tag if current else self.state.last_good_tag()
+            # Journal first, so a kill from here on is reported as an interrupted attempt.
             record: dict[str, Any] = {
-                "action": action, "tag": target, "from_tag": from_tag,
+                "action": action, "tag": target, "from_tag": None,
                 "started_at": now_iso(), "backup": None, "pid": os.getpid(),
             }
             self.state.begin(record)
+            checkpoint("locked")
+            try:
+                config = self._prepare(action, target, steps, t0)
+            except ObsError:
+                # Preflight or pull failed: nothing changed, so there is no attempt to record.
+                self.state.discard()
+                raise
+            checkpoint("pulled")
+            current = self._running()
+            record["from_tag"] = current[0].tag if current else self.state.last_good_tag()
+            self.state.begin(record)
             checkpoint("journaled")
-            return self._switch_and_gate(record, report.config, steps, t0)
+            return self._switch_and_gate(record, config, steps, t0)
+
+    def _prepare(self, action: str, target: str, steps: dict[str, float], t0: float) -> ComposeConfig:
+        """Preflight and pull: everything that must succeed before anything running is touched."""
+        report = run_preflight(self.root, self.engine, target)
+        for note in report.notes:
+            log.info("preflight: %s", note)
+        if not report.ok:
+            raise PreflightError(report.problems)
+        assert report.config is not None
+        steps["preflight"] = _since(t0)
+        log.info("preflight ok (%.2fs)", steps["preflight"])
+        t = time.monotonic()
+        self._pull(report.config.images, always=(action == "deploy"))
+        steps["pull"] = _since(t)
+        return report.config
 
     def _switch_and_gate(self, record: dict[str, Any], config: ComposeConfig,
                          steps: dict[str, float], t0: float) -> Outcome:
@@ -157,26 +166,23 @@ class Deployer:
         log.error("%s failed: %s", tag, gate.reason)
         record["failure"] = {"reason": gate.reason, **gate.diagnostics}
         self.state.update(failure=record["failure"])
-        self.engine.remove(switch.new)  # kill, don't wait out a grace period of a broken release
-        checkpoint("failed_removed")
         previous = self.state.last_good_tag()
         if previous is None:
-            if switch.old:  # put back what ran before, though it never passed a gate here
-                self.engine.start(switch.old)
+            try:
+                self.engine.remove(switch.new)  # kill: no grace period for a broken release
+                checkpoint("failed_removed")
+                if switch.old:  # put back what ran before, though it never passed a gate here
+                    self.engine.start(switch.old)
+            except Exception as exc:
+                log.error("cleaning up after %s failed: %s", tag, REDACTOR(str(exc)))
             return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
                                 f"{tag} failed ({gate.reason}); there is no previous good release "
                                 "to roll back to" + ("" if switch.old else "; nothing is running"))
         log.warning("rolling back to %s", previous)
         try:
-            env = self.root.compose_env(previous)
-            back = self._switch(previous, self.compose.config(env), reuse=True, on_stopped=None)
-            checkpoint("rolled_back")
-            if back.start_error:
-                again = GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
-            else:
-                again = self.gate.wait(previous, back.new)
-        except ObsError as exc:
-            again = GateResult(False, str(exc), 0.0)
+            again = self._restore(previous, switch)
+        except Exception as exc:  # the engine stayed away: report it, don't crash
+            again = GateResult(False, f"{type(exc).__name__}: {REDACTOR(str(exc))[:300]}", 0.0)
         record["rollback_gate"] = {"healthy": again.healthy, "reason": again.reason}
         steps["restore"] = _since(t_fail)
         if again.healthy:
@@ -187,6 +193,25 @@ class Deployer:
         return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
                             f"{tag} failed ({gate.reason}); rollback to {previous} failed too "
                             f"({again.reason})")
+
+    def _restore(self, previous: str, switch: Switch) -> GateResult:
+        """Remove the failed release and start `previous` (its kept containers when there),
+        gated. A Docker engine that is restarting is waited for, up to health_timeout."""
+        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+        for attempt in Retrying(retry=retry_if_exception(_engine_down), reraise=True,
+                                stop=stop_after_delay(self.root.settings.health_timeout),
+                                wait=wait_fixed(1)):
+            with attempt:
+                self.engine.remove(switch.new)  # kill: no grace period for a broken release
+                checkpoint("failed_removed")
+                env = self.root.compose_env(previous)
+                back = self._switch(previous, self.compose.config(env), reuse=True, on_stopped=None)
+                checkpoint("rolled_back")
+                if back.start_error:
+                    return GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
+                return self.gate.wait(previous, back.new)
+        raise AssertionError("unreachable: tenacity reraises")
 
     def _finish(self, record: dict[str, Any], result: str, steps: dict[str, float], t0: float,
                 code: ExitCode, message: str) -> Outcome:
@@ -229,6 +254,8 @@ class Deployer:
         try:
             self.engine.start(new)
         except Exception as exc:  # e.g. its port is taken: a failed release, not a crash of ours
+            if _engine_down(exc):
+                raise
             log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
             return Switch(old=running, new=new, swap_s=_since(t), start_error=REDACTOR(str(exc))[:500])
         swap_s = _since(t)
@@ -257,9 +284,17 @@ class Deployer:
         log.info("backup %s written (%.2fs)", path.name, _since(t))
         return path
 
-    def _previous_good(self) -> str:
-        """The good release before the current one (SPEC §8 rollback without TAG)."""
+    def _previous_good(self, interrupted: dict[str, Any] | None) -> str:
+        """The good release before the current one (SPEC §8 rollback without TAG).
+
+        Right after a killed attempt, `rollback` finishes the job instead: a killed rollback's
+        target, or, when a killed deploy left the last good release not running, that one."""
         current = self.state.last_good_tag()
+        if interrupted is not None:
+            if interrupted.get("action") == "rollback" and isinstance(interrupted.get("tag"), str):
+                return str(interrupted["tag"])
+            if current and not any(c.tag == current for c in self._running()):
+                return current
         for t in reversed(self.state.good_tags()):
             if t != current:
                 return t
@@ -268,6 +303,17 @@ class Deployer:
             + (f" (only {current} passed the gate)" if current else ""),
             hint="name the version: obs-agent rollback vX.Y.Z",
         )
+
+
+def _engine_down(exc: BaseException) -> bool:
+    """The Docker engine is unreachable (restarting), as opposed to refusing something."""
+    import requests
+
+    from .engine import EngineUnreachable
+
+    if isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError):
+        return True
+    return isinstance(exc, ObsError) and "cannot reach the docker engine" in str(exc).lower()
 
 
 def _one_per_service(containers: list[ContainerInfo], services: list[str]) -> list[ContainerInfo] | None:

@@ -85,6 +85,10 @@ class EngineHTTPError(ObsError):
         self.status = status
 
 
+class EngineUnreachable(ObsError):
+    pass
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -108,6 +112,30 @@ class EngineSocket:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return cls(host.removeprefix("unix://")) if host.startswith("unix://") else None
 
+    def pull(self, repo: str, tag: str, auth_header: str | None, idle_timeout: float) -> None:
+        """POST /images/create and follow its progress stream. A stream that is silent for
+        `idle_timeout` seconds raises TimeoutError: a stalled registry costs that, not the
+        engine's own minutes (the SDK's pull runs without any timeout)."""
+        conn = _UnixHTTPConnection(self.path, idle_timeout)
+        try:
+            conn.request("POST", "/images/create?" + urlencode({"fromImage": repo, "tag": tag}),
+                         headers={"X-Registry-Auth": auth_header} if auth_header else {})
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                body = resp.read()
+                try:
+                    message = json.loads(body).get("message", "")
+                except ValueError:
+                    message = body.decode(errors="replace")[:200]
+                raise EngineHTTPError(resp.status, message)
+            for line in resp:
+                if line.strip():
+                    event = json.loads(line)
+                    if event.get("error"):
+                        raise PullStreamError(str(event["error"]))
+        finally:
+            conn.close()
+
     def get(self, path: str, **params: Any) -> Any:
         conn = _UnixHTTPConnection(self.path, self.timeout)
         try:
@@ -115,8 +143,8 @@ class EngineSocket:
             resp = conn.getresponse()
             body = resp.read()
         except OSError as exc:
-            raise ObsError(f"cannot reach the Docker engine at {self.path}: {exc}",
-                           hint="is dockerd running? is DOCKER_HOST right?") from None
+            raise EngineUnreachable(f"cannot reach the Docker engine at {self.path}: {exc}",
+                                    hint="is dockerd running? is DOCKER_HOST right?") from None
         finally:
             conn.close()
         if resp.status >= 400:
@@ -128,23 +156,33 @@ class EngineSocket:
         return json.loads(body) if body and body[:1] in b"[{" else body.decode()
 
 
+class PullStreamError(ObsError):
+    """An error the engine reported inside the pull's progress stream."""
+
+
 def _transient(exc: BaseException) -> bool:
+    """Worth another pull attempt: timeouts, dropped connections, 5xx; not a missing tag or
+    refused credentials."""
     import docker.errors
     import requests
 
+    text = str(exc).lower()
+    if any(s in text for s in ("manifest unknown", "not found", "unauthorized", "denied")):
+        return False
     if isinstance(exc, docker.errors.NotFound):
         return False
+    if isinstance(exc, EngineHTTPError):
+        return exc.status >= 500
     if isinstance(exc, docker.errors.APIError):
-        text = str(exc).lower()
-        if any(s in text for s in ("manifest unknown", "not found", "unauthorized", "denied")):
-            return False
         return exc.status_code is None or exc.status_code >= 500
-    return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+    return isinstance(exc, PullStreamError | OSError | requests.exceptions.ConnectionError
+                      | requests.exceptions.Timeout)
 
 
 class Engine:
-    def __init__(self, client: docker.DockerClient | None = None) -> None:
+    def __init__(self, client: docker.DockerClient | None = None, timeout: float = 120) -> None:
         self._client = client
+        self.timeout = timeout
         self.socket = EngineSocket.from_env() if client is None else None
 
     @property
@@ -153,7 +191,7 @@ class Engine:
             import docker
 
             try:
-                self._client = docker.from_env(timeout=120)
+                self._client = docker.from_env(timeout=self.timeout)
             except docker.errors.DockerException as exc:
                 raise ObsError(f"cannot reach the Docker engine: {exc}",
                                hint="is dockerd running? is DOCKER_HOST right?") from None
@@ -193,6 +231,10 @@ class Engine:
         import requests
         from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+        repo, _, tag = ref.rpartition(":")
+        if "/" in tag or not repo:
+            repo, tag = ref, "latest"
+
         @retry(
             retry=retry_if_exception(_transient),
             stop=stop_after_attempt(PULL_ATTEMPTS),
@@ -203,17 +245,18 @@ class Engine:
                 if rs.outcome else ""),
         )
         def attempt() -> None:
-            repo, _, tag = ref.rpartition(":")
-            if "/" in tag or not repo:
-                repo, tag = ref, "latest"
-            self.client.api.pull(repo, tag=tag)
-            # The API answers 200 and reports some errors only in the stream; confirm.
-            self.client.images.get(ref)
+            if self.socket is not None:
+                self.socket.pull(repo, tag, _auth_header(repo), self.timeout)
+            else:
+                self.client.api.pull(repo, tag=tag)
+            # The engine answers 200 and reports some errors only in the stream; confirm.
+            if not self.has_image(ref):
+                raise PullStreamError(f"{ref} is not present after the pull")
 
         log.info("pulling %s", ref)
         try:
             attempt()
-        except (docker.errors.APIError, docker.errors.ImageNotFound,
+        except (ObsError, OSError, docker.errors.APIError, docker.errors.ImageNotFound,
                 requests.exceptions.RequestException) as exc:
             raise ImageError(
                 f"cannot pull {ref}: {REDACTOR(str(exc))[:300]}",
@@ -259,12 +302,11 @@ class Engine:
         _parallel(one, containers)
 
     def logs_tail(self, cid: str, lines: int = 50) -> str:
-        import docker.errors
-
+        """Diagnostics only: an engine that is gone or restarting gives an empty tail."""
         try:
             raw = self.client.api.logs(cid, tail=lines, stdout=True, stderr=True)
-        except docker.errors.APIError:
-            return ""
+        except Exception as exc:
+            return f"(log unavailable: {type(exc).__name__})"
         return REDACTOR(raw.decode("utf-8", errors="replace"))
 
     def logs_contain(self, cid: str, pattern: Any) -> bool:
@@ -281,6 +323,15 @@ class Engine:
             {"exit_code": e.get("ExitCode"), "output": REDACTOR(str(e.get("Output", "")))[-500:]}
             for e in entries[-5:]
         ]
+
+
+def _auth_header(repo: str) -> str | None:
+    """The X-Registry-Auth header the docker CLI would send, from ~/.docker/config.json."""
+    from docker import auth
+
+    registry, _ = auth.resolve_repository_name(repo)
+    config = auth.resolve_authconfig(auth.load_config(), registry)
+    return auth.encode_header(config).decode() if config else None
 
 
 def _parallel(fn: Any, items: list[ContainerInfo]) -> None:

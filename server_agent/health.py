@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import PROJECT_LABEL, ContainerInfo, Engine
+from .engine import PROJECT_LABEL, ContainerInfo, Engine, EngineUnreachable
 from .redact import REDACTOR
 from .settings import AgentRoot
 
@@ -123,6 +123,13 @@ class HealthGate:
                 return dead[0]
             try:
                 infos = [self.engine.inspect(cid) for cid in ids]
+            except EngineUnreachable:
+                # dockerd restarting: not a verdict on the release; wait for it, up to the deadline.
+                if now >= deadline:
+                    return f"the Docker engine was unreachable until health_timeout={self.timeout:g}s"
+                healthy_since = None
+                wake.wait(PROBE_INTERVAL * 4)
+                continue
             except Exception as exc:  # a container removed under us is a failure of this release
                 return f"cannot inspect the release's containers: {exc}"
             for c in infos:

@@ -25,7 +25,7 @@ ENV_PREFIX = "OBS_AGENT_"
 CONFIG_NAME = "deployment_config.json"
 DEFAULT_ROOT = "/opt/observer"
 # Env vars with our prefix that are not settings: the CLI's own, and the test hook.
-_NON_SETTING_ENV = {"OBS_AGENT_ROOT", "OBS_AGENT_DIE_AT"}
+_NON_SETTING_ENV = {"OBS_AGENT_ROOT", "OBS_AGENT_DIE_AT", "OBS_AGENT_VERBOSE"}
 
 
 def _relative_path(value: str) -> str:
@@ -79,6 +79,8 @@ class AgentSettings(BaseSettings):
     backup_keep: int = Field(5, ge=1)
     backup_paths: list[str] = Field(default_factory=lambda: ["config", "logs"])
     min_free_mb: int = Field(1024, ge=0)
+    # Seconds a pull may go without progress before the attempt is retried (registry hangs).
+    pull_timeout: float = Field(120, gt=0)
     required_env: list[str] = Field(
         default_factory=lambda: ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"]
     )
@@ -190,6 +192,8 @@ class AgentRoot:
                 f"{self.config_file} is not valid JSON: {exc}",
                 hint="fix the file (it must be one JSON object) or remove it to use the defaults",
             ) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.config_file}: {exc.strerror}") from None
         if not isinstance(data, dict):
             raise UsageError(f"{self.config_file} must hold a JSON object, not {type(data).__name__}")
         for key in ("agent", "environment"):

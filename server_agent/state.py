@@ -170,6 +170,8 @@ class ReleaseState:
             text = self.last_good_path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        except (UnicodeDecodeError, OSError):
+            text = "<unreadable>"
         try:
             return validate_version(text)
         except UsageError:
@@ -184,14 +186,13 @@ class ReleaseState:
         atomic_write(self.last_good_path, tag + "\n")
 
     def _last_success_tag(self) -> str | None:
-        for rec in reversed(self.history.records()):
-            if rec.get("result") == "success":
-                return str(rec.get("tag"))
-        return None
+        good = self.good_tags()
+        return good[-1] if good else None
 
     def good_tags(self) -> list[str]:
         """Tags that passed the gate, oldest first, from history."""
-        return [str(r["tag"]) for r in self.history.records() if r.get("result") == "success"]
+        return [str(r["tag"]) for r in self.history.records()
+                if r.get("result") == "success" and isinstance(r.get("tag"), str)]
 
     # --- the journal of the attempt in progress --------------------------------------------
     def begin(self, record: dict[str, Any]) -> None:
@@ -211,22 +212,36 @@ class ReleaseState:
             return {"action": "unknown", "tag": None, "started_at": None}
         return data if isinstance(data, dict) else None
 
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+
+    def interrupted(self) -> dict[str, Any] | None:
+        """The journal of a killed attempt: present, its lock free, and not yet in history
+        (a kill between the history append and the journal's removal leaves a journal that
+        is already recorded)."""
+        rec = self.pending()
+        if rec is None or self.lock.is_held() or self._recorded(rec):
+            return None
+        return {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}
+
+    def _recorded(self, rec: dict[str, Any]) -> bool:
+        hist = self.history.records()
+        return bool(hist and rec.get("started_at") and hist[-1].get("started_at") == rec.get("started_at"))
+
     def finish(self, record: dict[str, Any]) -> None:
         """Record the attempt in history, then drop the journal (in this order: a crash
         between the two is resolved by `recover_interrupted`, which sees the history)."""
         self.history.append(record)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.journal_path)
+        self.discard()
 
     def recover_interrupted(self) -> dict[str, Any] | None:
         """Call with the lock held: turn a journal left by a killed attempt into history."""
         rec = self.pending()
         if rec is None:
             return None
-        hist = self.history.records()
-        if hist and hist[-1].get("started_at") == rec.get("started_at") and rec.get("started_at"):
-            # The attempt finished its history record but died before dropping the journal.
-            os.unlink(self.journal_path)
+        if self._recorded(rec):
+            self.discard()
             return None
         rec = {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}
         rec.pop("pid", None)

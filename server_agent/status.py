@@ -39,28 +39,25 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
 
 def last_action(state: ReleaseState) -> dict[str, Any] | None:
     pending = state.pending()
-    if pending is not None:
-        # A journal with the lock free is an attempt that was killed; with it held, one running.
-        result = "running" if state.lock.is_held() else "interrupted"
+    if pending is not None and state.lock.is_held():
         return {"action": pending.get("action"), "tag": pending.get("tag"),
-                "result": result, "finished_at": None}
+                "result": "running", "finished_at": None}
+    interrupted = state.interrupted()
     records = state.history.records()
-    if not records:
-        return None
-    r = records[-1]
-    return {k: r.get(k) for k in ("action", "tag", "result", "finished_at")}
+    last = interrupted or (records[-1] if records else None)
+    return None if last is None else {k: last.get(k) for k in ("action", "tag", "result", "finished_at")}
 
 
 def history(root: AgentRoot, limit: int | None) -> list[dict[str, Any]]:
     state = ReleaseState(root.state_dir)
     records = list(reversed(state.history.records()))
-    pending = last_action(state)
-    if pending is not None and pending["result"] == "interrupted" and state.pending():
-        rec = state.pending() or {}
-        records.insert(0, {**rec, "result": "interrupted", "finished_at": None, "duration_s": None})
+    interrupted = state.interrupted()
+    if interrupted is not None:
+        records.insert(0, interrupted)
     records = records[:limit] if limit else records
-    return [{**{k: r.get(k) for k in HISTORY_KEYS}, **{k: v for k, v in r.items()
-             if k not in HISTORY_KEYS and k != "pid"}} for r in records]
+    return [{**{k: r.get(k) for k in HISTORY_KEYS},
+             **{k: v for k, v in r.items() if k not in HISTORY_KEYS and k != "pid"}}
+            for r in records]
 
 
 def _latest_per_service(containers: list[ContainerInfo]) -> list[ContainerInfo]:

@@ -10,7 +10,8 @@ from .errors import UsageError
 # allowed in a Docker tag.
 _SEMVER = re.compile(
     r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?",
+    re.ASCII,  # \d must not match other scripts' digits: a Docker tag is ASCII
 )
 # A Docker tag is at most 128 characters.
 MAX_LEN = 128
