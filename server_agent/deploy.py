@@ -126,7 +126,8 @@ class Deployer:
             snapshot.append(self.backups.capture(f"{record['from_tag'] or 'none'}-to-{tag}"))
 
         try:
-            switch = self._switch(tag, config, reuse=record["action"] == "rollback", on_stopped=capture)
+            switch = self._switch(tag, _service_names(config), reuse=record["action"] == "rollback",
+                                  on_stopped=capture)
         except Exception:
             # Creating the containers failed before anything running was touched.
             self._finish(record, "failed", steps, t0, ExitCode.BUG, "")
@@ -205,8 +206,10 @@ class Deployer:
             with attempt:
                 self.engine.remove(switch.new)  # kill: no grace period for a broken release
                 checkpoint("failed_removed")
-                env = self.root.compose_env(previous)
-                back = self._switch(previous, self.compose.config(env), reuse=True, on_stopped=None)
+                # The failed release ran the compose file's services; no need to render it again.
+                services = sorted({c.service for c in switch.new}) or _service_names(
+                    self.compose.config(self.root.compose_env(previous)))
+                back = self._switch(previous, services, reuse=True, on_stopped=None)
                 checkpoint("rolled_back")
                 if back.start_error:
                     return GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
@@ -223,12 +226,11 @@ class Deployer:
         return Outcome(code, message, record)
 
     # --- switching containers --------------------------------------------------------------
-    def _switch(self, tag: str, config: ComposeConfig, *, reuse: bool,
+    def _switch(self, tag: str, services: list[str], *, reuse: bool,
                 on_stopped: Callable[[], None] | None) -> Switch:
         existing = self.engine.project_containers(self.root.project)
         running = [c for c in existing if c.state in RUNNING_STATES]
         stopped = [c for c in existing if c.state not in RUNNING_STATES]
-        services = sorted(s.name for s in config.services)
 
         new = _one_per_service([c for c in stopped if c.tag == tag], services) if reuse else None
         if new is None:
@@ -303,6 +305,10 @@ class Deployer:
             + (f" (only {current} passed the gate)" if current else ""),
             hint="name the version: obs-agent rollback vX.Y.Z",
         )
+
+
+def _service_names(config: ComposeConfig) -> list[str]:
+    return sorted(s.name for s in config.services)
 
 
 def _engine_down(exc: BaseException) -> bool:

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from .errors import ImageError, ObsError
 from .redact import REDACTOR
+from .runner import run
 
 if TYPE_CHECKING:
     import docker
@@ -289,7 +290,27 @@ class Engine:
         _parallel(one, containers)
 
     def start(self, containers: list[ContainerInfo]) -> None:
-        _parallel(lambda c: self.client.api.start(c.id), containers)
+        def one(c: ContainerInfo) -> None:
+            self.client.api.start(c.id)
+            self._forget_stale_neighbours(c.id)
+        _parallel(one, containers)
+
+    def _forget_stale_neighbours(self, cid: str) -> None:
+        """The new container usually gets the address the old one just gave up, with a new
+        MAC. The host's neighbour (ARP) entry still names the old MAC, and traffic to the
+        published port stalls until the kernel re-probes, up to a second later. Flushing the
+        entry lets the first connection resolve afresh. Best effort: needs iproute2 and root."""
+        try:
+            networks = (self._get(f"/containers/{cid}/json").get("NetworkSettings") or {}).get("Networks") or {}
+        except ObsError:
+            return
+        for net in networks.values():
+            ip = net.get("IPAddress")
+            if ip:
+                try:
+                    run(["ip", "neigh", "flush", "to", ip], check=False, timeout=5)
+                except ObsError as exc:  # no `ip` here: the swap works, only slower to answer
+                    log.debug("ip neigh flush: %s", exc)
 
     def remove(self, containers: list[ContainerInfo]) -> None:
         import docker.errors
