@@ -56,6 +56,7 @@ class Switch:
     old: list[ContainerInfo]
     new: list[ContainerInfo]
     swap_s: float
+    started_ns: int = 0  # time.time_ns() just before the new containers were started
     start_error: str | None = None
 
 
@@ -67,6 +68,8 @@ class Deployer:
         self.state = ReleaseState(root.state_dir)
         self.backups = BackupArchive(root)
         self.gate = HealthGate(root, engine)
+        # Restart policies set aside while a release is on trial (see _hold_restarts).
+        self._held: dict[str, dict[str, Any]] = {}
 
     # --- the public steps ------------------------------------------------------------------
     def deploy(self, tag: str) -> Outcome:
@@ -79,6 +82,9 @@ class Deployer:
         self.state.ensure()
         with self.state.lock.hold(action, tag or "previous"):
             interrupted = self.state.recover_interrupted()
+            if interrupted and interrupted.get("held_restarts"):
+                self._held = dict(interrupted["held_restarts"])
+                self._release_restarts()
             target = tag or self._previous_good(interrupted)
             t0 = time.monotonic()
             steps: dict[str, float] = {}
@@ -140,7 +146,7 @@ class Deployer:
             if switch.start_error:
                 gate = GateResult(False, f"could not start {tag}: {switch.start_error}", 0.0)
             else:
-                gate = self.gate.wait(tag, switch.new)
+                gate = self.gate.wait(tag, switch.new, switch.started_ns)
             steps["gate"] = gate.seconds
             backup_error = writing.exception()
         checkpoint("gated")
@@ -151,6 +157,7 @@ class Deployer:
             gate = GateResult(False, f"backup failed: {backup_error}", gate.seconds)
 
         if gate.healthy:
+            self._release_restarts()
             self.state.set_last_good_tag(tag)
             checkpoint("committed")
             self._drop_stopped(keep=switch.old)
@@ -213,12 +220,14 @@ class Deployer:
                 checkpoint("rolled_back")
                 if back.start_error:
                     return GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
-                return self.gate.wait(previous, back.new)
+                return self.gate.wait(previous, back.new, back.started_ns)
         raise AssertionError("unreachable: tenacity reraises")
 
     def _finish(self, record: dict[str, Any], result: str, steps: dict[str, float], t0: float,
                 code: ExitCode, message: str) -> Outcome:
+        self._release_restarts()
         record.pop("pid", None)
+        record.pop("held_restarts", None)
         record.update(result=result, finished_at=now_iso(), duration_s=_since(t0),
                       steps={k: round(v, 3) for k, v in steps.items()})
         checkpoint("finishing")
@@ -248,21 +257,43 @@ class Deployer:
             if new is None:
                 raise ObsError(f"compose created {[c.name for c in created]} for {tag}; "
                                f"expected one container per service {services}")
+        self._hold_restarts(new)
         t = time.monotonic()
         self.engine.stop(running)
         if on_stopped is not None:
             on_stopped()
         checkpoint("stopped")
+        started_ns = time.time_ns()
         try:
             self.engine.start(new)
         except Exception as exc:  # e.g. its port is taken: a failed release, not a crash of ours
             if _engine_down(exc):
                 raise
             log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
-            return Switch(old=running, new=new, swap_s=_since(t), start_error=REDACTOR(str(exc))[:500])
+            return Switch(old=running, new=new, swap_s=_since(t), started_ns=started_ns,
+                          start_error=REDACTOR(str(exc))[:500])
         swap_s = _since(t)
         log.info("started %s (%s) in %.2fs", tag, ", ".join(c.name for c in new), swap_s)
-        return Switch(old=running, new=new, swap_s=swap_s)
+        return Switch(old=running, new=new, swap_s=swap_s, started_ns=started_ns)
+
+    def _hold_restarts(self, containers: list[ContainerInfo]) -> None:
+        """A release on trial runs without its restart policy: a crash leaves it exited, so
+        the gate's verdict and its removal are immediate instead of racing Docker's restarts.
+        The policies are put back once the gate has spoken (and, after a kill, by the next
+        run, from the journal)."""
+        for c in containers:
+            self._held.setdefault(c.id, c.restart_policy)
+            self.engine.set_restart_policy(c.id, {"Name": "no"})
+        self.state.update(held_restarts=self._held)
+
+    def _release_restarts(self) -> None:
+        for cid, policy in list(self._held.items()):
+            try:
+                self.engine.set_restart_policy(cid, policy)
+            except Exception as exc:  # the engine is away: the next run's recovery retries
+                log.warning("could not restore the restart policy of %s: %s", cid[:12], exc)
+                continue
+            del self._held[cid]
 
     def _drop_stopped(self, keep: list[ContainerInfo]) -> None:
         keep_ids = {c.id for c in keep}

@@ -51,6 +51,7 @@ class ContainerInfo(BaseModel):
     restart_count: int
     env_names: frozenset[str]
     stop_timeout: int | None
+    restart_policy: dict[str, Any]
 
     @property
     def tag(self) -> str:
@@ -77,6 +78,7 @@ class ContainerInfo(BaseModel):
             restart_count=int(a.get("RestartCount") or 0),
             env_names=frozenset(env_names),
             stop_timeout=cfg.get("StopTimeout"),
+            restart_policy=dict((a.get("HostConfig") or {}).get("RestartPolicy") or {"Name": "no"}),
         )
 
 
@@ -321,6 +323,14 @@ class Engine:
             except docker.errors.NotFound:
                 pass
         _parallel(one, containers)
+
+    def set_restart_policy(self, cid: str, policy: dict[str, Any]) -> None:
+        import docker.errors
+
+        try:
+            self.client.api.update_container(cid, restart_policy=policy)
+        except docker.errors.NotFound:
+            pass
 
     def logs_tail(self, cid: str, lines: int = 50) -> str:
         """Diagnostics only: an engine that is gone or restarting gives an empty tail."""

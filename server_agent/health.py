@@ -86,12 +86,14 @@ class HealthGate:
         env = s.verify.container_env
         self.container_env = s.required_env if env is None else env
 
-    def wait(self, tag: str, containers: list[ContainerInfo]) -> GateResult:
+    def wait(self, tag: str, containers: list[ContainerInfo], started_ns: int) -> GateResult:
+        """Gate `containers`, started at `started_ns` (time.time_ns() just before their start):
+        their events since then count, so a crash in the first milliseconds is not missed."""
         started = time.monotonic()
         ids = {c.id for c in containers}
         wake = threading.Event()
         dead: list[str] = []
-        since_ns = time.time_ns()
+        since_ns = started_ns
         stream = self._open_events(since_ns)
         if stream is not None:
             threading.Thread(
@@ -209,8 +211,8 @@ class HealthGate:
     def _watch_events(stream: Any, ids: set[str], since_ns: int, wake: threading.Event,
                       dead: list[str]) -> None:
         """Turn a `die` or `health_status: unhealthy` of the release into an immediate verdict.
-        Events from before the gate (the stop of a container now started again) are old news;
-        anything that happened between the start and the gate, the polling loop sees."""
+        Events from before the start (the stop of a kept container now started again) are
+        old news."""
         try:
             for ev in stream:
                 if ev.get("id") not in ids or int(ev.get("timeNano") or 0) < since_ns:

@@ -245,7 +245,7 @@ class ReleaseState:
             return None
         rec = {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}
         rec.pop("pid", None)
-        self.finish(rec)
+        self.finish({k: v for k, v in rec.items() if k != "held_restarts"})
         log.warning("the previous %s of %s was interrupted; recorded in history",
                     rec.get("action"), rec.get("tag"))
         return rec

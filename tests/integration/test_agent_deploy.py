@@ -42,6 +42,18 @@ def test_first_deploy_of_a_healthy_tag(agent_root: AgentRootDir) -> None:
     h = history(agent_root)
     assert h[0]["action"] == "deploy" and h[0]["result"] == "success" and h[0]["from_tag"] is None
     assert h[0]["backup"] and (agent_root.path / "backups" / h[0]["backup"]).exists()
+    # On trial the release ran without its restart policy; once it passed, compose's is back.
+    assert restart_policies(agent_root) == {"running": ["unless-stopped"]}
+
+
+def restart_policies(root: AgentRootDir) -> dict[str, list[str]]:
+    import docker
+
+    out: dict[str, list[str]] = {}
+    label = f"com.docker.compose.project={root.project}"
+    for c in docker.from_env().containers.list(all=True, filters={"label": label}):
+        out.setdefault(c.status, []).append(c.attrs["HostConfig"]["RestartPolicy"]["Name"])
+    return out
 
 
 def test_broken_release_is_rolled_back_to_the_last_good(agent_root: AgentRootDir) -> None:

@@ -135,3 +135,15 @@ def test_restore_refuses_members_landing_outside(agent_root: AgentRootDir, kind:
     assert not (agent_root.path / "config" / "fine.txt").exists()  # nothing was written
     assert not (agent_root.path.parent / "escaped.txt").exists()
     assert not os.path.exists("/tmp/obs-escaped.txt")
+
+
+def test_restart_policy_held_during_the_gate_is_restored_after_a_kill(agent_root: AgentRootDir) -> None:
+    from tests.integration.test_agent_deploy import restart_policies
+
+    assert agent_root.agent("deploy", "v1.0.0").returncode == 0
+    res = agent_root.agent("deploy", "v1.1.0", env=agent_root.env(OBS_AGENT_DIE_AT="gated"))
+    assert res.returncode == -9
+    # Killed on trial: the new release runs without a restart policy, the old one is kept.
+    assert restart_policies(agent_root) == {"running": ["no"], "exited": ["unless-stopped"]}
+    assert agent_root.agent("deploy", "v1.2.0").returncode == 0
+    assert restart_policies(agent_root) == {"running": ["unless-stopped"], "exited": ["unless-stopped"]}

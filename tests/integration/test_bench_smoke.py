@@ -1,0 +1,87 @@
+"""bench/run.py --quick end to end: every scenario is there and its numbers are sane.
+
+Benchmarks are not tests: no time is compared with a target here, only that the benchmark still
+runs, measures something plausible and cleans up after itself (issue 6).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import parts
+from tests.conftest import missing
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = ["1", "2", "3", "4", "5", "6"]
+
+
+def numbers(value: object) -> list[float]:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers(v)]
+    return []
+
+
+def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    if not shutil.which("docker-registry"):
+        missing("docker-registry")
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, str(parts.REPO / "bench" / "run.py"), "--quick", "--json-out", str(out),
+         "--lock-wait", "600"],  # another benchmark on this engine runs first (bounded)
+        capture_output=True, text=True, timeout=1200, cwd=parts.REPO,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["mode"] == "quick"
+    scenarios = data["scenarios"]
+    assert sorted(scenarios) == SCENARIOS
+
+    for sid in SCENARIOS[:5]:
+        sc = scenarios[sid]
+        assert sc["measured"], f"scenario {sid}: {sc.get('note')}"
+        assert sc["rows"], f"scenario {sid} has no rows"
+    six = scenarios["6"]
+    assert six["measured"] or six["note"].startswith("not measured"), six
+
+    for sid, sc in scenarios.items():
+        for row in sc["rows"]:
+            bound = {"s": 600, "ms": 60_000}.get(row["unit"], 1000)
+            for col in ("ours", "script", "swarm", "ratio"):
+                for x in numbers(row[col]):
+                    assert math.isfinite(x) and 0 <= x < bound, (sid, row)
+            assert row["met"] in (True, False, None), (sid, row)
+
+    def row(sid: str, prefix: str) -> dict:  # type: ignore[type-arg]
+        return next(r for r in scenarios[sid]["rows"] if r["metric"].startswith(prefix))
+
+    # A swap is seen by the prober, and it is shorter than the whole deploy.
+    one = row("1", "downtime")
+    assert 0 < one["ours"] < row("1", "wall time")["ours"]
+    assert one["script"] > 0
+    # The failing releases gave way to the previous one again, on both sides.
+    for sid in ("2", "3"):
+        back = row(sid, "time until the old release answers again")
+        assert back["ours"] is not None and back["script"] is not None, back
+        assert row(sid, "exit codes")["ours"] == [20]
+    assert row("5", "obs-agent --help")["ours"] > 0
+
+    # Cleaned up: nothing of this run is left on the engine.
+    run_id = data["meta"]["run_id"]
+    left = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
+                          capture_output=True, text=True, timeout=60).stdout.split()
+    assert not [n for n in left if run_id in n]
+    nets = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"],
+                          capture_output=True, text=True, timeout=60).stdout.split()
+    assert not [n for n in nets if run_id in n]
