@@ -1,0 +1,1 @@
+"""bench/: the benchmark of issue 6 (bench/run.py)."""

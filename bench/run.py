@@ -1,0 +1,724 @@
+#!/usr/bin/env python3
+"""The benchmark of issue 6: downtime, time to restore, backup cost and CLI overhead of obs-agent,
+side by side with the baselines, in one run on this machine.
+
+    .venv/bin/python bench/run.py [--quick] [--json-out bench/results/latest.json] [--no-swarm]
+
+Sides, all on the same engine, fixture images (tests/parts.py) and compose file:
+  obs-agent   SPEC defaults (stabilize_seconds 2, backup_keep 5, backup_paths config+logs,
+              min_free_mb 1024) except health_timeout 10 (the script's) and health_url set
+  script      bench/baseline/server_deploy.sh, HEALTH_TIMEOUT=10
+  swarm       a Docker Swarm service (see harness.SwarmSide), where the scenario applies
+Every side uses the same Docker healthcheck (interval 1 s, 3 retries, reads the body).
+
+A prober GETs /health every 10 ms; the longest run of failed probes is the downtime. Nothing
+here asserts a time: targets are reported as met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import harness as h  # noqa: E402
+from tests import parts  # noqa: E402
+
+HEALTH_TIMEOUT = 10
+AGENT_SETTINGS: dict[str, Any] = {
+    "health_timeout": HEALTH_TIMEOUT,
+    "stabilize_seconds": 2,
+    "min_free_mb": 1024,
+}
+# --quick is a smoke run (the test suite's): a shorter stability window so it fits in ~2 min.
+QUICK_STABILIZE = 0.3
+HEALTHY_TAGS = ["v1.0.0", "v1.1.0", "v1.2.0"]
+LOCK = Path(tempfile.gettempdir()) / "obsdeploy-bench.lock"
+GIB = 1 << 30
+MB = 1_000_000
+
+TITLES = {
+    "1": "healthy -> healthy deploy",
+    "2": "healthy -> crash-at-start release",
+    "3": "healthy -> release whose health answers an error",
+    "4": "backup of a config dir holding a large JSONL archive",
+    "5": "CLI overhead: obs-agent --help and status vs docker compose ps",
+    "6": "obsdeploy deploy over SSH: N loopback hosts --batch N vs 1 host",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- result rows ---------------------------------------------------------------------------------
+def row(metric: str, unit: str, ours: Any, script: Any = None, swarm: Any = None, *,
+        target: str = "", limit: float | None = None, absolute: bool = False,
+        ratio: float | None = None, met: bool | None = None, note: str = "") -> dict[str, Any]:
+    """One metric. `limit` is the target: on ours/script (ratio) or on ours itself (absolute)."""
+    if ratio is None and isinstance(ours, int | float) and isinstance(script, int | float) \
+            and not isinstance(ours, bool) and script:
+        ratio = ours / script
+    if met is None and limit is not None:
+        value = ours if absolute else ratio
+        met = None if value is None else bool(value <= limit)
+    return {"metric": metric, "unit": unit, "ours": _r(ours), "script": _r(script),
+            "swarm": _r(swarm), "ratio": _r(ratio), "target": target, "met": met, "note": note}
+
+
+def _r(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def next_tag(*current: str | None) -> str:
+    return next(t for t in HEALTHY_TAGS if t not in current)
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.tmp = tmp
+        self.uid = uuid.uuid4().hex[:6]
+        self.cleanups: list[Callable[[], None]] = []
+        self.sides: list[h.Side] = []
+        self.swarm: h.SwarmSide | None = None
+        self.s1_median: dict[str, dict[str, float | None]] = {}
+        self.results: dict[str, Any] = {}
+        self.load_at_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.settings = dict(AGENT_SETTINGS)
+        if self.quick:
+            self.settings["stabilize_seconds"] = QUICK_STABILIZE
+
+    # setup ---------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import docker
+
+        client = docker.from_env(timeout=300)
+        client.ping()
+        self.registry = parts.Registry(self.tmp / "registry").start()
+        self.cleanups.append(self.registry.stop)
+        log(f"registry on {self.registry.address}; building fixture images")
+        t = time.monotonic()
+        self.refs = parts.build_fixture_images(client, self.registry.address)
+        self.cleanups.append(lambda: h.sh(["docker", "rmi", *self.refs.values()], 120))
+        log(f"images built and pushed in {time.monotonic() - t:.1f}s")
+        reg = self.registry.address
+        self.agent = h.AgentSide(self.tmp / "agent" / "observer", reg,
+                                 f"obsbench-agent-{self.uid}", self.settings)
+        self.cleanups.append(self.agent.cleanup)
+        self.script = h.ScriptSide(self.tmp / "script" / "observer", reg,
+                                   f"obsbench-script-{self.uid}", HEALTH_TIMEOUT)
+        self.cleanups.append(self.script.cleanup)
+        self.sides = [self.agent, self.script]
+        for side in self.sides:
+            code, out, _ = side.deploy("v1.0.0")
+            if code != 0:
+                raise RuntimeError(f"{side.name}: first deploy of v1.0.0 failed ({code}):\n"
+                                   + h.tail(out, 30))
+        if not self.args.no_swarm:
+            self.swarm = h.SwarmSide(self.tmp / "swarm" / "observer", reg,
+                                     f"obsbench-swarm-{self.uid}")
+            self.cleanups.append(self.swarm.cleanup)
+            t = time.monotonic()
+            self.swarm.init()
+            self.swarm.create("v1.0.0")
+            log(f"swarm service up in {time.monotonic() - t:.1f}s"
+                + (" (swarm initialised here; left at the end)" if self.swarm.initialized_swarm
+                   else " (swarm was already active: not left at the end)"))
+            self.sides.append(self.swarm)
+        self.floors: list[h.FloorSide] = []
+        can_flush = shutil.which("ip") is not None and os.geteuid() == 0
+        for flush in (False, True) if can_flush else (False,):
+            floor = h.FloorSide(reg, f"obsbench-floor{int(flush)}-{self.uid}", flush)
+            self.cleanups.append(floor.cleanup)
+            floor.start_first("v1.0.0")
+            self.floors.append(floor)
+        for side in [*self.sides, *self.floors]:
+            side.settle()
+
+    def cleanup(self) -> None:
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as exc:  # keep cleaning up
+                log(f"cleanup step failed: {exc}")
+        self.cleanups.clear()
+
+    def side_runs(self, side: h.Side, scenario: str) -> list[dict[str, Any]]:
+        return [r for r in self.results.get(scenario, {}).get("runs", []) if r["side"] == side.name]
+
+    def _run(self, side: h.Side, tag: str, **kw: Any) -> h.Run:
+        run = side.measure(tag, **kw)
+        log(f"  {side.name:<9} -> {tag:<13} exit {run.exit_code:<3} wall {run.wall_s:6.2f}s  "
+            f"down {run.downtime_s:6.3f}s"
+            + (f"  restored {run.restored_s:.3f}s" if run.restored_s is not None else "")
+            + (f"  steps {run.steps}" if run.steps else ""))
+        return run
+
+    # 1 -------------------------------------------------------------------------------------------
+    def scenario_1(self) -> dict[str, Any]:
+        reps = 1 if self.quick else 3
+        runs: list[h.Run] = []
+        for _ in range(reps):
+            tag = next_tag(*(s.current_version() for s in self.sides))
+            for side in [*self.sides, *self.floors]:
+                runs.append(self._run(side, tag))
+        extra: list[h.Run] = []
+        if not self.quick:  # the agent with the script's criterion: first healthy, no stabilize
+            for _ in range(reps):
+                tag = next_tag(self.agent.current_version())
+                r = self._run(self.agent, tag, env={"OBS_AGENT_STABILIZE_SECONDS": "0"})
+                r.side = "obs-agent (stabilize 0)"
+                extra.append(r)
+
+        def med(side: str, attr: str, rs: list[h.Run] = runs) -> float | None:
+            return h.median([getattr(r, attr) for r in rs if r.side == side])
+
+        floors = [
+            row(f"downtime, raw docker {f.name} (info)", "s", med(f.name, "downtime_s"),
+                med("script", "downtime_s"), target="(info: stop old, start new)",
+                note="steps " + str({k: h.median([r.steps.get(k) for r in runs
+                                                   if r.side == f.name]) for k in
+                                     ("stop", "start", "flush")}))
+            for f in self.floors]
+        names = [s.name for s in self.sides]
+        for n in names:
+            self.s1_median[n] = {"wall_s": med(n, "wall_s"), "downtime_s": med(n, "downtime_s")}
+        sw = "swarm" in names
+        codes = {n: [r.exit_code for r in runs if r.side == n] for n in names}
+        rows = [
+            row("downtime", "s", med("obs-agent", "downtime_s"), med("script", "downtime_s"),
+                med("swarm", "downtime_s") if sw else None, target="<= 0.5x", limit=0.5),
+            row("wall time", "s", med("obs-agent", "wall_s"), med("script", "wall_s"),
+                med("swarm", "wall_s") if sw else None, target="<= 1.2x", limit=1.2,
+                note="agent: preflight+pull+backup+swap+gate incl. stabilize_seconds="
+                     f"{self.settings['stabilize_seconds']:g}"),
+            row("exit codes", "", codes["obs-agent"], codes["script"], codes.get("swarm"),
+                target="ours: all 0", met=all(c == 0 for c in codes["obs-agent"]),
+                note=", ".join(f"{n}: {'right' if all(c == 0 for c in v) else 'WRONG'}"
+                               for n, v in codes.items())),
+        ]
+        # order: downtime, its info rows, wall time, its info row, exit codes
+        rows[1:1] = floors
+        if extra:
+            rows.insert(1 + len(floors) + 1, row(
+                "wall time, agent stabilize_seconds=0", "s",
+                med("obs-agent (stabilize 0)", "wall_s", extra), med("script", "wall_s"),
+                target="(info: the script's criterion)",
+                note="same gate minus the 2 s stability window"))
+            rows.insert(1, row("downtime, agent stabilize_seconds=0", "s",
+                               med("obs-agent (stabilize 0)", "downtime_s", extra),
+                               med("script", "downtime_s"), target="(info)"))
+        return {"rows": rows, "runs": [r.as_dict() for r in runs + extra],
+                "profile": self._agent_steps(runs + extra)}
+
+    @staticmethod
+    def _agent_steps(runs: list[h.Run]) -> dict[str, Any]:
+        """Where the agent's wall time goes: its own step timings (history) and the rest
+        (interpreter start, imports, lock, history write, exit)."""
+        out: dict[str, Any] = {}
+        for r in runs:
+            if not r.side.startswith("obs-agent") or not r.steps:
+                continue
+            steps = dict(r.steps)
+            dur = r.detail.get("duration_s")
+            if dur is not None:
+                steps["outside steps (in-process)"] = round(dur - sum(r.steps.values()), 3)
+                steps["process start/exit (wall - duration_s)"] = round(r.wall_s - dur, 3)
+            out.setdefault(r.side, []).append(steps)
+        for k, lst in out.items():
+            keys = list(dict.fromkeys(x for s in lst for x in s))
+            out[k] = {x: h.median([s.get(x) for s in lst]) for x in keys}
+        return out
+
+    # 2, 3 ----------------------------------------------------------------------------------------
+    def failing_release(self, tag: str, target: float, swarm_ok: bool) -> dict[str, Any]:
+        reps = 1 if self.quick else 2
+        runs: list[h.Run] = []
+        sides = [s for s in self.sides if s is not self.swarm or swarm_ok]
+        for i in range(reps):
+            for side in sides:
+                if side is self.swarm and i > 0:
+                    continue  # Swarm is slow at this; once is enough
+                back = side.settle()
+                runs.append(self._run(side, tag, expect_back=back, after=90))
+        expect = {"obs-agent": 20}
+
+        def med(side: str) -> float | None:
+            return h.median([r.restored_s for r in runs if r.side == side])
+
+        codes = {s.name: [r.exit_code for r in runs if r.side == s.name] for s in sides}
+        right = {n: all((c == expect[n]) if n in expect else c != 0 for c in v)
+                 for n, v in codes.items()}
+        not_back = [f"{r.side}: {r.tag} never gave way to the previous release"
+                    for r in runs if r.restored_s is None]
+        sw = self.swarm is not None and swarm_ok
+        rows = [
+            row("time until the old release answers again", "s", med("obs-agent"), med("script"),
+                med("swarm") if sw else None, target=f"<= {target}x", limit=target,
+                note="; ".join(not_back)),
+            row("exit codes", "", codes["obs-agent"], codes["script"], codes.get("swarm"),
+                target="ours: 20 (baselines: non-zero)", met=right["obs-agent"],
+                note=", ".join(f"{n}: {'right' if ok else 'WRONG'}" for n, ok in right.items())),
+            row("downtime (longest outage)", "s", h.median([r.downtime_s for r in runs
+                                                            if r.side == "obs-agent"]),
+                h.median([r.downtime_s for r in runs if r.side == "script"]),
+                h.median([r.downtime_s for r in runs if r.side == "swarm"]) if sw else None,
+                target="(info)"),
+        ]
+        res = {"rows": rows, "runs": [r.as_dict() for r in runs],
+               "profile": self._agent_steps(runs)}
+        if self.swarm is not None and not swarm_ok:
+            res["note"] = "swarm: skipped in --quick mode (slow: it takes 15-40 s here)"
+        return res
+
+    def scenario_2(self) -> dict[str, Any]:
+        return self.failing_release("v2.0.0-crash", 0.3, swarm_ok=not self.quick)
+
+    def scenario_3(self) -> dict[str, Any]:
+        return self.failing_release("v2.0.0-error", 0.2, swarm_ok=not self.quick)
+
+    # 4 -------------------------------------------------------------------------------------------
+    def scenario_4(self) -> dict[str, Any]:
+        size = (64 << 20) if self.quick else GIB
+        append = 10 * MB
+        runs: dict[str, dict[str, h.Run]] = {}
+        extra: dict[str, Any] = {"archive_bytes": size, "append_bytes": append}
+        for side in (self.agent, self.script):
+            if side.name not in self.s1_median:  # scenario 1 was not run: a reference deploy
+                ref = self._run(side, next_tag(side.current_version()))
+                self.s1_median[side.name] = {"wall_s": ref.wall_s, "downtime_s": ref.downtime_s}
+            archive = side.root.path / "config" / "observer" / "observer.jsonl"
+            t = time.monotonic()
+            h.write_archive(archive, size)
+            log(f"  {side.name}: wrote {size / GIB:.2f} GiB to {archive.name} "
+                f"in {time.monotonic() - t:.1f}s")
+            side.settle()
+            dropped = h.drop_page_cache()
+            extra["page_cache_dropped"] = dropped
+            # the tools are warm on a server; only the archive is cold
+            self.agent.root.agent("status")
+            h.sh(["docker", "compose", "version"], 30)
+            cold = self._run(side, next_tag(side.current_version()))
+            if side is self.agent:
+                extra["agent_backup_write_s"] = {"cold": self.agent.backup_write_seconds()}
+            h.write_archive(archive, append)
+            warm = self._run(side, next_tag(side.current_version()))
+            runs[side.name] = {"cold": cold, "append": warm}
+            if side is self.agent:
+                extra["agent_backup_write_s"]["append"] = self.agent.backup_write_seconds()
+                extra["agent_backups_bytes"] = sum(
+                    p.stat().st_size for p in (side.root.path / "backups").glob("backup-*"))
+            for p in list((side.root.path / "backups").glob("backup-*")):
+                p.unlink()  # free the disk now; the numbers are taken
+            archive.unlink(missing_ok=True)
+
+        def raw(side: str, case: str, attr: str) -> float | None:
+            base = self.s1_median.get(side, {}).get(attr)
+            return None if base is None else getattr(runs[side][case], attr) - base
+
+        def added(side: str, case: str, attr: str) -> float | None:
+            d = raw(side, case, attr)
+            return None if d is None else max(0.0, d)  # a negative difference is noise
+
+        def deltas(case: str, attr: str) -> str:
+            return "raw differences: " + ", ".join(
+                f"{n} {d:+.3f}s" for n in ("obs-agent", "script")
+                if (d := raw(n, case, attr)) is not None)
+
+        rows = []
+        label = f"{size / GIB:g} GiB" if size >= GIB else f"{size >> 20} MiB"
+        for case, wall_limit in (("cold", 8.0), ("append", 1.5)):
+            what = "cold (page cache dropped)" if case == "cold" else "after 10 MB appended"
+            rows.append(row(f"{label}: added downtime, {what}", "s",
+                            added("obs-agent", case, "downtime_s"),
+                            added("script", case, "downtime_s"),
+                            target="<= 0.3 s", limit=0.3, absolute=True, ratio=None,
+                            note=deltas(case, "downtime_s")))
+            written = (extra.get("agent_backup_write_s") or {}).get(case)
+            rows.append(row(f"{label}: added wall time, {what}", "s",
+                            added("obs-agent", case, "wall_s"), added("script", case, "wall_s"),
+                            target=f"<= {wall_limit:g} s", limit=wall_limit, absolute=True,
+                            note=f"vs the scenario-1 median of the same side; {deltas(case, 'wall_s')}"
+                                 + (f"; agent wrote the archive in {written:.2f}s during the gate"
+                                    if written is not None else "")))
+        all_runs = [r for side in runs.values() for r in side.values()]
+        codes = [r.exit_code for r in all_runs]
+        rows.append(row("exit codes", "", [r.exit_code for r in runs["obs-agent"].values()],
+                        [r.exit_code for r in runs["script"].values()], target="ours: all 0",
+                        met=all(r.exit_code == 0 for r in runs["obs-agent"].values()),
+                        note="script: " + ("right" if all(c == 0 for c in codes) else "WRONG")))
+        extra["script_backup_step_s"] = {k: r.steps.get("backup") for k, r in
+                                         runs["script"].items()}
+        extra["agent_steps"] = {k: r.steps for k, r in runs["obs-agent"].items()}
+        if self.quick:
+            extra["note"] = "--quick: a 64 MiB archive instead of 1 GiB"
+        return {"rows": rows, "runs": [r.as_dict() for r in all_runs], "profile": extra,
+                "note": "swarm: not applicable (no backup)"}
+
+    # 5 -------------------------------------------------------------------------------------------
+    def scenario_5(self) -> dict[str, Any]:
+        n = 5 if self.quick else 15
+        root = self.agent.root
+        env = root.env()
+        tag = self.agent.current_version() or "v1.0.0"
+        compose_env = {**os.environ, "IMAGE_TAG": tag}
+
+        def timed(argv: list[str], e: dict[str, str], cwd: Path | None = None) -> list[float]:
+            out = []
+            subprocess.run(argv, env=e, cwd=cwd, capture_output=True, timeout=60)  # warm
+            for _ in range(n):
+                t = time.perf_counter()
+                res = subprocess.run(argv, env=e, cwd=cwd, capture_output=True, timeout=60)
+                out.append(time.perf_counter() - t)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{argv[:3]} exited {res.returncode}: {res.stderr[-400:]!r}")
+            return out
+
+        agent = str(h.AGENT)
+        help_t = timed([agent, "--help"], env)
+        status_t = timed([agent, "status"], env)
+        ps_t = timed(["docker", "compose", "-p", root.project, "-f",
+                      str(root.path / "docker-compose.server.yml"), "ps"], compose_env, root.path)
+        py_t = timed([sys.executable, "-c", "pass"], env)
+        med = statistics.median
+        rows = [
+            row("obs-agent --help", "ms", med(help_t) * 1000, target="<= 150 ms", limit=150,
+                absolute=True, note=f"min {min(help_t) * 1000:.0f} ms; bare `python -c pass` "
+                                    f"{med(py_t) * 1000:.0f} ms"),
+            row("obs-agent status vs docker compose ps", "ms", med(status_t) * 1000,
+                med(ps_t) * 1000, target="<= 1.5x", limit=1.5,
+                note=f"min {min(status_t) * 1000:.0f} vs {min(ps_t) * 1000:.0f} ms"),
+        ]
+        profile = {"samples_ms": {"help": [round(x * 1000, 1) for x in help_t],
+                                  "status": [round(x * 1000, 1) for x in status_t],
+                                  "compose_ps": [round(x * 1000, 1) for x in ps_t],
+                                  "python_c_pass": [round(x * 1000, 1) for x in py_t]},
+                   "help_imports": self._importtime(["--help"], env),
+                   "status_imports": self._importtime(["status"], env)}
+        if not self.quick:
+            profile["status_cprofile"] = self._cprofile(["status"], env)
+        return {"rows": rows, "profile": profile,
+                "note": "swarm: not applicable; script: `docker compose ps` is the baseline"}
+
+    @staticmethod
+    def _importtime(args: list[str], env: dict[str, str]) -> list[dict[str, Any]]:
+        """`python -X importtime`: the top-level imports with the biggest cumulative cost."""
+        code = ("import sys; sys.argv = ['obs-agent', *sys.argv[1:]]\n"
+                "from server_agent.cli import main\nmain()")
+        res = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], env=env,
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        rows = []
+        for ln in res.stderr.splitlines():
+            if not ln.startswith("import time:") or "cumulative" in ln:
+                continue
+            cols = ln.split(":", 1)[1].split("|")
+            if len(cols) != 3:
+                continue
+            name = cols[2].rstrip()
+            if len(name) - len(name.lstrip()) <= 1:  # top level: not imported by another module
+                rows.append({"module": name.strip(), "cumulative_ms": int(cols[1]) / 1000})
+        rows.sort(key=lambda r: -r["cumulative_ms"])
+        total = sum(r["cumulative_ms"] for r in rows)
+        return [{"module": "(all top-level imports)", "cumulative_ms": round(total, 1)}] + rows[:8]
+
+    @staticmethod
+    def _cprofile(args: list[str], env: dict[str, str]) -> str:
+        code = ("import cProfile, pstats, io, sys\n"
+                "sys.argv = ['obs-agent', *sys.argv[1:]]\n"
+                "from server_agent.cli import main\n"
+                "pr = cProfile.Profile(); pr.enable()\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                "pr.disable(); s = io.StringIO()\n"
+                "pstats.Stats(pr, stream=s).sort_stats('cumulative').print_stats(18)\n"
+                "sys.stderr.write(s.getvalue())\n")
+        res = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=REPO)
+        return "\n".join(ln for ln in res.stderr.splitlines() if ln.strip())[-6000:]
+
+    # 6 -------------------------------------------------------------------------------------------
+    def scenario_6(self) -> dict[str, Any]:
+        nhosts = 2 if self.quick else 4
+        obsdeploy = parts.VENV_BIN / "obsdeploy"
+        try:
+            from tests import parts_ssh
+        except Exception as exc:
+            return self._not_measured(f"tests/parts_ssh.py is not importable: {exc}")
+        if not obsdeploy.exists() or not parts_ssh.SSHD.exists():
+            return self._not_measured(f"{obsdeploy} or {parts_ssh.SSHD} is missing")
+        probe = subprocess.run([str(obsdeploy), "deploy", "--help"], capture_output=True,
+                               text=True, timeout=60)
+        if probe.returncode != 0 or "--batch" not in probe.stdout:
+            return self._not_measured("`obsdeploy deploy --help` does not offer --batch yet")
+
+        servers = []
+        for i in range(nhosts):
+            root = parts.make_agent_root(self.tmp / f"vm{i}" / "observer", self.registry.address,
+                                         f"obsbench-vm{i}-{self.uid}", **self.settings)
+            h.write_compose(root)
+            self.cleanups.append(root.down)
+            sshd = parts_ssh.Sshd(self.tmp / f"vm{i}" / "sshd",
+                                  env={"OBS_AGENT_ROOT": str(root.path)}).start()
+            self.cleanups.append(sshd.stop)
+            servers.append((sshd, root))
+        key = servers[0][0].client_key
+        known = self.tmp / "known_hosts"
+        known.write_text("".join(s.known_hosts_line for s, _ in servers))
+        for s, _ in servers[1:]:
+            (s.workdir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OBSDEPLOY_", "OBS_AGENT_", "GHCR_"))}
+        env.update(OBSDEPLOY_IDENTITY=str(key), OBSDEPLOY_KNOWN_HOSTS=str(known),
+                   OBSDEPLOY_AGENT_COMMAND=str(h.AGENT))
+        current = dict.fromkeys(range(nhosts), "")
+
+        def deploy(idx: list[int], tag: str) -> tuple[float, int, dict[str, Any] | None, str]:
+            argv = [str(obsdeploy), "deploy", tag, "--batch", str(len(idx)), "--json"]
+            for i in idx:
+                argv += ["--host", servers[i][0].address]
+            t = time.perf_counter()
+            res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+            wall = time.perf_counter() - t
+            report = None
+            with contextlib.suppress(ValueError):
+                report = json.loads(res.stdout)
+            for i in idx:
+                current[i] = tag
+            return wall, res.returncode, report, res.stdout[-1500:] + res.stderr[-1500:]
+
+        wall, code, _, out = deploy(list(range(nhosts)), "v1.0.0")
+        if code != 0:
+            return self._not_measured(f"first deploy to {nhosts} hosts failed ({code}): "
+                                      + h.tail(out, 15))
+        log(f"  {nhosts} hosts set up (first deploy {wall:.1f}s)")
+        reps = 1 if self.quick else 2
+        singles: list[float] = []
+        multis: list[float] = []
+        runs = []
+        for _ in range(reps):
+            tag = next_tag(current[0])
+            w1, c1, r1, _ = deploy([0], tag)
+            log(f"  1 host  -> {tag}: exit {c1}, {w1:.2f}s")
+            rec1 = self._last_record(servers[0][1])
+            tag = next_tag(*current.values())
+            wn, cn, rn, _ = deploy(list(range(nhosts)), tag)
+            log(f"  {nhosts} hosts -> {tag} (--batch {nhosts}): exit {cn}, {wn:.2f}s")
+            agents = [self._last_record(root) for _, root in servers]
+            singles.append(w1)
+            multis.append(wn)
+            runs += [{"hosts": 1, "exit_code": c1, "wall_s": round(w1, 3), "report": r1,
+                      "agent_records": [rec1]},
+                     {"hosts": nhosts, "exit_code": cn, "wall_s": round(wn, 3), "report": rn,
+                      "agent_records": agents}]
+        codes = [r["exit_code"] for r in runs]
+        profile = self._ssh_profile(runs)
+        one = statistics.median(singles)
+        many = statistics.median(multis)
+        rows = [
+            row(f"{nhosts} hosts --batch {nhosts} vs 1 host", "s", many, one,
+                target="<= 1.5x", limit=1.5,
+                note="the 'script' column is obsdeploy deploy to 1 host"
+                     + ("; --quick: 2 hosts, not 4" if self.quick else "")),
+            row("exit codes", "", codes, target="all 0", met=all(c == 0 for c in codes)),
+        ]
+        return {"rows": rows, "runs": runs, "profile": profile,
+                "note": "baselines: not applicable"}
+
+    @staticmethod
+    def _ssh_profile(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per run: obsdeploy's wall, each host's seconds (obsdeploy report) and the agent's
+        own duration and steps there; the difference is SSH + obsdeploy overhead."""
+        out = []
+        for r in runs:
+            hosts = [(x.get("seconds"), x.get("host")) for x in (r.get("report") or {}).get(
+                "hosts", [])]
+            recs = r.get("agent_records") or []
+            out.append({
+                "hosts": r["hosts"], "obsdeploy_wall_s": r["wall_s"],
+                "host_seconds": [s for s, _ in hosts],
+                "agent_duration_s": [x.get("duration_s") for x in recs][: r["hosts"]],
+                "agent_steps": [x.get("steps") for x in recs][: r["hosts"]],
+            })
+        return {"runs": out}
+
+    @staticmethod
+    def _last_record(root: parts.AgentRootDir) -> dict[str, Any]:
+        res = root.agent("history", "--json", "--limit", "1")
+        try:
+            rec = json.loads(res.stdout)[0]
+        except (ValueError, IndexError):
+            return {}
+        return {k: rec.get(k) for k in ("tag", "result", "duration_s", "steps")}
+
+    @staticmethod
+    def _not_measured(why: str) -> dict[str, Any]:
+        log(f"  NOT MEASURED: {why}")
+        return {"measured": False, "note": f"not measured: {why}", "rows": [], "runs": []}
+
+    # all -----------------------------------------------------------------------------------------
+    def run(self, only: set[str]) -> dict[str, Any]:
+        started = time.monotonic()
+        self.load_at_start = os.getloadavg()
+        self.setup()
+        for sid in ("1", "2", "3", "4", "5", "6"):
+            if only and sid not in only:
+                self.results[sid] = {"measured": False, "note": "not selected (--only)",
+                                     "title": TITLES[sid], "rows": [], "runs": []}
+                continue
+            log(f"scenario {sid}: {TITLES[sid]}")
+            t = time.monotonic()
+            try:
+                res = getattr(self, f"scenario_{sid}")()
+            except Exception as exc:
+                log(f"  scenario {sid} FAILED: {type(exc).__name__}: {exc}")
+                res = {"measured": False, "error": f"{type(exc).__name__}: {exc}",
+                       "note": f"not measured: {type(exc).__name__}: {exc}"[:500],
+                       "rows": [], "runs": []}
+            res.setdefault("measured", True)
+            res["title"] = TITLES[sid]
+            res["seconds"] = round(time.monotonic() - t, 1)
+            self.results[sid] = res
+        return {"meta": self.meta(time.monotonic() - started), "scenarios": self.results}
+
+    def meta(self, seconds: float) -> dict[str, Any]:
+        def out(argv: list[str]) -> str:
+            with contextlib.suppress(Exception):
+                return h.sh(argv, 30).stdout.strip()
+            return ""
+
+        return {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": "quick" if self.quick else "full",
+            "run_id": self.uid,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "seconds": round(seconds, 1),
+            "host": platform.node(), "cpus": os.cpu_count(),
+            "load_avg_at_start": self.load_at_start,
+            "load_avg_at_end": os.getloadavg(),
+            "docker_engine": out(["docker", "version", "--format", "{{.Server.Version}}"]),
+            "compose": out(["docker", "compose", "version", "--short"]),
+            "agent_settings": {**self.settings, "health_url": "http://127.0.0.1:PORT/health",
+                               "others": "SPEC defaults"},
+            "script_settings": {"HEALTH_TIMEOUT": HEALTH_TIMEOUT, "poll": "1 s"},
+            "swarm_settings": "stop-first, --update-failure-action rollback, host-mode port, "
+                              "Swarm defaults otherwise (monitor 5 s, restart delay 5 s)",
+            "healthcheck": {"test": h.HEALTH_SHELL, "interval": "1s", "retries": 3},
+            "prober": {"interval_s": 0.01, "timeout_s": 0.1,
+                       "available": "HTTP 2xx with status healthy"},
+        }
+
+
+# --- output --------------------------------------------------------------------------------------
+def fmt(v: Any, unit: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.0f}" if unit == "ms" else f"{v:.3f}" if v < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    quick = " - smoke run, stabilize_seconds 0.3, small archive, fewer hosts" \
+        if result["meta"]["mode"] == "quick" else ""
+    t = Table(title=f"obsdeploy benchmark ({result['meta']['mode']}{quick}, "
+                    f"{result['meta']['when']}, {result['meta']['seconds']:.0f} s)",
+              show_lines=False)
+    for col, just in (("#", "left"), ("metric", "left"), ("unit", "left"), ("obs-agent", "right"),
+                      ("script", "right"), ("swarm", "right"), ("ours/script", "right"),
+                      ("target", "left"), ("met", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for sid, sc in result["scenarios"].items():
+        if not sc.get("rows"):
+            t.add_row(sid, sc.get("title", ""), "", "", "", "", "", "",
+                      f"[yellow]{sc.get('note', 'not measured')}[/]")
+            continue
+        for i, r in enumerate(sc["rows"]):
+            met = {True: "[green]yes[/]", False: "[red]NO[/]", None: ""}[r["met"]]
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            t.add_row(sid if i == 0 else "", r["metric"], r["unit"], fmt(r["ours"], r["unit"]),
+                      fmt(r["script"], r["unit"]), fmt(r["swarm"], r["unit"]), ratio,
+                      r["target"], met)
+        if sc.get("note"):
+            t.add_row("", f"[dim]{sc['note']}[/]", "", "", "", "", "", "", "")
+    Console(width=170).print(t)
+
+
+@contextlib.contextmanager
+def bench_lock(timeout: float) -> Iterator[None]:
+    """One benchmark at a time on this engine (they share the swarm and the CPU)."""
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"another benchmark holds {LOCK} (waited {timeout:.0f}s)") from None
+                time.sleep(1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: one repetition, stabilize_seconds 0.3, a 64 MiB archive, 2 SSH "
+                         "hosts, Swarm in scenario 1 only (about 2 minutes; the test suite runs it)")
+    ap.add_argument("--json-out", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    ap.add_argument("--no-swarm", action="store_true", help="skip the Docker Swarm baseline")
+    ap.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,5")
+    ap.add_argument("--lock-wait", type=float, default=900, help="seconds to wait for another run")
+    args = ap.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with bench_lock(args.lock_wait):
+        tmp = Path(tempfile.mkdtemp(prefix="obsbench-"))
+        bench = Bench(args, tmp)
+        try:
+            result = bench.run(only)
+        finally:
+            log("cleaning up")
+            bench.cleanup()
+            h.rmtree(tmp)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(result, indent=2, default=str))
+    print_table(result)
+    print(f"JSON: {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
