@@ -23,7 +23,7 @@ from typing import Any
 
 from .backup import BackupArchive, BackupSnapshot
 from .compose import ComposeConfig, ComposeProject
-from .engine import ContainerInfo, Engine
+from .engine import ContainerInfo, Engine, newest_per_service
 from .errors import ExitCode, ObsError, PreflightError, UsageError
 from .health import GateResult, HealthGate
 from .preflight import run_preflight
@@ -348,16 +348,12 @@ def _engine_down(exc: BaseException) -> bool:
 
     from .engine import EngineUnreachable
 
-    if isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError):
-        return True
-    return isinstance(exc, ObsError) and "cannot reach the docker engine" in str(exc).lower()
+    return isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError)
 
 
 def _one_per_service(containers: list[ContainerInfo], services: list[str]) -> list[ContainerInfo] | None:
     """The newest container of each service, or None unless every service has one."""
-    by_service: dict[str, ContainerInfo] = {}
-    for c in sorted(containers, key=lambda c: c.number):
-        by_service[c.service] = c
+    by_service = newest_per_service(containers)
     if sorted(by_service) != services:
         return None
     return [by_service[s] for s in services]

@@ -87,6 +87,14 @@ class EngineHTTPError(ObsError):
         super().__init__(f"Docker engine answered {status}: {message}")
         self.status = status
 
+    @classmethod
+    def from_body(cls, status: int, body: bytes) -> EngineHTTPError:
+        try:
+            message = str(json.loads(body).get("message", ""))
+        except (ValueError, AttributeError):
+            message = body.decode(errors="replace")[:200]
+        return cls(status, message)
+
 
 class EngineUnreachable(ObsError):
     pass
@@ -125,12 +133,7 @@ class EngineSocket:
                          headers={"X-Registry-Auth": auth_header} if auth_header else {})
             resp = conn.getresponse()
             if resp.status >= 400:
-                body = resp.read()
-                try:
-                    message = json.loads(body).get("message", "")
-                except ValueError:
-                    message = body.decode(errors="replace")[:200]
-                raise EngineHTTPError(resp.status, message)
+                raise EngineHTTPError.from_body(resp.status, resp.read())
             for line in resp:
                 if line.strip():
                     event = json.loads(line)
@@ -151,11 +154,7 @@ class EngineSocket:
         finally:
             conn.close()
         if resp.status >= 400:
-            try:
-                message = json.loads(body).get("message", "")
-            except ValueError:
-                message = body.decode(errors="replace")[:200]
-            raise EngineHTTPError(resp.status, message)
+            raise EngineHTTPError.from_body(resp.status, body)
         return json.loads(body) if body and body[:1] in b"[{" else body.decode()
 
 
@@ -196,8 +195,8 @@ class Engine:
             try:
                 self._client = docker.from_env(timeout=self.timeout)
             except docker.errors.DockerException as exc:
-                raise ObsError(f"cannot reach the Docker engine: {exc}",
-                               hint="is dockerd running? is DOCKER_HOST right?") from None
+                raise EngineUnreachable(f"cannot reach the Docker engine: {exc}",
+                                        hint="is dockerd running? is DOCKER_HOST right?") from None
         return self._client
 
     def _get(self, path: str, **params: Any) -> Any:
@@ -354,6 +353,14 @@ class Engine:
             {"exit_code": e.get("ExitCode"), "output": REDACTOR(str(e.get("Output", "")))[-500:]}
             for e in entries[-5:]
         ]
+
+
+def newest_per_service(containers: list[ContainerInfo]) -> dict[str, ContainerInfo]:
+    """The highest-numbered (newest) container of each service."""
+    newest: dict[str, ContainerInfo] = {}
+    for c in sorted(containers, key=lambda c: c.number):
+        newest[c.service] = c
+    return newest
 
 
 def _auth_header(repo: str) -> str | None:

@@ -223,7 +223,7 @@ class ReleaseState:
         rec = self.pending()
         if rec is None or self.lock.is_held() or self._recorded(rec):
             return None
-        return {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}
+        return _as_interrupted(rec)
 
     def _recorded(self, rec: dict[str, Any]) -> bool:
         hist = self.history.records()
@@ -243,9 +243,15 @@ class ReleaseState:
         if self._recorded(rec):
             self.discard()
             return None
-        rec = {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}
-        rec.pop("pid", None)
+        rec = _as_interrupted(rec)
         self.finish({k: v for k, v in rec.items() if k != "held_restarts"})
         log.warning("the previous %s of %s was interrupted; recorded in history",
                     rec.get("action"), rec.get("tag"))
         return rec
+
+
+def _as_interrupted(journal: dict[str, Any]) -> dict[str, Any]:
+    """The history record of an attempt that was killed, from its journal."""
+    rec = {**journal, "result": "interrupted", "finished_at": None, "duration_s": None}
+    rec.pop("pid", None)
+    return rec

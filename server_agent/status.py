@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import ContainerInfo, Engine
+from .engine import Engine, newest_per_service
 from .health import probe
 from .settings import AgentRoot
 from .state import ReleaseState
@@ -17,7 +17,7 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     state = ReleaseState(root.state_dir)
     containers = engine.project_containers(root.project)
     running = [c for c in containers if c.state in ("running", "restarting", "paused")]
-    shown = running or _latest_per_service(containers)
+    shown = running or list(newest_per_service(containers).values())
     current = running[0].tag if running else None
     healthy = bool(running) and all(
         c.state == "running" and c.health in (None, "healthy") for c in running
@@ -58,10 +58,3 @@ def history(root: AgentRoot, limit: int | None) -> list[dict[str, Any]]:
     return [{**{k: r.get(k) for k in HISTORY_KEYS},
              **{k: v for k, v in r.items() if k not in HISTORY_KEYS and k != "pid"}}
             for r in records]
-
-
-def _latest_per_service(containers: list[ContainerInfo]) -> list[ContainerInfo]:
-    latest: dict[str, ContainerInfo] = {}
-    for c in sorted(containers, key=lambda c: c.number):
-        latest[c.service] = c
-    return list(latest.values())
