@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,19 +168,25 @@ class Deployer:
 
     def _recover(self, record: dict[str, Any], gate: GateResult, switch: Switch,
                  steps: dict[str, float], t0: float) -> Outcome:
-        """The release failed its gate: keep diagnostics, go back to the last good release."""
+        """The release failed its gate: go back to the last good release, keep diagnostics.
+
+        The service is down from the failed release's verdict until the previous release
+        answers, so that path does only what it must: kill the failed containers (no grace
+        period for a broken release) and start the kept ones. Diagnostics are read and the
+        failed containers removed once the previous release is starting."""
         tag = record["tag"]
         t_fail = time.monotonic()
         log.error("%s failed: %s", tag, gate.reason)
-        record["failure"] = {"reason": gate.reason, **gate.diagnostics}
+        record["failure"] = {"reason": gate.reason}
         self.state.update(failure=record["failure"])
         previous = self.state.last_good_tag()
         if previous is None:
             try:
-                self.engine.remove(switch.new)  # kill: no grace period for a broken release
-                checkpoint("failed_removed")
+                self.engine.kill(switch.new)
+                checkpoint("failed_stopped")
                 if switch.old:  # put back what ran before, though it never passed a gate here
                     self.engine.start(switch.old)
+                self._keep_diagnostics(record, gate, switch.new)
             except Exception as exc:
                 log.error("cleaning up after %s failed: %s", tag, REDACTOR(str(exc)))
             return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
@@ -188,7 +194,7 @@ class Deployer:
                                 "to roll back to" + ("" if switch.old else "; nothing is running"))
         log.warning("rolling back to %s", previous)
         try:
-            again = self._restore(previous, switch)
+            again = self._restore(previous, switch, record, gate)
         except Exception as exc:  # the engine stayed away: report it, don't crash
             again = GateResult(False, f"{type(exc).__name__}: {REDACTOR(str(exc))[:300]}", 0.0)
         record["rollback_gate"] = {"healthy": again.healthy, "reason": again.reason}
@@ -202,26 +208,42 @@ class Deployer:
                             f"{tag} failed ({gate.reason}); rollback to {previous} failed too "
                             f"({again.reason})")
 
-    def _restore(self, previous: str, switch: Switch) -> GateResult:
-        """Remove the failed release and start `previous` (its kept containers when there),
-        gated. A Docker engine that is restarting is waited for, up to health_timeout."""
+    def _restore(self, previous: str, switch: Switch, record: dict[str, Any],
+                 failed: GateResult) -> GateResult:
+        """Kill the failed release, start `previous` (its kept containers when there), then
+        keep the failed release's diagnostics, remove it and gate `previous`. A Docker engine
+        that is restarting is waited for, up to health_timeout."""
         from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
+        back: Switch | None = None
         for attempt in Retrying(retry=retry_if_exception(_engine_down), reraise=True,
                                 stop=stop_after_delay(self.root.settings.health_timeout),
                                 wait=wait_fixed(1)):
             with attempt:
-                self.engine.remove(switch.new)  # kill: no grace period for a broken release
-                checkpoint("failed_removed")
+                self.engine.kill(switch.new)
+                checkpoint("failed_stopped")
                 # The failed release ran the compose file's services; no need to render it again.
                 services = sorted({c.service for c in switch.new}) or _service_names(
                     self.compose.config(self.root.compose_env(previous)))
-                back = self._switch(previous, services, reuse=True, on_stopped=None)
-                checkpoint("rolled_back")
-                if back.start_error:
-                    return GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
-                return self.gate.wait(previous, back.new, back.started_ns)
-        raise AssertionError("unreachable: tenacity reraises")
+                back = self._switch(previous, services, reuse=True, on_stopped=None,
+                                    avoid=switch.new)
+        assert back is not None, "tenacity returns only after a successful attempt"
+        checkpoint("rolled_back")
+        self._keep_diagnostics(record, failed, switch.new)
+        if back.start_error:
+            return GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
+        return self.gate.wait(previous, back.new, back.started_ns)
+
+    def _keep_diagnostics(self, record: dict[str, Any], gate: GateResult,
+                          failed: list[ContainerInfo]) -> None:
+        """Journal why the release failed, then remove its containers (best effort: the next
+        run removes whatever is left)."""
+        record["failure"] = {"reason": gate.reason, **self.gate.diagnostics(gate, failed)}
+        self.state.update(failure=record["failure"])
+        try:
+            self.engine.remove(failed)
+        except Exception as exc:
+            log.warning("could not remove the failed containers yet: %s", REDACTOR(str(exc)))
 
     def _finish(self, record: dict[str, Any], result: str, steps: dict[str, float], t0: float,
                 code: ExitCode, message: str) -> Outcome:
@@ -236,10 +258,13 @@ class Deployer:
 
     # --- switching containers --------------------------------------------------------------
     def _switch(self, tag: str, services: list[str], *, reuse: bool,
-                on_stopped: Callable[[], None] | None) -> Switch:
+                on_stopped: Callable[[], None] | None, avoid: Sequence[ContainerInfo] = ()) -> Switch:
+        """Start `tag`: its kept stopped containers when `reuse` (never those in `avoid`, a
+        failed attempt at the same tag), else new ones created beside the running ones."""
         existing = self.engine.project_containers(self.root.project)
         running = [c for c in existing if c.state in RUNNING_STATES]
-        stopped = [c for c in existing if c.state not in RUNNING_STATES]
+        avoid_ids = {c.id for c in avoid}
+        stopped = [c for c in existing if c.state not in RUNNING_STATES and c.id not in avoid_ids]
 
         new = _one_per_service([c for c in stopped if c.tag == tag], services) if reuse else None
         if new is None:

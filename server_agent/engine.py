@@ -313,6 +313,20 @@ class Engine:
                 except ObsError as exc:  # no `ip` here: the swap works, only slower to answer
                     log.debug("ip neigh flush: %s", exc)
 
+    def kill(self, containers: list[ContainerInfo]) -> None:
+        """SIGKILL, no grace period (a failed release); one that is not running is left as is."""
+        import docker.errors
+
+        def one(c: ContainerInfo) -> None:
+            try:
+                self.client.api.kill(c.id)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: not running
+                    raise
+        _parallel(one, containers)
+
     def remove(self, containers: list[ContainerInfo]) -> None:
         import docker.errors
 

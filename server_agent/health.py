@@ -33,11 +33,7 @@ class GateResult:
     healthy: bool
     reason: str
     seconds: float
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-
-
-class _Verdict(Exception):
-    """A definitive failure: stop waiting."""
+    answers: list[str] = field(default_factory=list)  # the last health_url answers, redacted
 
 
 @dataclass
@@ -108,7 +104,7 @@ class HealthGate:
         seconds = round(time.monotonic() - started, 3)
         if reason is None:
             return GateResult(True, "healthy", seconds)
-        return GateResult(False, REDACTOR(reason), seconds, self._diagnostics(ids, answers))
+        return GateResult(False, REDACTOR(reason), seconds, [REDACTOR(a) for a in answers[-5:]])
 
     def _loop(self, tag: str, ids: set[str], wake: threading.Event, dead: list[str],
               answers: list[str], started: float) -> str | None:
@@ -228,9 +224,11 @@ class HealthGate:
         except Exception:  # closing the stream at the end of the gate ends the loop
             pass
 
-    def _diagnostics(self, ids: set[str], answers: list[str]) -> dict[str, Any]:
+    def diagnostics(self, result: GateResult, containers: list[ContainerInfo]) -> dict[str, Any]:
+        """What an operator needs to see why a release failed: the containers' log tails and
+        Docker health logs (read while the containers still exist), and the last answers."""
         return {
-            "log_tail": {cid[:12]: self.engine.logs_tail(cid) for cid in ids},
-            "health_log": {cid[:12]: self.engine.health_log(cid) for cid in ids},
-            "health_answers": [REDACTOR(a) for a in answers[-5:]],
+            "log_tail": {c.id[:12]: self.engine.logs_tail(c.id) for c in containers},
+            "health_log": {c.id[:12]: self.engine.health_log(c.id) for c in containers},
+            "health_answers": result.answers,
         }

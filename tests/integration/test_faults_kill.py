@@ -90,7 +90,7 @@ def test_kill_9_during_a_deploy(agent_root: AgentRootDir, step: str) -> None:
 # step -> what serves right after the kill
 ROLLBACK_STEPS = {
     "gated": "v2.0.0-error",      # the gate failed; the broken release still runs
-    "failed_removed": None,       # broken release removed, the old one not started yet
+    "failed_stopped": None,       # broken release killed, the old one not started yet
     "rolled_back": "v1.0.0",      # old release started, not yet gated again
     "finishing": "v1.0.0",        # old release healthy again, history not yet written
 }
@@ -119,7 +119,7 @@ def test_rollback_after_a_crash_that_left_nothing_running_restores_the_last_good
     service is down. The operator's obvious next step, `obs-agent rollback`, must bring back
     the last good release (v1.1.0), not skip it for the one before (v1.0.0)."""
     snap = deployed(agent_root, "v1.0.0", "v1.1.0")
-    die_at(agent_root, "failed_removed", "deploy", "v2.0.0-error")
+    die_at(agent_root, "failed_stopped", "deploy", "v2.0.0-error")
     assert serving(agent_root) is None
     res = agent_root.agent("rollback")
     no_traceback(res)
