@@ -188,18 +188,20 @@ class SshSession:
 
     def run(self, command: str, *, out: IO[str] | None = None,
             err: IO[str] | None = None) -> tuple[int, str]:
-        """Run `command`; stream its output prefixed with the host when `out`/`err` are given.
-        Returns (exit code, stdout)."""
+        """Run `command`; returns (exit code, stdout). Given `err`, its stderr is streamed
+        there line by line, prefixed with the host; given `out` too, its stdout as well."""
         import paramiko
 
         streams: list[_PrefixWriter] = []
-        kwargs: dict[str, Any] = {"warn": True, "in_stream": False, "pty": False}
-        if out is not None and err is not None:
-            o, e = _PrefixWriter(self.host.label, out), _PrefixWriter(self.host.label, err)
-            streams = [o, e]
-            kwargs.update(hide=False, out_stream=o, err_stream=e)
-        else:
-            kwargs["hide"] = True
+        kwargs: dict[str, Any] = {"warn": True, "in_stream": False, "pty": False, "hide": True}
+        if err is not None:
+            e = _PrefixWriter(self.host.label, err)
+            streams.append(e)
+            kwargs.update(hide="out", err_stream=e)
+            if out is not None:
+                o = _PrefixWriter(self.host.label, out)
+                streams.append(o)
+                kwargs.update(hide=False, out_stream=o)
         try:
             res = self.conn.run(command, **kwargs)
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -239,40 +241,51 @@ def batches(hosts: Sequence[HostSpec], size: int) -> list[list[HostSpec]]:
     return [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
 
 
-def _current_tag(session: SshSession, call: AgentCall) -> str | None:
-    code, out = session.run(call.command("status", "--json"))
-    if code != 0:
-        return None
+def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        return json.loads(out).get("current_tag")  # type: ignore[no-any-return]
-    except (ValueError, AttributeError):
+        data = json.loads(text)
+    except ValueError:
         return None
+    return data if isinstance(data, dict) else None
+
+
+# The agent refused before touching anything: what ran before still runs.
+NOTHING_CHANGED = {int(ExitCode.USAGE), int(ExitCode.PREFLIGHT), int(ExitCode.IMAGE),
+                   int(ExitCode.LOCKED)}
 
 
 def run_on_host(host: HostSpec, action: Action, version: str | None, call: AgentCall,
                 opts: SshOptions, out: IO[str], err: IO[str]) -> HostResult:
+    """One SSH session per host. `deploy|rollback --json` answers with its outcome (from and
+    to tags included), so a deploy costs one agent run; `status --json` is asked only when
+    the agent stopped before it could answer."""
     started = time.monotonic()
     try:
         with SshSession(host, opts) as session:
             if action == "status":
                 code, stdout = session.run(call.command("status", "--json"))
-                try:
-                    data = json.loads(stdout) if code == 0 else None
-                except ValueError:
-                    data = None
                 return HostResult(host=host.label, result=RESULT_NAMES.get(code, "failed"),
-                                  exit_code=code, status=data,
+                                  exit_code=code, status=_json_object(stdout) if code == 0 else None,
                                   seconds=round(time.monotonic() - started, 2))
-            before = _current_tag(session, call)
-            args = [action, *([version] if version else [])]
-            code, _ = session.run(call.command(*args), out=out, err=err)
-            after = _current_tag(session, call)
+            args = [action, "--json", *([version] if version else [])]
+            code, stdout = session.run(call.command(*args), err=err)
+            outcome = _json_object(stdout)
+            message = None
+            if outcome is not None:
+                before, after = outcome.get("from_tag"), outcome.get("current_tag")
+                with _PrefixWriter.lock:
+                    out.write(f"{host.label} | {outcome.get('message', '')}\n")
+                if code != 0:
+                    message = str(outcome.get("message") or "") or None
+            else:
+                scode, sout = session.run(call.command("status", "--json"))
+                after = (_json_object(sout) or {}).get("current_tag") if scode == 0 else None
+                before = after if code in NOTHING_CHANGED else None
     except SSHError as exc:
         with _PrefixWriter.lock:
             err.write(f"{host.label} | error: {exc}\n")
         return HostResult(host=host.label, result="ssh_error", exit_code=int(exc.exit_code),
                           message=str(exc), seconds=round(time.monotonic() - started, 2))
-    message = None
     if code == 127:
         message = f"agent command not found ({call.agent_command!r}): run `obsdeploy setup`"
     return HostResult(host=host.label, result=RESULT_NAMES.get(code, "failed"), exit_code=code,

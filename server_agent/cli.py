@@ -76,10 +76,15 @@ def cli(ctx: click.Context, root: str, verbose: bool) -> None:
     ctx.obj = Ctx(root, verbose)
 
 
+JSON_OUTCOME_HELP = ("Print the outcome as JSON on stdout: action, tag, from_tag, result, exit_code, "
+                     "current_tag, duration_s, backup, message (the log stays on stderr).")
+
+
 @cli.command()
 @click.argument("tag")
+@click.option("--json", "as_json", is_flag=True, help=JSON_OUTCOME_HELP)
 @click.pass_obj
-def deploy(ctx: Ctx, tag: str) -> None:
+def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
     """Pull TAG, back up, start it, gate it; roll back by itself when it fails."""
     from .deploy import Deployer
     from .engine import Engine
@@ -87,27 +92,40 @@ def deploy(ctx: Ctx, tag: str) -> None:
     valid = _tag(tag)
     assert valid is not None
     root = ctx.load_root(preflight=True)
-    outcome = Deployer(root, Engine(timeout=root.settings.pull_timeout)).deploy(valid)
-    _finish(outcome)
+    engine = Engine(timeout=root.settings.pull_timeout)
+    _finish(Deployer(root, engine).deploy(valid), root, engine, as_json)
 
 
 @cli.command()
 @click.argument("tag", required=False)
+@click.option("--json", "as_json", is_flag=True, help=JSON_OUTCOME_HELP)
 @click.pass_obj
-def rollback(ctx: Ctx, tag: str | None) -> None:
+def rollback(ctx: Ctx, tag: str | None, as_json: bool) -> None:
     """Go back to TAG, or to the good release before the current one; gated like a deploy."""
     from .deploy import Deployer
     from .engine import Engine
 
     root = ctx.load_root(preflight=True)
-    outcome = Deployer(root, Engine(timeout=root.settings.pull_timeout)).rollback(_tag(tag))
-    _finish(outcome)
+    engine = Engine(timeout=root.settings.pull_timeout)
+    _finish(Deployer(root, engine).rollback(_tag(tag)), root, engine, as_json)
 
 
-def _finish(outcome: Any) -> None:
+def _finish(outcome: Any, root: AgentRoot, engine: Any, as_json: bool) -> None:
+    """Print the outcome; with --json, one object a caller (obsdeploy) can report from
+    without asking `status` again."""
     from .redact import REDACTOR
+    from .status import current_tag
 
-    click.echo(REDACTOR(outcome.message))
+    if as_json:
+        r = outcome.record
+        print_json({
+            **{k: r.get(k) for k in ("action", "tag", "from_tag", "result", "duration_s", "backup")},
+            "exit_code": int(outcome.exit_code),
+            "current_tag": current_tag(root, engine),
+            "message": outcome.message,
+        })
+    else:
+        click.echo(REDACTOR(outcome.message))
     sys.exit(int(outcome.exit_code))
 
 

@@ -33,7 +33,6 @@ from .state import ReleaseState, now_iso
 
 log = logging.getLogger("obs.deploy")
 
-RUNNING_STATES = ("running", "restarting", "paused")
 DIE_AT_ENV = "OBS_AGENT_DIE_AT"
 
 
@@ -70,6 +69,7 @@ class Deployer:
         self.gate = HealthGate(root, engine)
         # Restart policies set aside while a release is on trial (see _hold_restarts).
         self._held: dict[str, dict[str, Any]] = {}
+        self._writing: Future[Path] | None = None  # the backup being written, if any
 
     # --- the public steps ------------------------------------------------------------------
     def deploy(self, tag: str) -> Outcome:
@@ -140,22 +140,21 @@ class Deployer:
             raise
         steps["swap"] = switch.swap_s
         checkpoint("started")
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # The archive is written while the gate watches the new release.
-            writing: Future[Path] = pool.submit(self._write_backup, snapshot[0])
-            if switch.start_error:
-                gate = GateResult(False, f"could not start {tag}: {switch.start_error}", 0.0)
-            else:
-                gate = self.gate.wait(tag, switch.new, switch.started_ns)
-            steps["gate"] = gate.seconds
-            backup_error = writing.exception()
+        # The archive is written while the gate watches the new release.
+        pool = ThreadPoolExecutor(max_workers=1)
+        self._writing = pool.submit(self._write_backup, snapshot[0])
+        pool.shutdown(wait=False)
+        if switch.start_error:
+            gate = GateResult(False, f"could not start {tag}: {switch.start_error}", 0.0)
+        else:
+            gate = self.gate.wait(tag, switch.new, switch.started_ns)
+        steps["gate"] = gate.seconds
+        if gate.healthy:
+            backup_error = self._collect_backup(record)
+            if backup_error is not None:
+                gate = GateResult(False, f"backup failed: {backup_error}", gate.seconds)
+        # A failed release is rolled back at once; its archive is collected when it is written.
         checkpoint("gated")
-        if backup_error is None:
-            record["backup"] = writing.result().name
-            self.state.update(backup=record["backup"])
-        elif gate.healthy:
-            gate = GateResult(False, f"backup failed: {backup_error}", gate.seconds)
-
         if gate.healthy:
             self._release_restarts()
             self.state.set_last_good_tag(tag)
@@ -245,9 +244,23 @@ class Deployer:
         except Exception as exc:
             log.warning("could not remove the failed containers yet: %s", REDACTOR(str(exc)))
 
+    def _collect_backup(self, record: dict[str, Any]) -> BaseException | None:
+        """Wait for the archive being written; record its name, or return why it failed."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return None
+        error = writing.exception()
+        if error is None:
+            record["backup"] = writing.result().name
+            self.state.update(backup=record["backup"])
+        return error
+
     def _finish(self, record: dict[str, Any], result: str, steps: dict[str, float], t0: float,
                 code: ExitCode, message: str) -> Outcome:
         self._release_restarts()
+        error = self._collect_backup(record)
+        if error is not None:
+            log.warning("the backup of this attempt failed: %s", REDACTOR(str(error)))
         record.pop("pid", None)
         record.pop("held_restarts", None)
         record.update(result=result, finished_at=now_iso(), duration_s=_since(t0),
@@ -262,9 +275,9 @@ class Deployer:
         """Start `tag`: its kept stopped containers when `reuse` (never those in `avoid`, a
         failed attempt at the same tag), else new ones created beside the running ones."""
         existing = self.engine.project_containers(self.root.project)
-        running = [c for c in existing if c.state in RUNNING_STATES]
+        running = [c for c in existing if c.running]
         avoid_ids = {c.id for c in avoid}
-        stopped = [c for c in existing if c.state not in RUNNING_STATES and c.id not in avoid_ids]
+        stopped = [c for c in existing if not c.running and c.id not in avoid_ids]
 
         new = _one_per_service([c for c in stopped if c.tag == tag], services) if reuse else None
         if new is None:
@@ -324,12 +337,12 @@ class Deployer:
         keep_ids = {c.id for c in keep}
         self.engine.remove([
             c for c in self.engine.project_containers(self.root.project)
-            if c.state not in RUNNING_STATES and c.id not in keep_ids
+            if not c.running and c.id not in keep_ids
         ])
 
     def _running(self) -> list[ContainerInfo]:
         return [c for c in self.engine.project_containers(self.root.project)
-                if c.state in RUNNING_STATES]
+                if c.running]
 
     def _pull(self, images: list[str], *, always: bool) -> None:
         missing = images if always else [i for i in images if not self.engine.has_image(i)]

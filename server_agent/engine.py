@@ -35,6 +35,9 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 
+# A container in one of these states holds the release's ports and counts as running.
+RUNNING_STATES = ("running", "restarting", "paused")
+
 # Pull retries: transient registry errors (5xx, connection resets) back off 0.5 s, 1 s, 2 s...
 PULL_ATTEMPTS = 5
 
@@ -52,6 +55,10 @@ class ContainerInfo(BaseModel):
     env_names: frozenset[str]
     stop_timeout: int | None
     restart_policy: dict[str, Any]
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
 
     @property
     def tag(self) -> str:

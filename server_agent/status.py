@@ -13,10 +13,16 @@ HISTORY_KEYS = ("action", "tag", "from_tag", "result", "started_at", "finished_a
                 "duration_s", "backup")
 
 
+def current_tag(root: AgentRoot, engine: Engine) -> str | None:
+    """The tag the project's running containers run, None when nothing runs."""
+    running = [c for c in engine.project_containers(root.project) if c.running]
+    return running[0].tag if running else None
+
+
 def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     state = ReleaseState(root.state_dir)
     containers = engine.project_containers(root.project)
-    running = [c for c in containers if c.state in ("running", "restarting", "paused")]
+    running = [c for c in containers if c.running]
     shown = running or list(newest_per_service(containers).values())
     current = running[0].tag if running else None
     healthy = bool(running) and all(

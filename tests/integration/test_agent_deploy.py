@@ -77,9 +77,15 @@ def test_broken_release_is_rolled_back_to_the_last_good(agent_root: AgentRootDir
 def test_crash_at_start_fails_fast(agent_root: AgentRootDir) -> None:
     assert deploy(agent_root, "v1.0.0").returncode == 0
     t = time.monotonic()
-    res = deploy(agent_root, "v2.0.0-crash")
+    res = agent_root.agent("deploy", "--json", "v2.0.0-crash")
     took = time.monotonic() - t
     assert res.returncode == 20, res.stdout + res.stderr
+    # --json: the outcome alone on stdout, what obsdeploy reports from.
+    outcome = json.loads(res.stdout)
+    assert outcome["exit_code"] == 20 and outcome["result"] == "rolled_back"
+    assert outcome["tag"] == "v2.0.0-crash" and outcome["from_tag"] == "v1.0.0"
+    assert outcome["current_tag"] == "v1.0.0"
+    assert "rolled back to v1.0.0" in outcome["message"]
     rec = history(agent_root)[0]
     assert "exited with code 3" in rec["failure"]["reason"]
     assert "fixture crash" in "".join(rec["failure"]["log_tail"].values())

@@ -52,8 +52,17 @@ def test_deploy_over_ssh_returns_the_agents_exit_code(
     [host] = report["hosts"]
     assert host["result"] == "rolled_back" and host["exit_code"] == 20
     assert host["from_tag"] == "v1.0.0" and host["to_tag"] == "v1.0.0"
+    assert "rolled back to v1.0.0" in host["message"]
     assert server.root.last_good() == "v1.0.0"
     no_secret(bad)
+
+    # The agent stops before it can answer (the tag was never released): nothing changed,
+    # and the report still says what runs.
+    missing = obsdeploy("deploy", "v9.9.9", *server.ssh_args(), "--json")
+    assert missing.returncode == 11, missing.stdout + missing.stderr
+    [host] = json.loads(missing.stdout)["hosts"]
+    assert host["result"] == "image_failed" and host["exit_code"] == 11
+    assert host["from_tag"] == "v1.0.0" and host["to_tag"] == "v1.0.0"
 
 
 # testinfra's paramiko backend does not read known_hosts; obsdeploy itself is tested above.
