@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ObsError, UsageError
-from .settings import AgentRoot
+from .root import AgentRoot
 
 log = logging.getLogger("obs.backup")
 

@@ -15,7 +15,7 @@ import click
 from .clikit import print_json
 
 if TYPE_CHECKING:
-    from .settings import AgentRoot
+    from .root import AgentRoot
 
 ROOT_HELP = "Agent root directory (env OBS_AGENT_ROOT, default /opt/observer)."
 
@@ -25,17 +25,23 @@ class Ctx:
         self.root_path = root
         self.verbose = verbose
 
-    def load_root(self, *, preflight: bool = False) -> AgentRoot:
-        """Load the agent root. For deploy/rollback/check a bad configuration is a preflight
-        problem (exit 10); for the read-only commands it is invalid input (exit 2)."""
+    def load_root(self, *, preflight: bool = False, validate: bool = True) -> AgentRoot:
+        """Load the agent root and, unless `validate` is False, its settings. For
+        deploy/rollback/check a bad configuration is a preflight problem (exit 10); for the
+        other commands it is invalid input (exit 2). status and history do not validate:
+        they read only the project name and the state, so they answer even while the
+        configuration is broken (and without the cost of pydantic)."""
         from .errors import PreflightError, UsageError
-        from .preflight import Problem
-        from .settings import AgentRoot
+        from .root import AgentRoot
 
         try:
             root = AgentRoot(self.root_path)
+            if validate:
+                root.validate()
         except UsageError as exc:
             if preflight:
+                from .preflight import Problem
+
                 raise PreflightError([Problem("config", str(exc))]) from None
             raise
         _log_to_state_dir(root, create=preflight)
@@ -137,7 +143,7 @@ def status(ctx: Ctx, as_json: bool) -> None:
     from .engine import Engine
     from .status import status as read_status
 
-    data = read_status(ctx.load_root(), Engine())
+    data = read_status(ctx.load_root(validate=False), Engine())
     if as_json:
         print_json(data)
         return
@@ -190,7 +196,7 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
     """Deploy and rollback attempts, newest first."""
     from .status import history as read_history
 
-    records = read_history(ctx.load_root(), limit)
+    records = read_history(ctx.load_root(validate=False), limit)
     if as_json:
         print_json(records)
         return

@@ -28,7 +28,7 @@ from .errors import ExitCode, ObsError, PreflightError, UsageError
 from .health import GateResult, HealthGate
 from .preflight import run_preflight
 from .redact import REDACTOR
-from .settings import AgentRoot
+from .root import AgentRoot
 from .state import ReleaseState, now_iso
 
 log = logging.getLogger("obs.deploy")

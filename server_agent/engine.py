@@ -1,7 +1,8 @@
 """The Docker engine: pulls with retries, the project's containers, stop/start/remove.
 
-Containers are read into `ContainerInfo` (pydantic) from the engine's inspect data, so the
-rest of the agent never digs through raw dicts.
+Containers are read into `ContainerInfo` from the engine's inspect data, so the rest of the
+agent never digs through raw dicts. It is a plain dataclass, not a pydantic model: `status`
+imports this module, and importing pydantic alone takes longer than `docker compose ps`.
 
 Writes, pulls, logs and events go through the docker SDK. Reads (list, inspect, ping) go
 through `EngineSocket`, plain HTTP on the engine's unix socket: importing the SDK alone takes
@@ -15,15 +16,12 @@ import json
 import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel
-
 from .errors import ImageError, ObsError
 from .redact import REDACTOR
-from .runner import run
 
 if TYPE_CHECKING:
     import docker
@@ -42,7 +40,8 @@ RUNNING_STATES = ("running", "restarting", "paused")
 PULL_ATTEMPTS = 5
 
 
-class ContainerInfo(BaseModel):
+@dataclass(frozen=True)
+class ContainerInfo:
     id: str
     name: str
     service: str
@@ -315,6 +314,8 @@ class Engine:
         for net in networks.values():
             ip = net.get("IPAddress")
             if ip:
+                from .runner import run
+
                 try:
                     run(["ip", "neigh", "flush", "to", ip], check=False, timeout=5)
                 except ObsError as exc:  # no `ip` here: the swap works, only slower to answer
@@ -398,5 +399,7 @@ def _parallel(fn: Any, items: list[ContainerInfo]) -> None:
         for i in items:
             fn(i)
         return
+    from concurrent.futures import ThreadPoolExecutor  # here: `status` never needs it
+
     with ThreadPoolExecutor(max_workers=len(items)) as pool:
         list(pool.map(fn, items))

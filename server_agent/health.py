@@ -19,7 +19,7 @@ from typing import Any
 
 from .engine import PROJECT_LABEL, ContainerInfo, Engine, EngineUnreachable
 from .redact import REDACTOR
-from .settings import AgentRoot
+from .root import AgentRoot
 
 log = logging.getLogger("obs.health")
 

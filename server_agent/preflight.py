@@ -17,7 +17,7 @@ from .compose import ComposeConfig, ComposeProject
 from .engine import Engine
 from .errors import CommandError, ObsError
 from .redact import REDACTOR
-from .settings import AgentRoot
+from .root import AgentRoot
 
 log = logging.getLogger("obs.preflight")
 

@@ -1,31 +1,21 @@
-"""Agent settings (SPEC §3-§5): environment > deployment_config.json > built-in defaults.
+"""Agent settings (SPEC §4-§5): environment > deployment_config.json > built-in defaults.
 
-`AgentSettings` is the validated `"agent"` section. `AgentRoot` ties it to a directory and
-knows where every file of the agent root lives. Errors name the field's path and where the
-bad value came from, so the operator knows what to edit.
+`AgentSettings` is the validated `"agent"` section (`AgentRoot.settings` loads it). Errors
+name the field's path and where the bad value came from, so the operator knows what to edit.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
-from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import UsageError
-from .redact import REDACTOR
-
-ENV_PREFIX = "OBS_AGENT_"
-CONFIG_NAME = "deployment_config.json"
-DEFAULT_ROOT = "/opt/observer"
-# Env vars with our prefix that are not settings: the CLI's own, and the test hook.
-_NON_SETTING_ENV = {"OBS_AGENT_ROOT", "OBS_AGENT_DIE_AT", "OBS_AGENT_VERBOSE"}
+from .root import CONFIG_NAME, ENV_PREFIX, NON_SETTING_ENV
 
 
 def _relative_path(value: str) -> str:
@@ -147,106 +137,24 @@ def _describe_errors(exc: ValidationError, json_keys: set[str]) -> str:
     return "; ".join(lines)
 
 
-class AgentRoot:
-    """The agent root directory (SPEC §3) and the configuration read from it."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).absolute()
-        if not self.path.is_dir():
-            raise UsageError(f"agent root {self.path} does not exist",
-                             hint="pass --root DIR or set OBS_AGENT_ROOT (default /opt/observer)")
-        self.raw_config = self._read_config()
-        self.settings = self._load_settings()
-        self.project = self.settings.project_name or _default_project(self.path)
-        REDACTOR.add(self.secret_values())
 
-    # --- files -----------------------------------------------------------------------------
-    @property
-    def compose_file(self) -> Path:
-        return self.path / self.settings.compose_file
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_NAME
-
-    @property
-    def env_file(self) -> Path:
-        return self.path / ".env"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.path / "state"
-
-    @property
-    def backups_dir(self) -> Path:
-        return self.path / "backups"
-
-    # --- loading ---------------------------------------------------------------------------
-    def _read_config(self) -> dict[str, Any]:
-        if not self.config_file.exists():
-            return {}
-        try:
-            data = json.loads(self.config_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(
-                f"{self.config_file} is not valid JSON: {exc}",
-                hint="fix the file (it must be one JSON object) or remove it to use the defaults",
-            ) from None
-        except OSError as exc:
-            raise UsageError(f"cannot read {self.config_file}: {exc.strerror}") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"{self.config_file} must hold a JSON object, not {type(data).__name__}")
-        for key in ("agent", "environment"):
-            if key in data and not isinstance(data[key], dict):
-                raise UsageError(f"{CONFIG_NAME}: {key!r} must be an object")
-        env = data.get("environment", {})
-        bad = [k for k, v in env.items() if not isinstance(v, str | int | float | bool)]
-        if bad:
-            raise UsageError(f"{CONFIG_NAME}: environment.{bad[0]} must be a string")
-        return data
-
-    def _load_settings(self) -> AgentSettings:
-        unknown_env = sorted(
-            k for k in os.environ
-            if k.startswith(ENV_PREFIX) and k not in _NON_SETTING_ENV
-            and k[len(ENV_PREFIX):].lower() not in AgentSettings.model_fields
+def load_settings(agent: dict[str, Any], config_file: str) -> AgentSettings:
+    """Validate the JSON's "agent" section merged under the OBS_AGENT_* environment."""
+    unknown_env = sorted(
+        k for k in os.environ
+        if k.startswith(ENV_PREFIX) and k not in NON_SETTING_ENV
+        and k[len(ENV_PREFIX):].lower() not in AgentSettings.model_fields
+    )
+    if unknown_env:
+        raise UsageError(
+            f"unknown setting(s) in the environment: {', '.join(unknown_env)}",
+            hint="OBS_AGENT_<NAME> must name a key of the settings table in the README",
         )
-        if unknown_env:
-            raise UsageError(
-                f"unknown setting(s) in the environment: {', '.join(unknown_env)}",
-                hint="OBS_AGENT_<NAME> must name a key of the settings table in the README",
-            )
-        agent = self.raw_config.get("agent", {})
-        try:
-            return AgentSettings(**agent)
-        except ValidationError as exc:
-            raise UsageError(
-                f"invalid configuration: {_describe_errors(exc, set(agent))}",
-                hint=f"edit {self.config_file} or the OBS_AGENT_* variable named above",
-            ) from None
-
-    # --- environment -----------------------------------------------------------------------
-    @cached_property
-    def dotenv(self) -> dict[str, str]:
-        if not self.env_file.exists():
-            return {}
-        return {k: v or "" for k, v in dotenv_values(self.env_file).items()}
-
-    def merged_env(self) -> dict[str, str]:
-        """JSON "environment" < .env < the agent's own environment (later wins, SPEC §4)."""
-        json_env = {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}
-        return {**json_env, **self.dotenv, **os.environ}
-
-    def secret_values(self) -> list[str]:
-        env = self.merged_env()
-        values = [env[k] for k in self.settings.secret_env if env.get(k)]
-        values += [v for v in self.dotenv.values() if v]
-        return values
-
-    def compose_env(self, tag: str) -> dict[str, str]:
-        return {**self.merged_env(), "IMAGE_TAG": tag}
-
-
-def _default_project(path: Path) -> str:
-    name = re.sub(r"[^a-z0-9_-]", "", path.name.lower()).lstrip("-_")
-    return name or "observer"
+    try:
+        return AgentSettings(**agent)
+    except ValidationError as exc:
+        raise UsageError(
+            f"invalid configuration: {_describe_errors(exc, set(agent))}",
+            hint=f"edit {config_file} or the OBS_AGENT_* variable named above",
+        ) from None

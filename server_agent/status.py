@@ -6,9 +6,10 @@ from typing import Any
 
 from .engine import Engine, newest_per_service
 from .health import probe
-from .settings import AgentRoot
+from .root import AgentRoot
 from .state import ReleaseState
 
+TRUTHY = {"true", "1", "yes", "on", "t", "y"}  # what pydantic reads as True
 HISTORY_KEYS = ("action", "tag", "from_tag", "result", "started_at", "finished_at",
                 "duration_s", "backup")
 
@@ -28,8 +29,11 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     healthy = bool(running) and all(
         c.state == "running" and c.health in (None, "healthy") for c in running
     )
-    if healthy and root.settings.health_url:
-        healthy = probe(root.settings.health_url, root.settings.allow_degraded).kind == "pass"
+    # Unvalidated settings (see Ctx.load_root): a broken URL only makes the probe fail.
+    url = root.raw_setting("health_url")
+    if healthy and url:
+        allow_degraded = str(root.raw_setting("allow_degraded")).lower() in TRUTHY
+        healthy = probe(str(url), allow_degraded).kind == "pass"
     return {
         "current_tag": current,
         "last_good_tag": state.last_good_tag(),

@@ -77,6 +77,11 @@ def test_bad_configuration_names_the_field(agent_root: AgentRootDir) -> None:
     assert "agent.health_timeout" in msg and "agent.backup_kept: unknown key" in msg
     res = agent_root.agent("deploy", "v1.0.0")
     assert res.returncode == 10
+    # status and history do not validate the settings: they still answer (README).
+    st = agent_root.agent("status", "--json")
+    assert st.returncode == 0, st.stderr
+    assert json.loads(st.stdout)["current_tag"] is None
+    assert agent_root.agent("history", "--json").returncode == 0
     # An env override wins over the file and is named as the culprit when bad.
     cfg["agent"] = {k: v for k, v in cfg["agent"].items() if k not in ("health_timeout", "backup_kept")}
     cfg_path.write_text(json.dumps(cfg))

@@ -16,7 +16,7 @@ from server_agent.compose import ComposeConfig, ComposeProject
 from server_agent.errors import LockedError, UsageError
 from server_agent.health import classify
 from server_agent.redact import Redactor
-from server_agent.settings import AgentRoot
+from server_agent.root import AgentRoot
 from server_agent.state import History, ReleaseState, atomic_write
 from server_agent.versions import validate_version
 
@@ -68,14 +68,14 @@ def test_settings_refuse_unknown_keys_and_bad_values_with_the_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(UsageError, match=r"agent\.verify\.pathz: unknown key"):
-        AgentRoot(_root(tmp_path, {"verify": {"pathz": []}}))
+        AgentRoot(_root(tmp_path, {"verify": {"pathz": []}})).validate()
     with pytest.raises(UsageError, match=r"agent\.backup_paths: Value error, '\.\./etc'"):
-        AgentRoot(_root(tmp_path, {"backup_paths": ["../etc"]}))
+        AgentRoot(_root(tmp_path, {"backup_paths": ["../etc"]})).validate()
     with pytest.raises(UsageError, match=r"agent\.verify\.log_pattern: .*regular expression"):
-        AgentRoot(_root(tmp_path, {"verify": {"log_pattern": "(unclosed"}}))
+        AgentRoot(_root(tmp_path, {"verify": {"log_pattern": "(unclosed"}})).validate()
     monkeypatch.setenv("OBS_AGENT_HEALTH_TIMEOT", "3")
     with pytest.raises(UsageError, match="OBS_AGENT_HEALTH_TIMEOT"):
-        AgentRoot(_root(tmp_path))
+        AgentRoot(_root(tmp_path)).validate()
 
 
 def test_environment_merge_later_wins_and_secrets_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,6 +95,20 @@ def test_project_name_defaults_to_the_root_base_name(tmp_path: Path) -> None:
     d = tmp_path / "Observer.Prod"
     d.mkdir()
     assert AgentRoot(d).project == "observerprod"
+
+
+def test_read_only_commands_get_the_project_without_validating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """status/history load the root unvalidated: the project name comes from the same raw
+    value the settings validate (env > JSON > the directory's name), and pydantic is not
+    needed for it."""
+    r = AgentRoot(_root(tmp_path, {"project_name": "fromjson", "health_timeout": "nonsense"}))
+    assert r.project == "fromjson"
+    monkeypatch.setenv("OBS_AGENT_PROJECT_NAME", "fromenv")
+    r = AgentRoot(tmp_path)
+    assert r.project == "fromenv" and r.raw_setting("health_url") is None
+    with pytest.raises(UsageError, match="health_timeout"):
+        r.validate()
 
 
 def test_compose_builders_are_plain_argv(tmp_path: Path) -> None:

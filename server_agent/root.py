@@ -1,0 +1,134 @@
+"""The agent root (SPEC §3): where every file lives, the raw configuration and environment.
+
+Light on purpose (no pydantic): `status` and `history` load only this. The validated
+settings (`settings.AgentSettings`) are loaded on first use of `AgentRoot.settings`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+from .redact import REDACTOR
+
+if TYPE_CHECKING:
+    from .settings import AgentSettings
+
+ENV_PREFIX = "OBS_AGENT_"
+CONFIG_NAME = "deployment_config.json"
+# Env vars with our prefix that are not settings: the CLI's own, and the test hook.
+NON_SETTING_ENV = {"OBS_AGENT_ROOT", "OBS_AGENT_DIE_AT", "OBS_AGENT_VERBOSE"}
+
+
+class AgentRoot:
+    """The agent root directory (SPEC §3) and the configuration read from it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        if not self.path.is_dir():
+            raise UsageError(f"agent root {self.path} does not exist",
+                             hint="pass --root DIR or set OBS_AGENT_ROOT (default /opt/observer)")
+        self.raw_config = self._read_config()
+        # The same raw value the settings validate; `status` needs no more than this.
+        self.project = str(self.raw_setting("project_name") or _default_project(self.path))
+
+    @cached_property
+    def settings(self) -> AgentSettings:
+        """The validated settings, loaded on first use: read-only commands (status, history)
+        do without them, and without the pydantic import they cost. Loading them registers
+        the secrets with the redactor."""
+        from .settings import load_settings
+
+        settings = load_settings(self.raw_config.get("agent", {}), str(self.config_file))
+        REDACTOR.add(self._secret_values(settings.secret_env))
+        return settings
+
+    def validate(self) -> None:
+        """Load the settings now, so a bad configuration is reported before anything runs."""
+        _ = self.settings
+
+    def raw_setting(self, name: str) -> Any:
+        """One setting as given, unvalidated: env OBS_AGENT_<NAME>, else the JSON, else None."""
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        return env if env is not None else self.raw_config.get("agent", {}).get(name)
+
+    # --- files -----------------------------------------------------------------------------
+    @property
+    def compose_file(self) -> Path:
+        return self.path / self.settings.compose_file
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def env_file(self) -> Path:
+        return self.path / ".env"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "state"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.path / "backups"
+
+    # --- loading ---------------------------------------------------------------------------
+    def _read_config(self) -> dict[str, Any]:
+        if not self.config_file.exists():
+            return {}
+        try:
+            data = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"{self.config_file} is not valid JSON: {exc}",
+                hint="fix the file (it must be one JSON object) or remove it to use the defaults",
+            ) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.config_file}: {exc.strerror}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{self.config_file} must hold a JSON object, not {type(data).__name__}")
+        for key in ("agent", "environment"):
+            if key in data and not isinstance(data[key], dict):
+                raise UsageError(f"{CONFIG_NAME}: {key!r} must be an object")
+        env = data.get("environment", {})
+        bad = [k for k, v in env.items() if not isinstance(v, str | int | float | bool)]
+        if bad:
+            raise UsageError(f"{CONFIG_NAME}: environment.{bad[0]} must be a string")
+        return data
+
+    # --- environment -----------------------------------------------------------------------
+    @cached_property
+    def dotenv(self) -> dict[str, str]:
+        from dotenv import dotenv_values
+
+        if not self.env_file.exists():
+            return {}
+        return {k: v or "" for k, v in dotenv_values(self.env_file).items()}
+
+    def merged_env(self) -> dict[str, str]:
+        """JSON "environment" < .env < the agent's own environment (later wins, SPEC §4)."""
+        json_env = {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}
+        return {**json_env, **self.dotenv, **os.environ}
+
+    def secret_values(self) -> list[str]:
+        return self._secret_values(self.settings.secret_env)
+
+    def _secret_values(self, secret_env: list[str]) -> list[str]:
+        env = self.merged_env()
+        values = [env[k] for k in secret_env if env.get(k)]
+        values += [v for v in self.dotenv.values() if v]
+        return values
+
+    def compose_env(self, tag: str) -> dict[str, str]:
+        return {**self.merged_env(), "IMAGE_TAG": tag}
+
+
+def _default_project(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9_-]", "", path.name.lower()).lstrip("-_")
+    return name or "observer"
