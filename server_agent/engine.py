@@ -196,6 +196,10 @@ class Engine:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
+            if os.environ.get("DOCKER_HOST", "").startswith("ssh://"):
+                raise EngineUnreachable(
+                    "DOCKER_HOST is an ssh:// URL; obs-agent runs on the server and talks to "
+                    "the Docker engine there", hint="unset DOCKER_HOST, or use unix:// or tcp://")
             import docker
 
             try:

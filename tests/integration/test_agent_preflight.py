@@ -110,3 +110,6 @@ def test_docker_unreachable_is_a_preflight_problem(agent_root: AgentRootDir) -> 
     assert res.returncode == 10, res.stderr
     assert "docker.unreachable" in res.stderr
     assert os.path.exists(agent_root.path / "state") and agent_root.last_good() is None
+    # The agent works on its own server's engine; an ssh:// engine is refused, and says why.
+    res = agent_root.agent("check", env=agent_root.env(DOCKER_HOST="ssh://root@elsewhere"))
+    assert res.returncode == 10 and "DOCKER_HOST is an ssh:// URL" in res.stdout + res.stderr
