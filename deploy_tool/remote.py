@@ -273,8 +273,7 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
             message = None
             if outcome is not None:
                 before, after = outcome.get("from_tag"), outcome.get("current_tag")
-                with _PrefixWriter.lock:
-                    out.write(f"{host.label} | {outcome.get('message', '')}\n")
+                _PrefixWriter(host.label, out).write(f"{outcome.get('message', '')}\n")
                 if code != 0:
                     message = str(outcome.get("message") or "") or None
             else:
@@ -282,8 +281,7 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
                 after = (_json_object(sout) or {}).get("current_tag") if scode == 0 else None
                 before = after if code in NOTHING_CHANGED else None
     except SSHError as exc:
-        with _PrefixWriter.lock:
-            err.write(f"{host.label} | error: {exc}\n")
+        _PrefixWriter(host.label, err).write(f"error: {exc}\n")
         return HostResult(host=host.label, result="ssh_error", exit_code=int(exc.exit_code),
                           message=str(exc), seconds=round(time.monotonic() - started, 2))
     if code == 127:

@@ -119,15 +119,15 @@ def rollback(ctx: Ctx, tag: str | None, as_json: bool) -> None:
 def _finish(outcome: Any, root: AgentRoot, engine: Any, as_json: bool) -> None:
     """Print the outcome; with --json, one object a caller (obsdeploy) can report from
     without asking `status` again."""
+    from .engine import running_tag
     from .redact import REDACTOR
-    from .status import current_tag
 
     if as_json:
         r = outcome.record
         print_json({
             **{k: r.get(k) for k in ("action", "tag", "from_tag", "result", "duration_s", "backup")},
             "exit_code": int(outcome.exit_code),
-            "current_tag": current_tag(root, engine),
+            "current_tag": running_tag(engine.project_containers(root.project)),
             "message": outcome.message,
         })
     else:

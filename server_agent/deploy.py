@@ -23,7 +23,7 @@ from typing import Any
 
 from .backup import BackupArchive, BackupSnapshot
 from .compose import ComposeConfig, ComposeProject
-from .engine import ContainerInfo, Engine, newest_per_service
+from .engine import ContainerInfo, Engine, newest_per_service, running_tag
 from .errors import ExitCode, ObsError, PreflightError, UsageError
 from .health import GateResult, HealthGate
 from .preflight import run_preflight
@@ -102,8 +102,8 @@ class Deployer:
                 self.state.discard()
                 raise
             checkpoint("pulled")
-            current = self._running()
-            record["from_tag"] = current[0].tag if current else self.state.last_good_tag()
+            record["from_tag"] = (running_tag(self.engine.project_containers(self.root.project))
+                                  or self.state.last_good_tag())
             self.state.begin(record)
             checkpoint("journaled")
             return self._switch_and_gate(record, config, steps, t0)

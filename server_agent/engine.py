@@ -381,6 +381,12 @@ class Engine:
         ]
 
 
+def running_tag(containers: list[ContainerInfo]) -> str | None:
+    """The tag the running containers run (the first one's), None when nothing runs."""
+    running = [c for c in containers if c.running]
+    return running[0].tag if running else None
+
+
 def newest_per_service(containers: list[ContainerInfo]) -> dict[str, ContainerInfo]:
     """The highest-numbered (newest) container of each service."""
     newest: dict[str, ContainerInfo] = {}

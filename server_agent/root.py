@@ -45,7 +45,7 @@ class AgentRoot:
         from .settings import load_settings
 
         settings = load_settings(self.raw_config.get("agent", {}), str(self.config_file))
-        REDACTOR.add(self._secret_values(settings.secret_env))
+        REDACTOR.add(self.secret_values(settings.secret_env))
         return settings
 
     def validate(self) -> None:
@@ -116,10 +116,8 @@ class AgentRoot:
         json_env = {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}
         return {**json_env, **self.dotenv, **os.environ}
 
-    def secret_values(self) -> list[str]:
-        return self._secret_values(self.settings.secret_env)
-
-    def _secret_values(self, secret_env: list[str]) -> list[str]:
+    def secret_values(self, secret_env: list[str]) -> list[str]:
+        """The values of `secret_env` and of every .env entry: never to be shown."""
         env = self.merged_env()
         values = [env[k] for k in secret_env if env.get(k)]
         values += [v for v in self.dotenv.values() if v]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Engine, newest_per_service
+from .engine import Engine, newest_per_service, running_tag
 from .health import probe
 from .root import AgentRoot
 from .state import ReleaseState
@@ -14,18 +14,11 @@ HISTORY_KEYS = ("action", "tag", "from_tag", "result", "started_at", "finished_a
                 "duration_s", "backup")
 
 
-def current_tag(root: AgentRoot, engine: Engine) -> str | None:
-    """The tag the project's running containers run, None when nothing runs."""
-    running = [c for c in engine.project_containers(root.project) if c.running]
-    return running[0].tag if running else None
-
-
 def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     state = ReleaseState(root.state_dir)
     containers = engine.project_containers(root.project)
     running = [c for c in containers if c.running]
     shown = running or list(newest_per_service(containers).values())
-    current = running[0].tag if running else None
     healthy = bool(running) and all(
         c.state == "running" and c.health in (None, "healthy") for c in running
     )
@@ -35,7 +28,7 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
         allow_degraded = str(root.raw_setting("allow_degraded")).lower() in TRUTHY
         healthy = probe(str(url), allow_degraded).kind == "pass"
     return {
-        "current_tag": current,
+        "current_tag": running_tag(containers),
         "last_good_tag": state.last_good_tag(),
         "healthy": healthy,
         "services": [

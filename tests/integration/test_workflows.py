@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from tests.parts import REPO, VENV_BIN
+from tests.parts import REPO, VENV_BIN, AgentRootDir
 
 WORKFLOWS = REPO / ".github" / "workflows"
 DEPLOY = WORKFLOWS / "deploy.yml"
@@ -377,13 +377,18 @@ def _ssh_secrets(sshd) -> dict[str, str]:  # type: ignore[no-untyped-def]
     }
 
 
+def _agent_variables(agent_root: AgentRootDir) -> dict[str, str]:
+    """The repository variables that point the job at the test's agent and agent root."""
+    return {"OBSDEPLOY_AGENT_COMMAND": str(VENV_BIN / "obs-agent"),
+            "OBSDEPLOY_AGENT_ROOT": str(agent_root.path)}
+
+
 @pytest.mark.integration
 def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
     tmp_path: Path, ssh_host, agent_root  # type: ignore[no-untyped-def]
 ) -> None:
     secrets = _ssh_secrets(ssh_host)
-    variables = {"OBSDEPLOY_AGENT_COMMAND": str(VENV_BIN / "obs-agent"),
-                 "OBSDEPLOY_AGENT_ROOT": str(agent_root.path)}
+    variables = _agent_variables(agent_root)
     modes: dict[str, int] = {}
 
     def watch_key_files(step: str, env: dict[str, str]) -> None:
@@ -429,8 +434,7 @@ def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
     tmp_path: Path, ssh_host, agent_root  # type: ignore[no-untyped-def]
 ) -> None:
     secrets = _ssh_secrets(ssh_host)
-    variables = {"OBSDEPLOY_AGENT_COMMAND": str(VENV_BIN / "obs-agent"),
-                 "OBSDEPLOY_AGENT_ROOT": str(agent_root.path)}
+    variables = _agent_variables(agent_root)
     good = run_deploy_job(tmp_path / "good", event="push", ref_name="v1.0.0",
                           secrets=secrets, variables=variables)
     assert good.ok, good.log()

@@ -87,7 +87,7 @@ def test_environment_merge_later_wins_and_secrets_collected(tmp_path: Path, monk
     env = r.merged_env()
     assert (env["A"], env["B"], env["C"]) == ("json", "dotenv", "process")
     assert env["KIS_API_KEY"] == "secret-from-env-file"
-    assert set(r.secret_values()) >= {"secret-from-env-file", "process-secret-value", "dotenv"}
+    assert set(r.secret_values(r.settings.secret_env)) >= {"secret-from-env-file", "process-secret-value", "dotenv"}
     assert r.compose_env("v1.0.0")["IMAGE_TAG"] == "v1.0.0"
 
 
