@@ -29,10 +29,13 @@ AGENT = parts.VENV_BIN / "obs-agent"
 # The same Docker healthcheck for every side: it reads the body, so an error-answering release is
 # `unhealthy` for Docker too (a bare `wget -q` passes any 2xx). Interval 1 s, 3 retries.
 HEALTH_SHELL = "wget -q -O - http://127.0.0.1:8000/health | grep -q '\"status\":\"healthy\"'"
+# Docker runs the first check one interval after the start (engine 20.10 has no start_interval):
+# no release is `healthy` to Docker sooner.
+HEALTH_INTERVAL_S = 1
 HEALTHCHECK = (
     "    healthcheck:\n"
     f"      test: [\"CMD-SHELL\", {json.dumps(HEALTH_SHELL)}]\n"
-    "      interval: 1s\n      timeout: 1s\n      retries: 3\n"
+    f"      interval: {HEALTH_INTERVAL_S}s\n      timeout: 1s\n      retries: 3\n"
 )
 REQUIRED_ENV = {"QTS_OBSERVER_STANDALONE": "1", "PYTHONPATH": "/app/src"}
 
@@ -442,7 +445,7 @@ class SwarmSide(Side):
             "--mount", f"type=bind,source={p / 'logs'},target=/app/logs",
             "--mount", f"type=bind,source={p / 'config'},target=/app/config",
             "--env-file", str(p / ".env"),
-            "--health-cmd", HEALTH_SHELL, "--health-interval", "1s", "--health-timeout", "1s",
+            "--health-cmd", HEALTH_SHELL, "--health-interval", f"{HEALTH_INTERVAL_S}s", "--health-timeout", "1s",
             "--health-retries", "3", "--stop-grace-period", "5s",
             "--update-order", "stop-first", "--update-parallelism", "1",
             "--update-failure-action", "rollback", "--rollback-order", "stop-first",
@@ -485,8 +488,9 @@ class SwarmSide(Side):
 
 class FloorSide(Side):
     """The physical floor of an image swap with raw Docker calls (SDK): create the new container
-    beside the old one, stop the old, start the new. With `flush_neighbour`, the host's ARP
-    entry for the new container's address is flushed right after the start: the new container
+    beside the old one, stop the old, start the new (and, for a crash release, start the old one
+    again). With `flush_neighbour`, the host's ARP entry for the started container's address is
+    flushed right after the start: the new container
     gets the address the old one just released, and the entry left INCOMPLETE by traffic sent
     to the stopped container delays the first packets by up to a second (neighbour retransmit
     timer)."""
@@ -518,22 +522,39 @@ class FloorSide(Side):
 
     def deploy(self, tag: str, env: dict[str, str] | None = None,
                timeout: float = 180) -> tuple[int, str, dict[str, Any]]:
+        """Swap to `tag`. A crash-at-start release (its process exits at once) is waited for
+        and the old container started again: the floor of a data-safe way back, where the old
+        release stops writing before the new one starts. Exit 20 then, as the agent's."""
         new = self._create(tag)
         t = time.monotonic()
         self.current.stop(timeout=5)
         t_stop = time.monotonic()
         new.start()
         t_start = time.monotonic()
-        if self.flush:
-            new.reload()
-            for n in (new.attrs["NetworkSettings"]["Networks"] or {}).values():
-                if n.get("IPAddress"):
-                    sh(["ip", "neigh", "flush", "to", n["IPAddress"]], 10)
-        steps = {"stop": round(t_stop - t, 3), "start": round(t_start - t_stop, 3),
-                 "flush": round(time.monotonic() - t_start, 3)}
-        self.current.remove(force=True)
-        self.current = new
-        return 0, "", {"steps": steps}
+        if not tag.endswith("-crash"):
+            self._flush_neighbour(new)
+            steps = {"stop": t_stop - t, "start": t_start - t_stop,
+                     "flush": time.monotonic() - t_start}
+            self.current.remove(force=True)
+            self.current = new
+            return 0, "", {"steps": {k: round(v, 3) for k, v in steps.items()}}
+        new.wait(timeout=30)  # returns once Docker has cleaned the exited container up
+        t_exited = time.monotonic()
+        self.current.start()
+        t_back = time.monotonic()
+        self._flush_neighbour(self.current)
+        steps = {"stop": t_stop - t, "start": t_start - t_stop, "exited": t_exited - t_start,
+                 "start old": t_back - t_exited, "flush": time.monotonic() - t_back}
+        new.remove(force=True)
+        return 20, "", {"steps": {k: round(v, 3) for k, v in steps.items()}}
+
+    def _flush_neighbour(self, container: Any) -> None:
+        if not self.flush:
+            return
+        container.reload()
+        for n in (container.attrs["NetworkSettings"]["Networks"] or {}).values():
+            if n.get("IPAddress"):
+                sh(["ip", "neigh", "flush", "to", n["IPAddress"]], 10)
 
     def cleanup(self) -> None:
         for c in self.client.containers.list(all=True, filters={"label": self.event_label}):

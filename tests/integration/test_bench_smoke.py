@@ -75,6 +75,9 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
         back = row(sid, "time until the old release answers again")
         assert back["ours"] is not None and back["script"] is not None, back
         assert row(sid, "exit codes")["ours"] == [20]
+    # The raw floor of the crash scenario brought its old container back too.
+    assert row("2", "time until the old release answers again, raw docker floor")["ours"] > 0
+    assert row("1", "wall time floor of the gate alone")["ours"] > 0
     assert row("5", "obs-agent --help")["ours"] > 0
 
     # Cleaned up: nothing of this run is left on the engine.
