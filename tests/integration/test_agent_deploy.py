@@ -47,11 +47,8 @@ def test_first_deploy_of_a_healthy_tag(agent_root: AgentRootDir) -> None:
 
 
 def restart_policies(root: AgentRootDir) -> dict[str, list[str]]:
-    import docker
-
     out: dict[str, list[str]] = {}
-    label = f"com.docker.compose.project={root.project}"
-    for c in docker.from_env().containers.list(all=True, filters={"label": label}):
+    for c in project_containers(root):
         out.setdefault(c.status, []).append(c.attrs["HostConfig"]["RestartPolicy"]["Name"])
     return out
 
@@ -93,6 +90,44 @@ def test_crash_at_start_fails_fast(agent_root: AgentRootDir) -> None:
     assert rec["steps"]["gate"] < 5, rec["steps"]
     assert took < 15
     assert agent_root.health()["version"] == "v1.0.0"
+
+
+def project_containers(root: AgentRootDir) -> list:  # type: ignore[type-arg]
+    import docker
+
+    label = f"com.docker.compose.project={root.project}"
+    return docker.from_env().containers.list(all=True, filters={"label": label})  # type: ignore[no-any-return]
+
+
+def test_failed_redeploy_of_the_same_tag_brings_back_the_kept_container(
+        agent_root: AgentRootDir, docker_client, images: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """A tag pushed over in the registry (obsdeploy refuses that, another tool may not) and
+    deployed again: the way back is the same tag, so the kept container must start again,
+    never the failed one, though both carry that tag."""
+    tag = "v3.0.0-repushed"  # this test's own tag in the session's registry
+    repository = images["v1.0.0"].rsplit(":", 1)[0]
+
+    def push(source: str) -> None:
+        docker_client.images.get(source).tag(repository, tag)
+        for line in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
+            assert "error" not in line, line
+
+    push(images["v1.0.0"])
+    assert deploy(agent_root, tag).returncode == 0
+    (kept,) = project_containers(agent_root)
+    push(images["v2.0.0-crash"])
+    res = agent_root.agent("deploy", "--json", tag)
+    assert res.returncode == 20, res.stdout + res.stderr
+    outcome = json.loads(res.stdout)
+    assert outcome["from_tag"] == tag and outcome["current_tag"] == tag
+    # The container that runs is the one kept from before, with the good image's content.
+    (running,) = project_containers(agent_root)
+    assert running.id == kept.id and running.status == "running"
+    assert agent_root.health()["version"] == "v1.0.0"  # the version baked into that image
+    assert agent_root.last_good() == tag
+    rec = history(agent_root)[0]
+    assert rec["result"] == "rolled_back" and "exited with code 3" in rec["failure"]["reason"]
+    assert restart_policies(agent_root) == {"running": ["unless-stopped"]}
 
 
 def test_first_ever_deploy_of_a_broken_tag_leaves_nothing_running(agent_root: AgentRootDir) -> None:
