@@ -7,15 +7,15 @@ release fails at once and an error-answering one after three answers, not after 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .engine import PROJECT_LABEL, ContainerInfo, Engine, EngineUnreachable
 from .redact import REDACTOR
@@ -61,14 +61,22 @@ def classify(status: int, body: bytes, allow_degraded: bool) -> HealthAnswer:
 
 
 def probe(url: str, allow_degraded: bool) -> HealthAnswer:
+    """GET health_url once, straight to its address: no proxy from the environment and no
+    redirect (a service answers for itself; a 3xx is not 2xx). http.client, not urllib: the
+    engine reads load it anyway, and urllib.request costs `status` another 10 ms."""
+    conn: http.client.HTTPConnection | None = None
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as resp:  # noqa: S310 (http(s) only, validated)
-            return classify(resp.status, resp.read(65536), allow_degraded)
-    except urllib.error.HTTPError as exc:
-        return classify(exc.code, exc.read(65536) if exc.fp else b"", allow_degraded)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return HealthAnswer("down", f"no answer ({reason})")
+        where = urlsplit(url)
+        kind = http.client.HTTPSConnection if where.scheme == "https" else http.client.HTTPConnection
+        conn = kind(where.hostname or "", where.port, timeout=PROBE_TIMEOUT)
+        conn.request("GET", (where.path or "/") + (f"?{where.query}" if where.query else ""))
+        resp = conn.getresponse()
+        return classify(resp.status, resp.read(65536), allow_degraded)
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a bad URL
+        return HealthAnswer("down", f"no answer ({exc})")
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 class HealthGate:

@@ -14,7 +14,7 @@ import pytest
 from server_agent.backup import BackupArchive
 from server_agent.compose import ComposeConfig, ComposeProject
 from server_agent.errors import LockedError, UsageError
-from server_agent.health import classify
+from server_agent.health import classify, probe
 from server_agent.redact import Redactor
 from server_agent.root import AgentRoot
 from server_agent.state import History, ReleaseState, atomic_write
@@ -144,6 +144,55 @@ def test_compose_config_model() -> None:
 ])
 def test_health_answers(status: int, body: bytes, degraded: bool, kind: str) -> None:
     assert classify(status, body, degraded).kind == kind
+
+
+@pytest.fixture(scope="module")
+def health_server():  # type: ignore[no-untyped-def]
+    """A real HTTP server on loopback: /ok, /starting, /error (503), /moved (302 to /ok)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            answers = {"/ok?x=1": (200, b'{"status":"healthy"}'), "/ok": (200, b'{"status":"healthy"}'),
+                       "/starting": (200, b'{"status":"starting"}'), "/error": (503, b"down")}
+            code, body = answers.get(self.path, (302, b""))
+            self.send_response(code)
+            if code == 302:
+                self.send_header("Location", "/ok")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(("path", "kind", "detail"), [
+    ("/ok", "pass", "HTTP 200 status=healthy"),
+    ("/ok?x=1", "pass", "HTTP 200 status=healthy"),  # the query string reaches the service
+    ("/starting", "wait", "HTTP 200 status=starting"),
+    ("/error", "fail", "HTTP 503"),
+    ("/moved", "fail", "HTTP 302"),  # a redirect is not followed: the service answers itself
+])
+def test_probe_asks_the_url_itself(health_server: str, path: str, kind: str, detail: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy set for the agent's other traffic is not asked: it cannot see the local service.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
+    answer = probe(health_server + path, allow_degraded=False)
+    assert (answer.kind, answer.detail) == (kind, detail)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/health", "http://127.0.0.1:99999/health",
+                                 "http://[::1/health"])
+def test_probe_without_an_answer_is_down(url: str) -> None:
+    answer = probe(url, allow_degraded=False)
+    assert answer.kind == "down" and answer.detail.startswith("no answer"), answer
 
 
 def test_atomic_write_and_corrupt_last_good_recovers_from_history(tmp_path: Path) -> None:
