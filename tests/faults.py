@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import parts
-from tests.parts import VENV_BIN, AgentRootDir
+from tests.parts import VENV_BIN, AgentRootDir, history, no_traceback
 
 TAG_LINE = re.compile(r"v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?\n")
 
@@ -322,26 +322,6 @@ def proxied_root(path: Path, registry: str, **agent: object) -> Iterator[tuple[A
 
 
 # --- running the agent ---------------------------------------------------------------------
-def no_traceback(res: subprocess.CompletedProcess[str]) -> None:
-    out = res.stdout + res.stderr
-    assert "Traceback" not in out, out[-3000:]
-    assert "internal error" not in out, out[-3000:]
-
-
-def status(root: AgentRootDir, env: dict[str, str] | None = None) -> dict[str, Any]:
-    res = root.agent("status", "--json", env=env)
-    no_traceback(res)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-
-def history(root: AgentRootDir) -> list[dict[str, Any]]:
-    res = root.agent("history", "--json")
-    no_traceback(res)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-
 def spawn(root: AgentRootDir, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([str(VENV_BIN / "obs-agent"), *args], env=env or root.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -183,6 +184,27 @@ class AgentRootDir:
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
         subprocess.run(["docker", "network", "rm", f"{self.project}_default"], capture_output=True)
+
+
+# --- running the agent ---------------------------------------------------------------------
+def no_traceback(res: subprocess.CompletedProcess[str]) -> None:
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert "internal error" not in out, out[-3000:]
+
+
+def status(root: AgentRootDir, env: dict[str, str] | None = None) -> dict[str, Any]:
+    res = root.agent("status", "--json", env=env)
+    no_traceback(res)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+def history(root: AgentRootDir) -> list[dict[str, Any]]:
+    res = root.agent("history", "--json")
+    no_traceback(res)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
 
 
 def make_agent_root(path: Path, registry: str, project: str, **agent: object) -> AgentRootDir:

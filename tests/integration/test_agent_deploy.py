@@ -7,25 +7,13 @@ import time
 
 import pytest
 
-from tests.parts import AgentRootDir
+from tests.parts import AgentRootDir, history, status
 
 pytestmark = pytest.mark.integration
 
 
 def deploy(root: AgentRootDir, tag: str):  # type: ignore[no-untyped-def]
     return root.agent("deploy", tag)
-
-
-def status(root: AgentRootDir) -> dict:  # type: ignore[type-arg]
-    res = root.agent("status", "--json")
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-
-def history(root: AgentRootDir) -> list[dict]:  # type: ignore[type-arg]
-    res = root.agent("history", "--json")
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
 
 
 def test_first_deploy_of_a_healthy_tag(agent_root: AgentRootDir) -> None:

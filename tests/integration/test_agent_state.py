@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.parts import VENV_BIN, AgentRootDir
+from tests.parts import VENV_BIN, AgentRootDir, history
 
 pytestmark = pytest.mark.integration
-
-
-def history(root: AgentRootDir) -> list[dict]:  # type: ignore[type-arg]
-    return json.loads(root.agent("history", "--json").stdout)  # type: ignore[no-any-return]
 
 
 def test_second_deploy_while_one_runs_exits_12_naming_the_holder(agent_root: AgentRootDir) -> None:

@@ -21,16 +21,14 @@ from tests.faults import (
     close_root,
     collect,
     fill,
-    history,
     new_project,
-    no_traceback,
     running_tags,
     serving,
     spawn,
     tmpfs,
     wait_for,
 )
-from tests.parts import AgentRootDir, Registry
+from tests.parts import AgentRootDir, Registry, history, no_traceback
 
 pytestmark = pytest.mark.integration
 MB = 1 << 20

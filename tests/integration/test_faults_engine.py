@@ -24,16 +24,13 @@ from tests.faults import (
     assert_state_whole,
     close_root,
     collect,
-    history,
     new_project,
-    no_traceback,
     running_tags,
     serving,
     spawn,
-    status,
     wait_for,
 )
-from tests.parts import AgentRootDir, Registry
+from tests.parts import AgentRootDir, Registry, history, no_traceback, status
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import collect, history, no_traceback, serving, spawn
-from tests.parts import SECRETS, VENV_BIN, AgentRootDir
+from tests.faults import collect, serving, spawn
+from tests.parts import SECRETS, VENV_BIN, AgentRootDir, history, no_traceback
 
 pytestmark = pytest.mark.integration
 

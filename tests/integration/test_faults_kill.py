@@ -29,16 +29,13 @@ from tests.faults import (
     assert_next_deploy_works,
     assert_state_whole,
     collect,
-    history,
-    no_traceback,
     proxied_root,
     running_tags,
     serving,
     spawn,
-    status,
     wait_for,
 )
-from tests.parts import AgentRootDir, Registry
+from tests.parts import AgentRootDir, Registry, history, no_traceback, status
 
 pytestmark = pytest.mark.integration
 

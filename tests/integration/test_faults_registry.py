@@ -23,13 +23,11 @@ from tests.faults import (
     FaultProxy,
     assert_next_deploy_works,
     assert_state_whole,
-    history,
-    no_traceback,
     proxied_root,
     running_tags,
     serving,
 )
-from tests.parts import AgentRootDir, Registry
+from tests.parts import AgentRootDir, Registry, history, no_traceback
 
 pytestmark = pytest.mark.integration
 

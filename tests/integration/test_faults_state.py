@@ -8,17 +8,8 @@ import shutil
 
 import pytest
 
-from tests.faults import (
-    assert_next_deploy_works,
-    assert_state_whole,
-    collect,
-    history,
-    no_traceback,
-    serving,
-    spawn,
-    status,
-)
-from tests.parts import AgentRootDir
+from tests.faults import assert_next_deploy_works, assert_state_whole, collect, serving, spawn
+from tests.parts import AgentRootDir, history, no_traceback, status
 
 pytestmark = pytest.mark.integration
 

@@ -28,12 +28,6 @@ def no_secret(res: subprocess.CompletedProcess[str]) -> None:
         assert value not in res.stdout and value not in res.stderr
 
 
-def history(root: parts.AgentRootDir) -> list[dict]:  # type: ignore[type-arg]
-    res = root.agent("history", "--json")
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-
 def test_deploy_over_ssh_returns_the_agents_exit_code(
     make_server: Callable[[str], Server]  # noqa: F811
 ) -> None:
@@ -156,7 +150,7 @@ def test_three_hosts_batch_1_stop_after_the_first_failed_host(
     assert all("batch 1 failed" in h["message"] for h in report["hosts"][1:])
     for s in servers[1:]:  # untouched: still v1.0.0, one deploy in the history
         assert s.root.last_good() == "v1.0.0"
-        assert [r["tag"] for r in history(s.root)] == ["v1.0.0"]
+        assert [r["tag"] for r in parts.history(s.root)] == ["v1.0.0"]
         assert s.root.health()["version"] == "v1.0.0"
 
     # The table (on stderr with --json) says so, host by host.
