@@ -29,7 +29,7 @@ from .health import GateResult, HealthGate
 from .preflight import run_preflight
 from .redact import REDACTOR
 from .root import AgentRoot
-from .state import ReleaseState, now_iso
+from .state import JOURNAL_ONLY, ReleaseState, now_iso
 
 log = logging.getLogger("obs.deploy")
 
@@ -261,8 +261,8 @@ class Deployer:
         error = self._collect_backup(record)
         if error is not None:
             log.warning("the backup of this attempt failed: %s", REDACTOR(str(error)))
-        record.pop("pid", None)
-        record.pop("held_restarts", None)
+        for key in JOURNAL_ONLY:
+            record.pop(key, None)
         record.update(result=result, finished_at=now_iso(), duration_s=_since(t0),
                       steps={k: round(v, 3) for k, v in steps.items()})
         checkpoint("finishing")

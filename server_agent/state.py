@@ -29,6 +29,9 @@ from .versions import validate_version
 
 log = logging.getLogger("obs.state")
 
+# The journal's own bookkeeping: kept while an attempt runs, never in history.
+JOURNAL_ONLY = ("pid", "held_restarts")
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -236,22 +239,23 @@ class ReleaseState:
         self.discard()
 
     def recover_interrupted(self) -> dict[str, Any] | None:
-        """Call with the lock held: turn a journal left by a killed attempt into history."""
-        rec = self.pending()
-        if rec is None:
+        """Call with the lock held: turn a journal left by a killed attempt into history.
+        Returns that record, plus the restart policies the attempt had set aside
+        (`held_restarts`), for the caller to put back."""
+        journal = self.pending()
+        if journal is None:
             return None
-        if self._recorded(rec):
+        if self._recorded(journal):
             self.discard()
             return None
-        rec = _as_interrupted(rec)
-        self.finish({k: v for k, v in rec.items() if k != "held_restarts"})
+        rec = _as_interrupted(journal)
+        self.finish(rec)
         log.warning("the previous %s of %s was interrupted; recorded in history",
                     rec.get("action"), rec.get("tag"))
-        return rec
+        return {**rec, "held_restarts": journal.get("held_restarts") or {}}
 
 
 def _as_interrupted(journal: dict[str, Any]) -> dict[str, Any]:
     """The history record of an attempt that was killed, from its journal."""
-    rec = {**journal, "result": "interrupted", "finished_at": None, "duration_s": None}
-    rec.pop("pid", None)
-    return rec
+    rec = {k: v for k, v in journal.items() if k not in JOURNAL_ONLY}
+    return {**rec, "result": "interrupted", "finished_at": None, "duration_s": None}

@@ -233,6 +233,19 @@ def test_interrupted_attempt_becomes_history(tmp_path: Path) -> None:
     assert st.history.records()[-1]["result"] == "interrupted"
 
 
+def test_journal_bookkeeping_is_never_shown_or_recorded(tmp_path: Path) -> None:
+    st = ReleaseState(tmp_path)
+    held = {"abc123": {"Name": "unless-stopped"}}
+    st.begin({"action": "deploy", "tag": "v2.0.0", "from_tag": "v1.0.0", "started_at": "t0",
+              "pid": 1, "held_restarts": held})
+    shown = st.interrupted()
+    assert shown is not None and shown["result"] == "interrupted"
+    assert "pid" not in shown and "held_restarts" not in shown
+    rec = st.recover_interrupted()
+    assert rec is not None and rec["held_restarts"] == held  # for the next run to put back
+    assert "held_restarts" not in st.history.records()[-1]
+
+
 def test_backup_captures_then_writes_a_tar_with_exact_sizes(tmp_path: Path) -> None:
     root = _root(tmp_path)
     (root / "config" / "observer").mkdir(parents=True)
