@@ -7,7 +7,7 @@ from typing import Any
 from .engine import Engine, newest_per_service, running_tag
 from .health import probe
 from .root import AgentRoot
-from .state import ReleaseState
+from .state import JOURNAL_ONLY, ReleaseState
 
 TRUTHY = {"true", "1", "yes", "on", "t", "y"}  # what pydantic reads as True
 HISTORY_KEYS = ("action", "tag", "from_tag", "result", "started_at", "finished_at",
@@ -59,5 +59,5 @@ def history(root: AgentRoot, limit: int | None) -> list[dict[str, Any]]:
         records.insert(0, interrupted)
     records = records[:limit] if limit else records
     return [{**{k: r.get(k) for k in HISTORY_KEYS},
-             **{k: v for k, v in r.items() if k not in HISTORY_KEYS and k != "pid"}}
+             **{k: v for k, v in r.items() if k not in HISTORY_KEYS and k not in JOURNAL_ONLY}}
             for r in records]
