@@ -137,8 +137,6 @@ def _describe_errors(exc: ValidationError, json_keys: set[str]) -> str:
     return "; ".join(lines)
 
 
-
-
 def load_settings(agent: dict[str, Any], config_file: str) -> AgentSettings:
     """Validate the JSON's "agent" section merged under the OBS_AGENT_* environment."""
     unknown_env = sorted(
