@@ -312,6 +312,16 @@ class Side:
         )
 
 
+def last_record(root: parts.AgentRootDir) -> dict[str, Any]:
+    """The agent's newest history record; {} when there is none (a benchmark reports what it
+    found, it does not assert)."""
+    res = root.agent("history", "--json", "--limit", "1")
+    try:
+        return dict(json.loads(res.stdout)[0])
+    except (ValueError, IndexError, TypeError, KeyError):
+        return {}
+
+
 def write_compose(root: parts.AgentRootDir) -> None:
     """parts' compose file with the body-reading healthcheck above (same for every side)."""
     f = root.path / "docker-compose.server.yml"
@@ -337,9 +347,8 @@ class AgentSide(Side):
 
     def details(self, extra: dict[str, Any]) -> None:
         """The attempt's history record: the agent's own step timings."""
-        hist = self.root.agent("history", "--json", "--limit", "1")
-        with contextlib.suppress(ValueError, IndexError):
-            rec = json.loads(hist.stdout)[0]
+        rec = last_record(self.root)
+        if rec:
             extra.update(steps=rec.get("steps") or {}, duration_s=rec.get("duration_s"),
                          result=rec.get("result"), backup=rec.get("backup"))
 

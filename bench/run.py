@@ -172,9 +172,6 @@ class Bench:
                 log(f"cleanup step failed: {exc}")
         self.cleanups.clear()
 
-    def side_runs(self, side: h.Side, scenario: str) -> list[dict[str, Any]]:
-        return [r for r in self.results.get(scenario, {}).get("runs", []) if r["side"] == side.name]
-
     def _run(self, side: h.Side, tag: str, **kw: Any) -> h.Run:
         run = side.measure(tag, **kw)
         log(f"  {side.name:<9} -> {tag:<13} exit {run.exit_code:<3} wall {run.wall_s:6.2f}s  "
@@ -587,12 +584,8 @@ class Bench:
 
     @staticmethod
     def _last_record(root: parts.AgentRootDir) -> dict[str, Any]:
-        res = root.agent("history", "--json", "--limit", "1")
-        try:
-            rec = json.loads(res.stdout)[0]
-        except (ValueError, IndexError):
-            return {}
-        return {k: rec.get(k) for k in ("tag", "result", "duration_s", "steps")}
+        rec = h.last_record(root)
+        return {k: rec.get(k) for k in ("tag", "result", "duration_s", "steps")} if rec else {}
 
     @staticmethod
     def _not_measured(why: str) -> dict[str, Any]:
