@@ -55,7 +55,7 @@ class Switch:
     old: list[ContainerInfo]
     new: list[ContainerInfo]
     swap_s: float
-    started_ns: int = 0  # time.time_ns() just before the new containers were started
+    started_ns: int  # time.time_ns() just before the new containers were started
     start_error: str | None = None
 
 
