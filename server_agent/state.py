@@ -104,6 +104,20 @@ class LockHolder:
     since: str
 
 
+# How long a refused caller waits for the holder's line (written right after the flock).
+HOLDER_WAIT_S = 1.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
+
+
 class DeployLock:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -115,7 +129,7 @@ class DeployLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self._read_holder(fd)
+                holder = self._wait_for_holder(fd)
                 who = (
                     f"pid {holder.pid} ({holder.action} {holder.tag}) since {holder.since}"
                     if holder else "another process"
@@ -127,9 +141,27 @@ class DeployLock:
             info = json.dumps({"pid": os.getpid(), "action": action, "tag": tag, "since": now_iso()})
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
-            yield
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # a free lock names nobody
         finally:
             os.close(fd)  # releases the flock
+
+    @classmethod
+    def _wait_for_holder(cls, fd: int) -> LockHolder | None:
+        """Who holds the lock. A holder writes its line just after taking the lock, so a
+        caller refused in that moment waits for the line (briefly); a line whose process is
+        gone was left by a killed holder and names nobody."""
+        from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+        def live_holder() -> LockHolder | None:
+            holder = cls._read_holder(fd)
+            return holder if holder is not None and _alive(holder.pid) else None
+
+        waiting = Retrying(retry=retry_if_result(lambda h: h is None), wait=wait_fixed(0.01),
+                           stop=stop_after_delay(HOLDER_WAIT_S), retry_error_callback=lambda _: None)
+        return waiting(live_holder)  # type: ignore[no-any-return]
 
     def is_held(self) -> bool:
         try:

@@ -224,6 +224,48 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
     assert not st.lock.is_held()
 
 
+def test_lock_refused_before_the_holder_wrote_its_line_still_names_it(tmp_path: Path) -> None:
+    """The race of two deploys started together: the loser's flock fails between the winner's
+    flock and its line. A free lock names nobody, so the loser waits for the line."""
+    import fcntl
+    import threading
+
+    st = ReleaseState(tmp_path)
+    with st.lock.hold("deploy", "v0.1.0"):
+        pass
+    assert st.lock.path.read_bytes() == b""  # released: no stale holder left behind
+    fd = os.open(st.lock.path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the winner, its line not yet written
+        line = json.dumps({"pid": os.getpid(), "action": "deploy", "tag": "v1.2.0", "since": "t"})
+        threading.Timer(0.2, os.pwrite, (fd, line.encode(), 0)).start()
+        with pytest.raises(LockedError, match=rf"pid {os.getpid()} \(deploy v1.2.0\)"):
+            with st.lock.hold("rollback", "v1.1.0"):
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_lock_line_of_a_killed_holder_names_nobody(tmp_path: Path) -> None:
+    import fcntl
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    st = ReleaseState(tmp_path)
+    st.lock.path.write_text(json.dumps({"pid": int(dead.stdout), "action": "deploy",
+                                        "tag": "v9.9.9", "since": "t"}))
+    fd = os.open(st.lock.path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live holder that wrote nothing
+        with pytest.raises(LockedError, match="holds the lock: another process"):
+            with st.lock.hold("rollback", "v1.1.0"):
+                pass
+    finally:
+        os.close(fd)
+
+
 def test_interrupted_attempt_becomes_history(tmp_path: Path) -> None:
     st = ReleaseState(tmp_path)
     st.begin({"action": "deploy", "tag": "v2.0.0", "from_tag": "v1.0.0", "started_at": "t0", "pid": 1})
