@@ -166,6 +166,7 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
     from .engine import Engine
     from .errors import PreflightError
     from .preflight import run_preflight
+    from .redact import REDACTOR
     from .state import ReleaseState
 
     try:
@@ -175,10 +176,11 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
         notes: list[str] = []
     else:
         probe_tag = _tag(tag) or ReleaseState(root.state_dir).last_good_tag() or "v0.0.0"
-        report = run_preflight(root, Engine(), probe_tag)
+        report = run_preflight(root, Engine(), probe_tag, accessory_changes=True)
         problems, notes = report.problems, report.notes
     if as_json:
-        print_json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
+        print_json({"ok": not problems, "problems": [p.as_dict() for p in problems],
+                    "notes": [REDACTOR(n) for n in notes]})
     else:
         for n in notes:
             click.echo(f"note: {n}")
@@ -186,6 +188,36 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
             click.echo(f"problem [{p.code}]: {p.as_dict()['message']}")
         click.echo("ok" if not problems else f"{len(problems)} problem(s)")
     sys.exit(10 if problems else 0)
+
+
+@cli.command()
+@click.argument("tag")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (jobs, steps, "
+                                                      "accessories, changes, problems).")
+@click.pass_obj
+def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
+    """What `deploy TAG` would do, changing nothing: jobs, ordered steps with their strategy
+    and replicas, accessories, and what differs from the running services. Exit 0, or 10."""
+    from .engine import Engine
+    from .errors import PreflightError
+    from .preflight import run_preflight
+
+    valid = _tag(tag)
+    assert valid is not None
+    root = ctx.load_root(preflight=True)
+    report = run_preflight(root, Engine(), valid, accessory_changes=True)
+    if report.plan is None:
+        raise PreflightError(report.problems)
+    if as_json:
+        print_json({**report.plan.as_dict(),
+                    "problems": [p.as_dict() for p in report.problems], "ok": report.ok})
+    else:
+        for line in report.plan.describe():
+            click.echo(line)
+        for p in report.problems:
+            if not p.code.startswith("plan."):
+                click.echo(f"  problem   [{p.code}] {p.as_dict()['message']}")
+    sys.exit(0 if report.ok else 10)
 
 
 @cli.command()

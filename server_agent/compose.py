@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -46,42 +46,72 @@ def compose_command() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """One service as compose resolved it, with what the rollout needs to know of it."""
+
     name: str
     image: str
+    image_template: str  # the image as written, before interpolation (e.g. repo:${IMAGE_TAG})
     binds: dict[str, str]  # absolute host path -> container path
     environment: dict[str, str | None]
     has_healthcheck: bool
+    labels: dict[str, str]
+    replicas: int
+    update_order: str  # stop-first | start-first (deploy.update_config.order)
+    container_name: str | None
+    published_ports: list[str]  # fixed host ports ("127.0.0.1:8000"); ephemeral ones are not listed
+    container_ports: list[str]  # every port the service publishes, as "target/protocol"
+    depends_on: list[str]
 
 
 @dataclass(frozen=True)
 class ComposeConfig:
-    """What `docker compose config --format json` resolved for one tag."""
+    """What `docker compose config --format json` resolved for one tag, plus the image
+    references as written (`--no-interpolate`), which tell the release services apart."""
 
     raw: dict[str, Any]
+    templates: dict[str, str] = field(default_factory=dict)  # service -> image as written
 
     @property
     def services(self) -> list[ServiceSpec]:
-        out = []
-        for name, svc in self.raw.get("services", {}).items():
-            binds = {
-                str(v["source"]): str(v["target"])
-                for v in svc.get("volumes", []) or []
-                if v.get("type") == "bind"
-            }
-            env = svc.get("environment") or {}
-            hc = svc.get("healthcheck") or {}
-            out.append(ServiceSpec(
-                name=name,
-                image=str(svc.get("image", "")),
-                binds=binds,
-                environment=dict(env),
-                has_healthcheck=bool(hc) and not hc.get("disable", False),
-            ))
-        return out
+        return [_service_spec(name, svc, self.templates.get(name, ""))
+                for name, svc in self.raw.get("services", {}).items()]
+
+    def service(self, name: str) -> ServiceSpec:
+        return _service_spec(name, self.raw["services"][name], self.templates.get(name, ""))
 
     @property
     def images(self) -> list[str]:
         return sorted({s.image for s in self.services if s.image})
+
+
+def _service_spec(name: str, svc: dict[str, Any], template: str) -> ServiceSpec:
+    binds = {
+        str(v["source"]): str(v["target"])
+        for v in svc.get("volumes", []) or []
+        if v.get("type") == "bind"
+    }
+    hc = svc.get("healthcheck") or {}
+    deploy = svc.get("deploy") or {}
+    ports = svc.get("ports") or []
+    return ServiceSpec(
+        name=name,
+        image=str(svc.get("image", "")),
+        image_template=template,
+        binds=binds,
+        environment=dict(svc.get("environment") or {}),
+        has_healthcheck=bool(hc) and not hc.get("disable", False),
+        labels={str(k): str(v) for k, v in (svc.get("labels") or {}).items()},
+        replicas=int(deploy.get("replicas", 1) if deploy.get("replicas") is not None else 1),
+        update_order=str((deploy.get("update_config") or {}).get("order") or "stop-first"),
+        container_name=svc.get("container_name"),
+        published_ports=[
+            f"{p.get('host_ip') or '0.0.0.0'}:{p['published']}"
+            for p in ports if str(p.get("published") or "") not in ("", "0")
+        ],
+        container_ports=[f"{p.get('target')}/{p.get('protocol') or 'tcp'}" for p in ports],
+        depends_on=sorted((svc.get("depends_on") or {}).keys()),
+    )
+
 
 
 class ComposeProject:
@@ -99,22 +129,71 @@ class ComposeProject:
             "-p", self.project,
         ]
 
-    def config_argv(self) -> list[str]:
-        return [*self._base(), "config", "--format", "json"]
+    def config_argv(self, *, interpolate: bool = True) -> list[str]:
+        return [*self._base(), "config", "--format", "json",
+                *([] if interpolate else ["--no-interpolate"])]
 
-    def create_argv(self, scales: dict[str, int]) -> list[str]:
+    def hash_argv(self, services: list[str]) -> list[str]:
+        return [*self._base(), "config", "--hash", ",".join(services)]
+
+    def create_argv(self, scales: dict[str, int], override: Path) -> list[str]:
         # --no-recreate keeps the running release's containers as they are; scaling each
-        # service one above its current count makes compose create the new release's
-        # containers beside them, under compose's own names and labels.
-        argv = [*self._base(), "create", "--no-recreate", "--pull", "never"]
+        # service above its current count makes compose create the new release's containers
+        # beside them, under compose's own names and labels. Only the named services are
+        # created; the override (release_override) cuts their depends_on, so compose leaves
+        # every other service alone (it would otherwise converge them: scale a switched
+        # service back down, create a job as a service).
+        argv = [*self._base(), "-f", str(override), "create", "--no-recreate", "--pull", "never"]
         for service, n in sorted(scales.items()):
             argv += ["--scale", f"{service}={n}"]
-        return argv
+        return argv + sorted(scales)
+
+    def up_argv(self, services: list[str]) -> list[str]:
+        """Start accessories that are missing or stopped, touching nothing else."""
+        return [*self._base(), "up", "--detach", "--no-recreate", "--no-deps", "--pull", "never",
+                *sorted(services)]
+
+    def run_argv(self, job: str, container_name: str, tag: str) -> list[str]:
+        return [*self._base(), "run", "--rm", "--no-TTY", "--no-deps", "--pull", "never",
+                "--name", container_name, "--label", f"{RELEASE_LABEL}={tag}", job]
 
     # --- running ---------------------------------------------------------------------------
     def config(self, env: dict[str, str]) -> ComposeConfig:
         res = run(self.config_argv(), env=env, cwd=self.root)
-        return ComposeConfig(json.loads(res.stdout))
+        raw = run(self.config_argv(interpolate=False), env=env, cwd=self.root)
+        templates = {name: str(svc.get("image", ""))
+                     for name, svc in json.loads(raw.stdout).get("services", {}).items()}
+        return ComposeConfig(json.loads(res.stdout), templates)
 
-    def create(self, scales: dict[str, int], env: dict[str, str]) -> None:
-        run(self.create_argv(scales), env=env, cwd=self.root)
+    def config_hashes(self, services: list[str], env: dict[str, str]) -> dict[str, str]:
+        """Compose's hash of each service's definition, as it labels the containers it makes
+        (com.docker.compose.config-hash): a differing hash means a changed definition."""
+        if not services:
+            return {}
+        res = run(self.hash_argv(services), env=env, cwd=self.root)
+        return dict(line.split(None, 1) for line in res.stdout.splitlines() if " " in line)
+
+    def create(self, scales: dict[str, int], override: Path, env: dict[str, str]) -> None:
+        run(self.create_argv(scales, override), env=env, cwd=self.root)
+
+    def up(self, services: list[str], env: dict[str, str]) -> None:
+        run(self.up_argv(services), env=env, cwd=self.root)
+
+
+RELEASE_LABEL = "obsdeploy.release"
+
+
+def release_override(tag: str, services: list[ServiceSpec]) -> str:
+    """The compose override file for creating `tag`'s containers of `services`: the release
+    label (release identity, SPEC §14), no depends_on (see create_argv), and no
+    container_name (a new container is created beside the one holding the name, and takes
+    the name when the old one is stopped). JSON strings are valid YAML scalars; `!reset`
+    is compose's way to drop a key."""
+    lines = ["services:"]
+    for svc in services:
+        lines.append(f"  {json.dumps(svc.name)}:")
+        lines.append(f"    labels: {{{json.dumps(RELEASE_LABEL)}: {json.dumps(tag)}}}")
+        lines.append("    depends_on: !reset {}")
+        if svc.container_name:
+            lines.append("    container_name: !reset null")
+    return "\n".join(lines) + "\n"

@@ -1,21 +1,18 @@
-"""Deployer: the transaction of SPEC §7, and rollback, as readable steps.
+"""Deployer: the transaction of SPEC §7 and §14, and rollback, as readable steps.
 
-    lock → recover a killed attempt → preflight → pull → journal → switch (backup captured
-    the moment the old release stopped) → health gate → commit, or roll back and gate that.
+    lock → recover a killed attempt → preflight (with the RolloutPlan) → pull → journal →
+    start missing accessories → jobs (deploy only) → each step: switch, gate → commit;
+    or walk the switched steps back and gate what ran before.
 
-The switch creates the new release's containers with compose *beside* the running ones, then
-stops the old and starts the new: the service is down only for a stop and a start. The
-previous release's containers are kept, stopped, so going back is a start, not a re-create.
+The backup is captured the moment the step that carries the path contract stopped its old
+containers (the writer has stopped writing), and written while the gates run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,24 +20,22 @@ from typing import Any
 
 from .backup import BackupArchive, BackupSnapshot
 from .compose import ComposeConfig, ComposeProject
-from .engine import ContainerInfo, Engine, newest_per_service, running_tag
-from .errors import ExitCode, ObsError, PreflightError, UsageError
+from .engine import ContainerInfo, Engine, running_tag
+from .errors import CommandError, ExitCode, ObsError, PreflightError, UsageError
 from .health import GateResult, HealthGate
+from .plan import RolloutPlan
 from .preflight import run_preflight
 from .redact import REDACTOR
+from .rollout import Rollout, Switch, checkpoint, engine_down
 from .root import AgentRoot
+from .runner import run
 from .state import JOURNAL_ONLY, ReleaseState, now_iso
 
 log = logging.getLogger("obs.deploy")
 
-DIE_AT_ENV = "OBS_AGENT_DIE_AT"
-
-
-def checkpoint(step: str) -> None:
-    """Test hook for the crash-safety suite: `OBS_AGENT_DIE_AT=step` kills the agent here."""
-    if os.environ.get(DIE_AT_ENV) == step:
-        log.warning("%s=%s: killing myself", DIE_AT_ENV, step)
-        os.kill(os.getpid(), signal.SIGKILL)
+# Good releases whose compose file and configuration stay kept under state/releases/.
+KEPT_RELEASES = 10
+LOG_TAIL_LINES = 50
 
 
 @dataclass
@@ -50,23 +45,21 @@ class Outcome:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Switch:
-    old: list[ContainerInfo]
-    new: list[ContainerInfo]
-    swap_s: float
-    started_ns: int  # time.time_ns() just before the new containers were started
-    start_error: str | None = None
+class PreSwitchFailure(Exception):
+    """A job or an accessory failed before any release service was switched (exit 13)."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class Deployer:
     def __init__(self, root: AgentRoot, engine: Engine) -> None:
         self.root = root
         self.engine = engine
-        self.compose = ComposeProject(root.path, root.compose_file, root.project)
         self.state = ReleaseState(root.state_dir)
         self.backups = BackupArchive(root)
-        self.gate = HealthGate(root, engine)
+        self.rollout = Rollout(root, engine, self.state)
         # Restart policies set aside while a release is on trial (see _hold_restarts).
         self._held: dict[str, dict[str, Any]] = {}
         self._writing: Future[Path] | None = None  # the backup being written, if any
@@ -86,6 +79,8 @@ class Deployer:
                 self._held = dict(interrupted["held_restarts"])
                 self._release_restarts()
             target = tag or self._previous_good(interrupted)
+            # A rollback re-creates and judges its release as that release passed its gate.
+            root = self.root.as_released(target) if action == "rollback" else self.root
             t0 = time.monotonic()
             steps: dict[str, float] = {}
             # Journal first, so a kill from here on is reported as an interrupted attempt.
@@ -96,7 +91,7 @@ class Deployer:
             self.state.begin(record)
             checkpoint("locked")
             try:
-                config = self._prepare(action, target, steps, t0)
+                plan, config = self._prepare(action, target, root, steps, t0)
             except ObsError:
                 # Preflight or pull failed: nothing changed, so there is no attempt to record.
                 self.state.discard()
@@ -106,141 +101,233 @@ class Deployer:
                                   or self.state.last_good_tag())
             self.state.begin(record)
             checkpoint("journaled")
-            return self._switch_and_gate(record, config, steps, t0)
+            try:
+                self._start_accessories(plan, root, target)
+                if action == "deploy":  # jobs never run on a rollback
+                    self._run_jobs(plan, root, target, steps)
+            except PreSwitchFailure as exc:
+                record["failure"] = {"reason": REDACTOR(str(exc)), **exc.details}
+                return self._finish(record, "failed", steps, t0, ExitCode.JOB_FAILED,
+                                    f"{exc}; nothing running was switched")
+            return self._roll_out(record, plan, root, config, steps, t0)
 
-    def _prepare(self, action: str, target: str, steps: dict[str, float], t0: float) -> ComposeConfig:
+    def _prepare(self, action: str, target: str, root: AgentRoot, steps: dict[str, float],
+                 t0: float) -> tuple[RolloutPlan, ComposeConfig]:
         """Preflight and pull: everything that must succeed before anything running is touched."""
-        report = run_preflight(self.root, self.engine, target)
+        report = run_preflight(root, self.engine, target)
         for note in report.notes:
             log.info("preflight: %s", note)
         if not report.ok:
             raise PreflightError(report.problems)
-        assert report.config is not None
+        assert report.config is not None and report.plan is not None
         steps["preflight"] = _since(t0)
         log.info("preflight ok (%.2fs)", steps["preflight"])
         t = time.monotonic()
-        self._pull(report.config.images, always=(action == "deploy"))
+        plan, config = report.plan, report.config
+        released = set(plan.jobs) | {s.name for s in plan.release_services}
+        ours = sorted({config.service(s).image for s in released})
+        others = sorted({config.service(a.name).image for a in plan.accessories} - set(ours))
+        # A deploy pulls its tag again (a re-pushed tag is the registry's truth); accessories
+        # and a rollback's release, only when missing.
+        self.engine.pull(ours if action == "deploy" else self._missing(ours))
+        self.engine.pull(self._missing(others))
         steps["pull"] = _since(t)
-        return report.config
+        return plan, config
 
-    def _switch_and_gate(self, record: dict[str, Any], config: ComposeConfig,
-                         steps: dict[str, float], t0: float) -> Outcome:
+    def _missing(self, images: list[str]) -> list[str]:
+        return [i for i in images if not self.engine.has_image(i)]
+
+    # --- before the switch: accessories and jobs -------------------------------------------
+    def _start_accessories(self, plan: RolloutPlan, root: AgentRoot, tag: str) -> None:
+        """Start the accessories that are missing or stopped (never one that runs), and wait
+        for those with a healthcheck to be healthy."""
+        names = [a.name for a in plan.accessories if a.action == "start"]
+        if not names:
+            return
+        log.info("starting accessories: %s", ", ".join(names))
+        started_ns = time.time_ns()
+        ComposeProject(root.path, root.compose_file, root.project).up(names, root.compose_env(tag))
+        running = [c for c in self.rollout.containers(names) if c.running]
+        gate = HealthGate(root, self.engine).wait(None, running, started_ns, contract=(), stabilize=0)
+        if not gate.healthy:
+            raise PreSwitchFailure(f"accessory {', '.join(names)} did not start: {gate.reason}",
+                                   {"accessories": names})
+
+    def _run_jobs(self, plan: RolloutPlan, root: AgentRoot, tag: str, steps: dict[str, float]) -> None:
+        """Each job once, with the new tag, as `compose run --rm`; it must exit 0 within
+        job_timeout. Its log tail goes to the history record when it does not."""
+        compose = ComposeProject(root.path, root.compose_file, root.project)
+        timeout = root.settings.job_timeout
+        for job in plan.jobs:
+            t = time.monotonic()
+            name = f"{root.project}-{job}-{tag}-{os.getpid()}".replace("+", "_")
+            log.info("running job %s with %s", job, tag)
+            try:
+                res = run(compose.run_argv(job, name, tag), env=root.compose_env(tag),
+                          cwd=root.path, check=False, timeout=timeout)
+            except CommandError as exc:
+                if exc.returncode != 124:  # compose itself is missing: not the job's fault
+                    raise
+                tail = self.engine.logs_tail(name, LOG_TAIL_LINES)
+                self.engine.remove_named(name)  # compose run's client is gone; its container is not
+                raise PreSwitchFailure(f"job {job} did not finish within job_timeout={timeout:g}s",
+                                       {"job": {"name": job, "exit_code": None, "log_tail": tail}}) from None
+            steps[f"job:{job}"] = _since(t)
+            if res.returncode != 0:
+                tail = "\n".join((res.stdout + res.stderr).splitlines()[-LOG_TAIL_LINES:])
+                raise PreSwitchFailure(f"job {job} exited with code {res.returncode}",
+                                       {"job": {"name": job, "exit_code": res.returncode,
+                                                "log_tail": REDACTOR(tail)}})
+            log.info("job %s done (%.2fs)", job, steps[f"job:{job}"])
+
+    # --- the switch, step by step ----------------------------------------------------------
+    def _roll_out(self, record: dict[str, Any], plan: RolloutPlan, root: AgentRoot,
+                  config: ComposeConfig, steps: dict[str, float], t0: float) -> Outcome:
         tag = record["tag"]
         snapshot: list[BackupSnapshot] = []
+        capture_at = next((st for st in plan.steps if st.contract), plan.steps[0])
 
         def capture() -> None:
             snapshot.append(self.backups.capture(f"{record['from_tag'] or 'none'}-to-{tag}"))
 
-        try:
-            switch = self._switch(tag, _service_names(config), reuse=record["action"] == "rollback",
-                                  on_stopped=capture)
-        except Exception:
-            # Creating the containers failed before anything running was touched.
-            self._finish(record, "failed", steps, t0, ExitCode.BUG, "")
-            raise
-        steps["swap"] = switch.swap_s
-        checkpoint("started")
-        # The archive is written while the gate watches the new release.
-        pool = ThreadPoolExecutor(max_workers=1)
-        self._writing = pool.submit(self._write_backup, snapshot[0])
-        pool.shutdown(wait=False)
-        if switch.start_error:
-            gate = GateResult(False, f"could not start {tag}: {switch.start_error}", 0.0)
-        else:
-            gate = self.gate.wait(tag, switch.new, switch.started_ns)
-        steps["gate"] = gate.seconds
-        if gate.healthy:
+        gate = HealthGate(root, self.engine)
+        switches: list[Switch] = []
+        failed: Switch | None = None  # the step whose gate failed
+        verdict = GateResult(True, "healthy", 0.0)
+        for n, step in enumerate(plan.steps, 1):
+            try:
+                sw = self.rollout.switch(step, tag, root, config, reuse=record["action"] == "rollback",
+                                         hold=self._hold_restarts,
+                                         on_stopped=capture if step is capture_at else None)
+            except Exception as exc:
+                if not switches or engine_down(exc):
+                    # Creating the containers failed before anything running was touched.
+                    self._finish(record, "failed", steps, t0, ExitCode.BUG, "")
+                    raise
+                verdict = GateResult(False, f"could not switch {', '.join(step.names)}: "
+                                     f"{REDACTOR(str(exc))[:300]}", 0.0)
+                break
+            switches.append(sw)
+            steps["swap"] = round(steps.get("swap", 0) + sw.swap_s, 3)
+            checkpoint("started")
+            if snapshot and self._writing is None:  # written while the gates watch
+                pool = ThreadPoolExecutor(max_workers=1)
+                self._writing = pool.submit(self._write_backup, snapshot[0])
+                pool.shutdown(wait=False)
+            if sw.start_error:
+                verdict = GateResult(False, f"could not start {tag}: {sw.start_error}", 0.0)
+            else:
+                verdict = gate.wait(tag, sw.new, sw.started_ns, contract=step.contract)
+            steps["gate"] = round(steps.get("gate", 0) + verdict.seconds, 3)
+            if not verdict.healthy:
+                failed = sw
+                if len(plan.steps) > 1:
+                    verdict.reason = f"step {n} ({', '.join(step.names)}): {verdict.reason}"
+                break
+            self.rollout.complete(sw)
+            checkpoint(f"step{n}_done")
+        if verdict.healthy:
             backup_error = self._collect_backup(record)
             if backup_error is not None:
-                gate = GateResult(False, f"backup failed: {backup_error}", gate.seconds)
-        # A failed release is rolled back at once; its archive is collected when it is written.
+                verdict = GateResult(False, f"backup failed: {backup_error}", verdict.seconds)
         checkpoint("gated")
-        if gate.healthy:
-            self._release_restarts()
-            self.state.set_last_good_tag(tag)
-            checkpoint("committed")
-            self._drop_stopped(keep=switch.old)
-            self.backups.prune()
-            return self._finish(record, "success", steps, t0, ExitCode.OK,
-                                f"{tag} is healthy (gate {gate.seconds:.2f}s)")
-        return self._recover(record, gate, switch, steps, t0)
+        if not verdict.healthy:
+            return self._recover(record, verdict, switches, failed, plan, steps, t0)
+        self._release_restarts()
+        self.state.set_last_good_tag(tag)
+        checkpoint("committed")
+        root.keep_release(tag, keep=self.state.good_tags()[-KEPT_RELEASES:])
+        self._drop_stopped(keep=[c for sw in switches for c in sw.old])
+        self.backups.prune()
+        return self._finish(record, "success", steps, t0, ExitCode.OK,
+                            f"{tag} is healthy (gate {steps.get('gate', 0):.2f}s)")
 
-    def _recover(self, record: dict[str, Any], gate: GateResult, switch: Switch,
-                 steps: dict[str, float], t0: float) -> Outcome:
-        """The release failed its gate: go back to the last good release, keep diagnostics.
+    def _recover(self, record: dict[str, Any], verdict: GateResult, switches: list[Switch],
+                 failed: Switch | None, plan: RolloutPlan, steps: dict[str, float],
+                 t0: float) -> Outcome:
+        """A step failed: every switched step goes back, in reverse order, to what it ran
+        before the attempt; a service that ran nothing then gets the last good release.
 
-        The service is down from the failed release's verdict until the previous release
-        answers, so that path does only what it must: kill the failed containers (no grace
-        period for a broken release) and start the kept ones. Diagnostics are read and the
-        failed containers removed once the previous release is starting."""
+        The service is down from the verdict until the old containers answer, so that path
+        does only what it must: kill the failed containers and start the old ones.
+        Diagnostics are read and the new containers removed once the old are starting."""
         tag = record["tag"]
         t_fail = time.monotonic()
-        log.error("%s failed: %s", tag, gate.reason)
-        record["failure"] = {"reason": gate.reason}
+        log.error("%s failed: %s", tag, verdict.reason)
+        record["failure"] = {"reason": verdict.reason}
         self.state.update(failure=record["failure"])
         previous = self.state.last_good_tag()
-        if previous is None:
-            try:
-                self.engine.kill(switch.new)
-                checkpoint("failed_stopped")
-                if switch.old:  # put back what ran before, though it never passed a gate here
-                    self.engine.start(switch.old)
-                self._keep_diagnostics(record, gate, switch.new)
-            except Exception as exc:
-                log.error("cleaning up after %s failed: %s", tag, REDACTOR(str(exc)))
-            return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
-                                f"{tag} failed ({gate.reason}); there is no previous good release "
-                                "to roll back to" + ("" if switch.old else "; nothing is running"))
-        log.warning("rolling back to %s", previous)
+        if previous is not None:
+            log.warning("rolling back to %s", previous)
+        restored: list[ContainerInfo] = []
+        started_ns = time.time_ns()
         try:
-            again = self._restore(previous, switch, record, gate)
+            restored = self._walk_back(switches, failed, previous)
+            checkpoint("rolled_back")
         except Exception as exc:  # the engine stayed away: report it, don't crash
             again = GateResult(False, f"{type(exc).__name__}: {REDACTOR(str(exc))[:300]}", 0.0)
+        else:
+            again = GateResult(True, "nothing to gate", 0.0)
+        self._keep_diagnostics(record, verdict, failed.new if failed else [],
+                               [c for sw in switches for c in sw.new])
+        if previous is None:
+            return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
+                                f"{tag} failed ({verdict.reason}); there is no previous good release "
+                                "to roll back to" + ("" if restored else "; nothing is running"))
+        if again.healthy and restored:
+            tags = {c.tag for c in restored}
+            back_tag = tags.pop() if len(tags) == 1 else None
+            judge = self.root.as_released(back_tag or previous)
+            again = HealthGate(judge, self.engine).wait(
+                back_tag, restored, started_ns,
+                contract={s.name for s in plan.release_services if s.contract})
         record["rollback_gate"] = {"healthy": again.healthy, "reason": again.reason}
         steps["restore"] = _since(t_fail)
         if again.healthy:
             self._drop_stopped(keep=[])
             return self._finish(record, "rolled_back", steps, t0, ExitCode.ROLLED_BACK,
-                                f"{tag} failed ({gate.reason}); rolled back to {previous}, "
+                                f"{tag} failed ({verdict.reason}); rolled back to {previous}, "
                                 "which is healthy")
         return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
-                            f"{tag} failed ({gate.reason}); rollback to {previous} failed too "
+                            f"{tag} failed ({verdict.reason}); rollback to {previous} failed too "
                             f"({again.reason})")
 
-    def _restore(self, previous: str, switch: Switch, record: dict[str, Any],
-                 failed: GateResult) -> GateResult:
-        """Kill the failed release, start `previous` (its kept containers when there), then
-        keep the failed release's diagnostics, remove it and gate `previous`. A Docker engine
-        that is restarting is waited for, up to health_timeout."""
+    def _walk_back(self, switches: list[Switch], failed: Switch | None,
+                   previous: str | None) -> list[ContainerInfo]:
+        """rollout.walk_back, waiting for a Docker engine that is restarting (up to
+        health_timeout); then the last good release for services that ran nothing before."""
         from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-        back: Switch | None = None
-        for attempt in Retrying(retry=retry_if_exception(_engine_down), reraise=True,
+        restored: list[ContainerInfo] = []
+        for attempt in Retrying(retry=retry_if_exception(engine_down), reraise=True,
                                 stop=stop_after_delay(self.root.settings.health_timeout),
                                 wait=wait_fixed(1)):
             with attempt:
-                self.engine.kill(switch.new)
-                checkpoint("failed_stopped")
-                # The failed release ran the compose file's services; no need to render it again.
-                services = sorted({c.service for c in switch.new}) or _service_names(
-                    self.compose.config(self.root.compose_env(previous)))
-                back = self._switch(previous, services, reuse=True, on_stopped=None,
-                                    avoid=switch.new)
-        assert back is not None, "tenacity returns only after a successful attempt"
-        checkpoint("rolled_back")
-        self._keep_diagnostics(record, failed, switch.new)
-        if back.start_error:
-            return GateResult(False, f"could not start {previous}: {back.start_error}", 0.0)
-        return self.gate.wait(previous, back.new, back.started_ns)
+                restored = self.rollout.walk_back(switches, failed)
+        empty = [sw for sw in switches if not sw.old]
+        if previous is not None and empty:
+            prev_root = self.root.as_released(previous)
+            prev_config = ComposeProject(prev_root.path, prev_root.compose_file, prev_root.project
+                                         ).config(prev_root.compose_env(previous))
+            for sw in reversed(empty):
+                names = [s for s in sw.step.names if s in prev_config.raw.get("services", {})]
+                step = type(sw.step)(sw.step.order, tuple(s for s in sw.step.services if s.name in names))
+                if step.services:
+                    back = self.rollout.switch(step, previous, prev_root, prev_config, reuse=True,
+                                               hold=lambda _: None, avoid=sw.new)
+                    self.rollout.settle_names(step)
+                    restored += back.new
+        return restored
 
-    def _keep_diagnostics(self, record: dict[str, Any], gate: GateResult,
-                          failed: list[ContainerInfo]) -> None:
-        """Journal why the release failed, then remove its containers (best effort: the next
-        run removes whatever is left)."""
-        record["failure"] = {"reason": gate.reason, **self.gate.diagnostics(gate, failed)}
+    def _keep_diagnostics(self, record: dict[str, Any], verdict: GateResult,
+                          failed: list[ContainerInfo], new: list[ContainerInfo]) -> None:
+        """Journal why the release failed, then remove this attempt's containers (best
+        effort: the next run removes whatever is left)."""
+        record["failure"] = {"reason": verdict.reason,
+                             **HealthGate(self.root, self.engine).diagnostics(verdict, failed)}
         self.state.update(failure=record["failure"])
         try:
-            self.engine.remove(failed)
+            self.engine.remove(new)
         except Exception as exc:
             log.warning("could not remove the failed containers yet: %s", REDACTOR(str(exc)))
 
@@ -269,51 +356,7 @@ class Deployer:
         self.state.finish(record)
         return Outcome(code, message, record)
 
-    # --- switching containers --------------------------------------------------------------
-    def _switch(self, tag: str, services: list[str], *, reuse: bool,
-                on_stopped: Callable[[], None] | None, avoid: Sequence[ContainerInfo] = ()) -> Switch:
-        """Start `tag`: its kept stopped containers when `reuse` (never those in `avoid`, a
-        failed attempt at the same tag), else new ones created beside the running ones."""
-        existing = self.engine.project_containers(self.root.project)
-        running = [c for c in existing if c.running]
-        avoid_ids = {c.id for c in avoid}
-        stopped = [c for c in existing if not c.running and c.id not in avoid_ids]
-
-        new = _one_per_service([c for c in stopped if c.tag == tag], services) if reuse else None
-        if new is None:
-            # Keep at most the last good release's stopped containers, for a fast way back.
-            keep_tag = self.state.last_good_tag()
-            keep = _one_per_service([c for c in stopped if c.tag == keep_tag != tag], services)
-            drop = [c for c in stopped if c not in (keep or [])]
-            self.engine.remove(drop)
-            counts = Counter(c.service for c in existing if c not in drop)
-            before = {c.id for c in existing}
-            self.compose.create({s: counts[s] + 1 for s in services}, self.root.compose_env(tag))
-            created = [c for c in self.engine.project_containers(self.root.project)
-                       if c.id not in before]
-            new = _one_per_service(created, services)
-            if new is None:
-                raise ObsError(f"compose created {[c.name for c in created]} for {tag}; "
-                               f"expected one container per service {services}")
-        self._hold_restarts(new)
-        t = time.monotonic()
-        self.engine.stop(running)
-        if on_stopped is not None:
-            on_stopped()
-        checkpoint("stopped")
-        started_ns = time.time_ns()
-        try:
-            self.engine.start(new)
-        except Exception as exc:  # e.g. its port is taken: a failed release, not a crash of ours
-            if _engine_down(exc):
-                raise
-            log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
-            return Switch(old=running, new=new, swap_s=_since(t), started_ns=started_ns,
-                          start_error=REDACTOR(str(exc))[:500])
-        swap_s = _since(t)
-        log.info("started %s (%s) in %.2fs", tag, ", ".join(c.name for c in new), swap_s)
-        return Switch(old=running, new=new, swap_s=swap_s, started_ns=started_ns)
-
+    # --- restart policies and leftovers ----------------------------------------------------
     def _hold_restarts(self, containers: list[ContainerInfo]) -> None:
         """A release on trial runs without its restart policy: a crash leaves it exited, so
         the gate's verdict and its removal are immediate instead of racing Docker's restarts.
@@ -334,19 +377,13 @@ class Deployer:
             del self._held[cid]
 
     def _drop_stopped(self, keep: list[ContainerInfo]) -> None:
+        """Remove the stopped release containers, except `keep` (a fast way back).
+        Accessories are never touched."""
         keep_ids = {c.id for c in keep}
         self.engine.remove([
             c for c in self.engine.project_containers(self.root.project)
-            if not c.running and c.id not in keep_ids
+            if not c.running and c.id not in keep_ids and c.role == "release"
         ])
-
-    def _running(self) -> list[ContainerInfo]:
-        return [c for c in self.engine.project_containers(self.root.project)
-                if c.running]
-
-    def _pull(self, images: list[str], *, always: bool) -> None:
-        missing = images if always else [i for i in images if not self.engine.has_image(i)]
-        self.engine.pull(missing)
 
     def _write_backup(self, snapshot: BackupSnapshot) -> Path:
         t = time.monotonic()
@@ -364,7 +401,8 @@ class Deployer:
         if interrupted is not None:
             if interrupted.get("action") == "rollback" and isinstance(interrupted.get("tag"), str):
                 return str(interrupted["tag"])
-            if current and not any(c.tag == current for c in self._running()):
+            running = self.engine.project_containers(self.root.project)
+            if current and running_tag(running) != current:
                 return current
         for t in reversed(self.state.good_tags()):
             if t != current:
@@ -374,27 +412,6 @@ class Deployer:
             + (f" (only {current} passed the gate)" if current else ""),
             hint="name the version: obs-agent rollback vX.Y.Z",
         )
-
-
-def _service_names(config: ComposeConfig) -> list[str]:
-    return sorted(s.name for s in config.services)
-
-
-def _engine_down(exc: BaseException) -> bool:
-    """The Docker engine is unreachable (restarting), as opposed to refusing something."""
-    import requests
-
-    from .engine import EngineUnreachable
-
-    return isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError)
-
-
-def _one_per_service(containers: list[ContainerInfo], services: list[str]) -> list[ContainerInfo] | None:
-    """The newest container of each service, or None unless every service has one."""
-    by_service = newest_per_service(containers)
-    if sorted(by_service) != services:
-        return None
-    return [by_service[s] for s in services]
 
 
 def _since(t: float) -> float:

@@ -32,6 +32,10 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
+# Release identity (SPEC §14): set on every container the agent creates for a release.
+RELEASE_LABEL = "obsdeploy.release"
+ROLE_LABEL = "obsdeploy.role"
 
 # A container in one of these states holds the release's ports and counts as running.
 RUNNING_STATES = ("running", "restarting", "paused")
@@ -54,15 +58,15 @@ class ContainerInfo:
     env_names: frozenset[str]
     stop_timeout: int | None
     restart_policy: dict[str, Any]
+    tag: str | None  # the obsdeploy.release label: the release it belongs to; None for accessories
+    role: str  # release | accessory | job, from the labels the agent and the compose file set
+    config_hash: str  # compose's hash of the definition it was created from
+    binds: frozenset[tuple[str, str]]  # (host path, container path)
+    ports: frozenset[str]  # "8000/tcp" for each published container port
 
     @property
     def running(self) -> bool:
         return self.state in RUNNING_STATES
-
-    @property
-    def tag(self) -> str:
-        ref = self.image.rsplit("/", 1)[-1]
-        return ref.split(":", 1)[1] if ":" in ref else "latest"
 
     @classmethod
     def from_inspect(cls, a: dict[str, Any]) -> ContainerInfo:
@@ -85,6 +89,12 @@ class ContainerInfo:
             env_names=frozenset(env_names),
             stop_timeout=cfg.get("StopTimeout"),
             restart_policy=dict((a.get("HostConfig") or {}).get("RestartPolicy") or {"Name": "no"}),
+            tag=labels.get(RELEASE_LABEL),
+            role="release" if RELEASE_LABEL in labels else labels.get(ROLE_LABEL, "accessory"),
+            config_hash=labels.get(CONFIG_HASH_LABEL, ""),
+            binds=frozenset((str(m.get("Source")), str(m.get("Destination")))
+                            for m in a.get("Mounts") or [] if m.get("Type") == "bind"),
+            ports=frozenset(((a.get("HostConfig") or {}).get("PortBindings") or {}).keys()),
         )
 
 
@@ -325,6 +335,9 @@ class Engine:
                 except ObsError as exc:  # no `ip` here: the swap works, only slower to answer
                     log.debug("ip neigh flush: %s", exc)
 
+    def rename(self, cid: str, name: str) -> None:
+        self.client.api.rename(cid, name)
+
     def kill(self, containers: list[ContainerInfo]) -> None:
         """SIGKILL, no grace period (a failed release); one that is not running is left as is."""
         import docker.errors
@@ -348,6 +361,15 @@ class Engine:
             except docker.errors.NotFound:
                 pass
         _parallel(one, containers)
+
+    def remove_named(self, name: str) -> None:
+        """Force-remove a container by name, if there is one (a job's, after its timeout)."""
+        import docker.errors
+
+        try:
+            self.client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
 
     def set_restart_policy(self, cid: str, policy: dict[str, Any]) -> None:
         import docker.errors
@@ -382,9 +404,10 @@ class Engine:
 
 
 def running_tag(containers: list[ContainerInfo]) -> str | None:
-    """The tag the running containers run (the first one's), None when nothing runs."""
-    running = [c for c in containers if c.running]
-    return running[0].tag if running else None
+    """The release the running release containers belong to (their obsdeploy.release label);
+    None when none runs, or when they disagree (a multi-step attempt that was killed)."""
+    tags = {c.tag for c in containers if c.running and c.role == "release"}
+    return tags.pop() if len(tags) == 1 else None
 
 
 def newest_per_service(containers: list[ContainerInfo]) -> dict[str, ContainerInfo]:

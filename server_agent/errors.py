@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     PREFLIGHT = 10
     IMAGE = 11
     LOCKED = 12
+    JOB_FAILED = 13
     ROLLED_BACK = 20
     ROLLBACK_FAILED = 21
     SSH = 30

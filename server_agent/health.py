@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,20 +44,20 @@ class HealthAnswer:
 
 
 def classify(status: int, body: bytes, allow_degraded: bool) -> HealthAnswer:
-    """Map one HTTP answer of health_url to pass / wait / fail (SPEC §6)."""
-    if not 200 <= status < 300:
-        return HealthAnswer("fail", f"HTTP {status}")
+    """Map one HTTP answer of health_url to pass / wait / fail (SPEC §6). A JSON status of
+    initializing/starting keeps waiting whatever the HTTP status: a service that is still
+    starting may well answer 503 meanwhile (the example observer does)."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return HealthAnswer("pass", f"HTTP {status}")
-    if not isinstance(doc, dict) or "status" not in doc:
-        return HealthAnswer("pass", f"HTTP {status}")
-    st = str(doc["status"]).lower()
-    if st == "healthy" or (st == "degraded" and allow_degraded):
-        return HealthAnswer("pass", f"HTTP {status} status={st}")
+        doc = None
+    st = str(doc["status"]).lower() if isinstance(doc, dict) and "status" in doc else None
     if st in ("initializing", "starting"):
         return HealthAnswer("wait", f"HTTP {status} status={st}")
+    if not 200 <= status < 300:
+        return HealthAnswer("fail", f"HTTP {status}" + (f" status={st}" if st else ""))
+    if st is None or st == "healthy" or (st == "degraded" and allow_degraded):
+        return HealthAnswer("pass", f"HTTP {status}" + (f" status={st}" if st else ""))
     return HealthAnswer("fail", f"HTTP {status} status={st}")
 
 
@@ -90,11 +91,18 @@ class HealthGate:
         env = s.verify.container_env
         self.container_env = s.required_env if env is None else env
 
-    def wait(self, tag: str, containers: list[ContainerInfo], started_ns: int) -> GateResult:
+    def wait(self, tag: str | None, containers: list[ContainerInfo], started_ns: int, *,
+             contract: Collection[str], stabilize: float | None = None) -> GateResult:
         """Gate `containers`, started at `started_ns` (time.time_ns() just before their start):
-        their events since then count, so a crash in the first milliseconds is not missed."""
+        their events since then count, so a crash in the first milliseconds is not missed.
+
+        `tag`: the release they must belong to (None: any, e.g. an accessory). `contract`:
+        the contract services (SPEC §14); their containers carry verify and the container
+        environment, and health_url is probed when any is among `containers`.
+        `stabilize`: instead of stabilize_seconds (0 for an accessory: healthy is enough)."""
         started = time.monotonic()
         ids = {c.id for c in containers}
+        contract_ids = {c.id for c in containers if c.service in contract}
         wake = threading.Event()
         dead: list[str] = []
         since_ns = started_ns
@@ -105,7 +113,8 @@ class HealthGate:
             ).start()
         answers: list[str] = []
         try:
-            reason = self._loop(tag, ids, wake, dead, answers, started)
+            reason = self._loop(tag, ids, contract_ids, wake, dead, answers, started,
+                                self.stabilize if stabilize is None else stabilize)
         finally:
             if stream is not None:
                 stream.close()
@@ -114,13 +123,15 @@ class HealthGate:
             return GateResult(True, "healthy", seconds)
         return GateResult(False, REDACTOR(reason), seconds, [REDACTOR(a) for a in answers[-5:]])
 
-    def _loop(self, tag: str, ids: set[str], wake: threading.Event, dead: list[str],
-              answers: list[str], started: float) -> str | None:
+    def _loop(self, tag: str | None, ids: set[str], contract_ids: set[str], wake: threading.Event,
+              dead: list[str], answers: list[str], started: float, stabilize: float) -> str | None:
         deadline = started + self.timeout
         healthy_since: float | None = None
         fails_in_a_row = 0
         answered = False
-        log_seen = self.pattern is None
+        log_seen = self.pattern is None or not contract_ids
+        health_url = self.root.settings.health_url if contract_ids else None
+        verify_paths = self.root.settings.verify.paths if contract_ids else []
         env_checked = False
         waiting_on = "containers"
         while True:
@@ -150,16 +161,16 @@ class HealthGate:
                     return dead[0] if dead else f"container {c.name} crashed and is restarting"
                 if c.health == "unhealthy":
                     return f"container {c.name} is unhealthy (Docker healthcheck)"
-                if c.tag != tag:
-                    return f"container {c.name} runs {c.image}, not {tag}"
+                if tag is not None and c.tag != tag:
+                    return f"container {c.name} belongs to release {c.tag or '(none)'}, not {tag}"
             ok = all(c.state == "running" and c.health in (None, "healthy") for c in infos)
             if not ok:
                 waiting_on = "container health (" + ", ".join(
                     f"{c.name}: {c.health or c.state}" for c in infos) + ")"
             # Probe as soon as the containers run, before Docker's own healthcheck has had its
             # first interval: an error-answering release is caught within three probes.
-            if all(c.state == "running" for c in infos) and self.root.settings.health_url:
-                ans = probe(self.root.settings.health_url, self.root.settings.allow_degraded)
+            if all(c.state == "running" for c in infos) and health_url:
+                ans = probe(health_url, self.root.settings.allow_degraded)
                 answers.append(ans.detail)
                 del answers[:-10]
                 if ans.kind != "down":
@@ -174,25 +185,25 @@ class HealthGate:
                     ok = False
                     waiting_on = f"health_url ({ans.detail})"
             if ok:
-                missing = [p for p in self.root.settings.verify.paths
-                           if not (self.root.path / p).exists()]
+                missing = [p for p in verify_paths if not (self.root.path / p).exists()]
                 if missing:
                     ok = False
                     waiting_on = "verify.paths " + ", ".join(missing)
             if ok and not env_checked:
-                unset = sorted({n for c in infos for n in self.container_env if n not in c.env_names})
+                unset = sorted({n for c in infos if c.id in contract_ids
+                                for n in self.container_env if n not in c.env_names})
                 if unset:
                     return "not set inside the container: " + ", ".join(unset)
                 env_checked = True
             if ok and not log_seen:
                 assert self.pattern is not None
-                log_seen = all(self.engine.logs_contain(cid, self.pattern) for cid in ids)
+                log_seen = all(self.engine.logs_contain(cid, self.pattern) for cid in contract_ids)
                 if not log_seen:
                     ok = False
                     waiting_on = f"verify.log_pattern {self.pattern.pattern!r} in the log"
             if ok:
                 healthy_since = healthy_since or now
-                if now - healthy_since >= self.stabilize:
+                if now - healthy_since >= stabilize:
                     return None
             else:
                 healthy_since = None

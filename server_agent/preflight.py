@@ -16,6 +16,7 @@ from pathlib import Path
 from .compose import ComposeConfig, ComposeProject
 from .engine import Engine
 from .errors import CommandError, ObsError
+from .plan import RolloutPlan, build_plan, contract_services
 from .redact import REDACTOR
 from .root import AgentRoot
 
@@ -36,6 +37,7 @@ class PreflightReport:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: ComposeConfig | None = None
+    plan: RolloutPlan | None = None
 
     @property
     def ok(self) -> bool:
@@ -45,7 +47,10 @@ class PreflightReport:
         self.problems.append(Problem(code, message))
 
 
-def run_preflight(root: AgentRoot, engine: Engine, tag: str) -> PreflightReport:
+def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
+                  accessory_changes: bool = False) -> PreflightReport:
+    """Every check; with `accessory_changes`, also compare each running accessory with its
+    compose definition (one more compose call: check and plan do it, deploy does not)."""
     report = PreflightReport()
     env = root.compose_env(tag)
     _check_env(root, env, report)
@@ -53,10 +58,42 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str) -> PreflightReport:
     docker_ok = _check_docker(engine, report)
     _check_compose(root, env, report)
     if report.config is not None:
-        _check_mounts(root, report.config, report)
+        report.plan = rollout_plan(root, engine if docker_ok else None, report.config, tag,
+                                   accessory_changes=accessory_changes)
+        for code, message in report.plan.problems:
+            report.add(code, message)
+        for a in report.plan.accessories:
+            if a.definition_changed:
+                report.notes.append(f"accessory {a.name}: its compose definition differs from its "
+                                    "running container; deploys leave it as it is (recreate it with "
+                                    f"docker compose up -d {a.name} when you mean to)")
+        _check_mounts(root, report.config, report.plan, report)
         _check_aliases_in_compose(root, report.config, report)
     _check_disk(root, engine if docker_ok else None, report)
     return report
+
+
+def contract_of(root: AgentRoot, cfg: ComposeConfig) -> set[str]:
+    """The contract services (plan.contract_services), with host paths resolved here."""
+    from dataclasses import replace
+
+    hosts = {str((root.path / host).resolve()) for host in root.settings.mounts}
+    specs = [replace(s, binds={str(Path(h).resolve()): t for h, t in s.binds.items()})
+             for s in cfg.services]
+    return contract_services(specs, root.settings.contract_services, hosts)
+
+
+def rollout_plan(root: AgentRoot, engine: Engine | None, cfg: ComposeConfig, tag: str, *,
+                 accessory_changes: bool = False) -> RolloutPlan:
+    containers = engine.project_containers(root.project) if engine is not None else []
+    hashes = None
+    if accessory_changes and containers:
+        from .plan import role_of
+
+        project = ComposeProject(root.path, root.compose_file, root.project)
+        accessories = [s.name for s in cfg.services if role_of(s) == "accessory"]
+        hashes = project.config_hashes(accessories, root.compose_env(tag))
+    return build_plan(cfg, tag, containers, contract_of(root, cfg), hashes)
 
 
 def _check_env(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:
@@ -117,7 +154,7 @@ def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport
     except OSError as exc:
         report.add("compose.unreadable", f"cannot read {root.compose_file}: {exc.strerror}")
         return
-    if "${IMAGE_TAG" not in text:
+    if "IMAGE_TAG" not in text and "obsdeploy.role" not in text:
         report.add("compose.no_image_tag",
                    f"{root.compose_file} does not use ${{IMAGE_TAG}}; write the image as "
                    "image: REPO:${IMAGE_TAG:?IMAGE_TAG required}")
@@ -135,16 +172,20 @@ def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport
         report.config = None
 
 
-def _check_mounts(root: AgentRoot, cfg: ComposeConfig, report: PreflightReport) -> None:
+def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
+                  report: PreflightReport) -> None:
+    """The path contract (SPEC §5), on the contract services only (SPEC §14): an
+    accessory's or a job's own bind mounts are its own business."""
     expected = {
         str((root.path / host).resolve()): container
         for host, container in root.settings.mounts.items()
     }
-    mounting = [s for s in cfg.services if s.binds]
-    if not mounting:
+    mounting = [cfg.service(s.name) for s in plan.release_services if s.contract]
+    if not mounting and root.settings.mounts:
         report.add("mounts.none",
-                   f"no service in {root.settings.compose_file} mounts the path contract "
-                   + ", ".join(f"{h}:{c}" for h, c in root.settings.mounts.items()))
+                   f"no release service in {root.settings.compose_file} mounts the path contract "
+                   + ", ".join(f"{h}:{c}" for h, c in root.settings.mounts.items())
+                   + " (or name the services that carry it in agent.contract_services)")
     for svc in mounting:
         actual = {str(Path(h).resolve()): c for h, c in svc.binds.items()}
         if actual != expected:

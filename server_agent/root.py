@@ -23,16 +23,22 @@ ENV_PREFIX = "OBS_AGENT_"
 CONFIG_NAME = "deployment_config.json"
 # Env vars with our prefix that are not settings: the CLI's own, and the test hook.
 NON_SETTING_ENV = {"OBS_AGENT_ROOT", "OBS_AGENT_DIE_AT", "OBS_AGENT_VERBOSE"}
+KEPT_COMPOSE = "compose.yml"  # a kept release's compose file, under state/releases/TAG/
 
 
 class AgentRoot:
-    """The agent root directory (SPEC §3) and the configuration read from it."""
+    """The agent root directory (SPEC §3) and the configuration read from it.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    `kept`: the directory where a good release's compose file and deployment_config.json
+    were kept (`keep_release`); such a root judges and re-creates that release as it passed,
+    with today's .env and secrets (SPEC §14, "a release is its image and its configuration")."""
+
+    def __init__(self, path: str | os.PathLike[str], kept: Path | None = None) -> None:
         self.path = Path(path).absolute()
         if not self.path.is_dir():
             raise UsageError(f"agent root {self.path} does not exist",
                              hint="pass --root DIR or set OBS_AGENT_ROOT (default /opt/observer)")
+        self.kept = kept
         self.raw_config = self._read_config()
         # The same raw value the settings validate; `status` needs no more than this.
         self.project = str(self.raw_setting("project_name") or _default_project(self.path))
@@ -60,11 +66,50 @@ class AgentRoot:
     # --- files -----------------------------------------------------------------------------
     @property
     def compose_file(self) -> Path:
-        return self.path / self.settings.compose_file
+        return self.kept / KEPT_COMPOSE if self.kept else self.path / self.settings.compose_file
 
     @property
     def config_file(self) -> Path:
-        return self.path / CONFIG_NAME
+        return (self.kept or self.path) / CONFIG_NAME
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.state_dir / "releases"
+
+    # --- releases kept with their configuration --------------------------------------------
+    def as_released(self, tag: str | None) -> AgentRoot:
+        """This root as `tag` passed its gate: its kept configuration, else today's."""
+        kept = self.releases_dir / tag if tag else None
+        if kept is None or not (kept / KEPT_COMPOSE).is_file():
+            return self
+        root = AgentRoot(self.path, kept=kept)
+        root.today_env = self.json_env()
+        return root
+
+    def keep_release(self, tag: str, keep: list[str]) -> None:
+        """Keep the compose file and deployment_config.json `tag` passed with, never .env nor
+        the values of secret_env; drop the kept configurations of tags not in `keep`."""
+        import shutil
+        import tempfile
+
+        from .state import atomic_write
+
+        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.releases_dir, prefix=".keep-"))
+        shutil.copyfile(self.compose_file, tmp / KEPT_COMPOSE)
+        if self.config_file.exists():
+            config = dict(self.raw_config)
+            secret = set(self.settings.secret_env)
+            config["environment"] = {k: v for k, v in config.get("environment", {}).items()
+                                     if k not in secret}
+            atomic_write(tmp / CONFIG_NAME, json.dumps(config, indent=2) + "\n", mode=0o600)
+        target = self.releases_dir / tag
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        for old in self.releases_dir.iterdir():
+            if old.name not in keep and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
 
     @property
     def env_file(self) -> Path:
@@ -111,10 +156,15 @@ class AgentRoot:
             return {}
         return {k: v or "" for k, v in dotenv_values(self.env_file).items()}
 
+    today_env: dict[str, str] = {}  # a kept root: today's JSON "environment" (see as_released)
+
+    def json_env(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}
+
     def merged_env(self) -> dict[str, str]:
-        """JSON "environment" < .env < the agent's own environment (later wins, SPEC §4)."""
-        json_env = {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}
-        return {**json_env, **self.dotenv, **os.environ}
+        """JSON "environment" < .env < the agent's own environment (later wins, SPEC §4). A
+        kept release's JSON lacks the secrets: today's JSON fills them in."""
+        return {**self.today_env, **self.json_env(), **self.dotenv, **os.environ}
 
     def secret_values(self, secret_env: list[str]) -> list[str]:
         """The values of `secret_env` and of every .env entry: never to be shown."""

@@ -80,6 +80,11 @@ class AgentSettings(BaseSettings):
     )
     verify: VerifySettings = Field(default_factory=VerifySettings)
     mounts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MOUNTS))
+    # Seconds a job (label obsdeploy.role: job) may run before the deploy stops with exit 13.
+    job_timeout: float = Field(300, gt=0)
+    # The release services that carry the path contract, health_url and verify (SPEC §14).
+    # None: the release services that bind-mount a host directory of `mounts`.
+    contract_services: list[str] | None = None
 
     @field_validator("compose_file")
     @classmethod

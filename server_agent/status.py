@@ -18,6 +18,7 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     state = ReleaseState(root.state_dir)
     containers = engine.project_containers(root.project)
     running = [c for c in containers if c.running]
+    # Every running container (replicas, accessories); with none running, the newest of each.
     shown = running or list(newest_per_service(containers).values())
     healthy = bool(running) and all(
         c.state == "running" and c.health in (None, "healthy") for c in running
@@ -33,7 +34,7 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
         "healthy": healthy,
         "services": [
             {"name": c.service, "container": c.name, "image": c.image, "state": c.state,
-             "health": c.health}
+             "health": c.health, "role": c.role, "tag": c.tag}
             for c in shown
         ],
         "last_action": last_action(state),

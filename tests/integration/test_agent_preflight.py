@@ -24,7 +24,7 @@ def test_clean_root_passes_and_creates_missing_host_dirs(agent_root: AgentRootDi
     for d in ("data", "logs", "config"):
         assert (agent_root.path / d).is_dir()
     code, doc = check(agent_root)
-    assert (code, doc) == (0, {"ok": True, "problems": []})
+    assert (code, doc) == (0, {"ok": True, "problems": [], "notes": []})
 
 
 def test_all_problems_reported_together_and_running_release_untouched(agent_root: AgentRootDir) -> None:

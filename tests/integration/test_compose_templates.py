@@ -78,7 +78,7 @@ def test_deployment_config_agent_section_is_accepted_as_is() -> None:
 
 def test_agent_preflight_accepts_the_templates(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
     code, report = check(root, agent_env(root, **SECRETS))
-    assert (code, report) == (0, {"ok": True, "problems": []})
+    assert (code, report) == (0, {"ok": True, "problems": [], "notes": []})
     for d in ("data", "logs", "config"):  # created by preflight (the path contract)
         assert (root / d).is_dir()
 

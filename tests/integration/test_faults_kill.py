@@ -1,6 +1,6 @@
 """Issue 5, case 1: `kill -9` of the agent at every step of SPEC §7.
 
-The test hook `OBS_AGENT_DIE_AT=<step>` (server_agent/deploy.py `checkpoint`) SIGKILLs the agent
+The test hook `OBS_AGENT_DIE_AT=<step>` (server_agent/rollout.py `checkpoint`) SIGKILLs the agent
 at a named point; "during pull" and "during the backup write" are killed with a signal at a
 measured point instead. test_agent_state.py already covers a healthy deploy killed at
 journaled/stopped/started/committed/finishing; this module covers the rest of the matrix:

@@ -113,10 +113,19 @@ def test_read_only_commands_get_the_project_without_validating(
 
 def test_compose_builders_are_plain_argv(tmp_path: Path) -> None:
     p = ComposeProject(tmp_path, tmp_path / "c.yml", "obs")
-    argv = p.create_argv({"web": 2, "api": 3})
-    assert argv[-7:] == ["--no-recreate", "--pull", "never", "--scale", "api=3", "--scale", "web=2"]
+    argv = p.create_argv({"web": 2, "api": 3}, tmp_path / "o.yml")
+    assert argv[-9:] == ["--no-recreate", "--pull", "never", "--scale", "api=3", "--scale", "web=2",
+                         "api", "web"]
+    assert argv[argv.index("-f", argv.index("-f") + 1) + 1] == str(tmp_path / "o.yml")
     assert ["-p", "obs"] == argv[argv.index("-p"):argv.index("-p") + 2]
     assert p.config_argv()[-3:] == ["config", "--format", "json"]
+    assert p.config_argv(interpolate=False)[-1] == "--no-interpolate"
+    assert p.up_argv(["kv"])[-7:] == ["up", "--detach", "--no-recreate", "--no-deps", "--pull",
+                                      "never", "kv"]
+    run = p.run_argv("migrate", "obs-migrate-1", "v1.0.0")
+    assert run[run.index("run"):] == ["run", "--rm", "--no-TTY", "--no-deps", "--pull", "never",
+                                      "--name", "obs-migrate-1", "--label",
+                                      "obsdeploy.release=v1.0.0", "migrate"]
 
 
 def test_compose_config_model() -> None:
@@ -140,6 +149,11 @@ def test_compose_config_model() -> None:
     (200, b'{"status":"shutting_down"}', False, "fail"),
     (200, b"OK", False, "pass"),
     (503, b'{"status":"healthy"}', False, "fail"),
+    # Still starting keeps the gate waiting whatever the HTTP status (the example observer
+    # answers 503 while initializing); shutting down fails.
+    (503, b'{"status":"initializing"}', False, "wait"),
+    (503, b'{"status":"starting"}', False, "wait"),
+    (503, b'{"status":"shutting_down"}', False, "fail"),
     (500, b"", False, "fail"),
 ])
 def test_health_answers(status: int, body: bytes, degraded: bool, kind: str) -> None:

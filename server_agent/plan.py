@@ -1,0 +1,254 @@
+"""RolloutPlan: what a deploy of TAG will do to a compose project (SPEC §14), as a plain value.
+
+Built from what `compose config` resolved and the containers that run now; nothing here
+talks to Docker, so every rule is tested on values. `obs-agent plan` prints it, preflight
+reports its problems, and `rollout.py` carries it out step by step.
+
+    roles        release (image uses ${IMAGE_TAG}, or label obsdeploy.role: release),
+                 job (label obsdeploy.role: job), accessory (everything else)
+    jobs         run once per deploy, before any release service is switched
+    steps        release services by ascending obsdeploy.order, one service a step; the
+                 unlabelled ones together in one last step
+    strategy     deploy.update_config.order: stop-first (default) or start-first
+    accessories  left alone when running, started when missing or stopped
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .compose import ComposeConfig, ServiceSpec
+from .engine import ROLE_LABEL, ContainerInfo
+
+ORDER_LABEL = "obsdeploy.order"
+ROLES = ("release", "accessory", "job")
+STRATEGIES = ("stop-first", "start-first")
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    strategy: str  # stop-first | start-first
+    replicas: int
+    container_name: str | None
+    contract: bool  # carries the path contract, health_url and verify
+
+
+@dataclass(frozen=True)
+class Step:
+    order: int | None  # None: the last step, the release services without obsdeploy.order
+    services: tuple[ServicePlan, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.services]
+
+    @property
+    def contract(self) -> set[str]:
+        """The step's services that carry the contract."""
+        return {s.name for s in self.services if s.contract}
+
+    @property
+    def services_by_name(self) -> dict[str, ServicePlan]:
+        return {s.name: s for s in self.services}
+
+
+@dataclass(frozen=True)
+class AccessoryPlan:
+    name: str
+    action: str  # leave (it runs) | start (missing or stopped: started before the first step)
+    definition_changed: bool  # its compose definition differs from its container's
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    tag: str
+    jobs: tuple[str, ...]
+    steps: tuple[Step, ...]
+    accessories: tuple[AccessoryPlan, ...]
+    # release service -> what differs between its running containers and its new definition
+    changes: dict[str, list[str]] = field(default_factory=dict)
+    problems: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def release_services(self) -> list[ServicePlan]:
+        return [s for step in self.steps for s in step.services]
+
+    def service(self, name: str) -> ServicePlan:
+        return next(s for s in self.release_services if s.name == name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "jobs": list(self.jobs),
+            "steps": [{"order": st.order, "services": [asdict(s) for s in st.services]}
+                      for st in self.steps],
+            "accessories": [asdict(a) for a in self.accessories],
+            "changes": self.changes,
+            "problems": [{"code": c, "message": m} for c, m in self.problems],
+        }
+
+    def describe(self) -> list[str]:
+        """The plan as lines for a person (obs-agent plan)."""
+        lines = [f"plan for {self.tag}:"]
+        lines += [f"  job       {j}: compose run --rm, must exit 0 before any switch" for j in self.jobs]
+        for a in self.accessories:
+            note = "running, left alone" if a.action == "leave" else "missing or stopped: started first"
+            if a.definition_changed:
+                note += "; its definition differs from the running container (recreate it yourself)"
+            lines.append(f"  accessory {a.name}: {note}")
+        for i, st in enumerate(self.steps, 1):
+            order = f"order {st.order}" if st.order is not None else "unordered"
+            services = ", ".join(
+                f"{s.name} ({s.strategy}, {s.replicas} replica{'s' if s.replicas != 1 else ''}"
+                + (f", container_name {s.container_name}" if s.container_name else "")
+                + (", contract" if s.contract else "") + ")"
+                for s in st.services)
+            lines.append(f"  step {i}   [{order}] {services}; gated before the next step")
+        for name, diffs in self.changes.items():
+            lines += [f"  change    {name}: {d}" for d in diffs]
+        lines += [f"  problem   [{c}] {m}" for c, m in self.problems]
+        return lines
+
+
+def role_of(spec: ServiceSpec) -> str:
+    """release | accessory | job; an unknown obsdeploy.role label is reported by build_plan."""
+    label = spec.labels.get(ROLE_LABEL)
+    if label in ROLES:
+        return label
+    return "release" if "IMAGE_TAG" in spec.image_template else "accessory"
+
+
+def contract_services(specs: Iterable[ServiceSpec], configured: list[str] | None,
+                      mount_hosts: set[str]) -> set[str]:
+    """The release services that carry the path contract: `agent.contract_services`, or by
+    default those that bind-mount a host directory of `mounts` (absolute, resolved paths)."""
+    releases = [s for s in specs if role_of(s) == "release"]
+    if configured is not None:
+        return set(configured)
+    return {s.name for s in releases if set(s.binds) & mount_hosts}
+
+
+def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
+               contract: set[str], accessory_hashes: dict[str, str] | None = None) -> RolloutPlan:
+    """The plan for deploying `tag`. `containers` are the project's containers now;
+    `accessory_hashes` (compose config --hash), when given, tells changed accessories."""
+    specs = config.services
+    problems: list[tuple[str, str]] = []
+    roles = {s.name: role_of(s) for s in specs}
+    for s in specs:
+        if s.labels.get(ROLE_LABEL, "release") not in ROLES:
+            problems.append(("plan.role", f"service {s.name}: label {ROLE_LABEL}="
+                             f"{s.labels[ROLE_LABEL]!r} is not one of {', '.join(ROLES)}"))
+    releases = [s for s in specs if roles[s.name] == "release"]
+    if not releases:
+        problems.append(("plan.no_release", "no release service: write one service's image as "
+                         "REPO:${IMAGE_TAG:?IMAGE_TAG required}, or label it obsdeploy.role: release"))
+    for name in sorted(contract - {s.name for s in releases}):
+        problems.append(("plan.contract_services", f"agent.contract_services names {name}, which is "
+                         "not a release service of the compose file"))
+
+    orders: dict[str, int | None] = {}
+    for s in releases:
+        raw = s.labels.get(ORDER_LABEL)
+        try:
+            orders[s.name] = None if raw is None else int(raw)
+        except ValueError:
+            problems.append(("plan.order", f"service {s.name}: label {ORDER_LABEL}={raw!r} is not "
+                             "an integer"))
+            orders[s.name] = None
+    problems += _order_problems(releases, orders)
+    problems += _strategy_problems(releases)
+
+    plans = {s.name: ServicePlan(
+        name=s.name, strategy=s.update_order, replicas=s.replicas,
+        container_name=s.container_name, contract=s.name in contract) for s in releases}
+    ordered = sorted((o, n) for n, o in orders.items() if o is not None)
+    steps = [Step(o, (plans[n],)) for o, n in ordered]
+    last = tuple(plans[n] for n in sorted(plans) if orders[n] is None)
+    if last:
+        steps.append(Step(None, last))
+
+    running = [c for c in containers if c.running]
+    hashes = accessory_hashes or {}
+    accessories = tuple(
+        AccessoryPlan(
+            name=s.name,
+            action="leave" if any(c.service == s.name for c in running) else "start",
+            definition_changed=s.name in hashes and any(
+                c.service == s.name and c.config_hash != hashes[s.name] for c in running),
+        )
+        for s in specs if roles[s.name] == "accessory")
+    changes = {s.name: diffs for s in releases
+               if (diffs := definition_changes(s, [c for c in running if c.service == s.name]))}
+    return RolloutPlan(
+        tag=tag,
+        jobs=tuple(sorted(s.name for s in specs if roles[s.name] == "job")),
+        steps=tuple(steps),
+        accessories=accessories,
+        changes=changes,
+        problems=tuple(problems),
+    )
+
+
+def _order_problems(releases: list[ServiceSpec], orders: dict[str, int | None]) -> list[tuple[str, str]]:
+    """A service is never switched before a release service it depends on."""
+    def key(name: str) -> float:
+        o = orders.get(name)
+        return math.inf if o is None else o
+
+    out = []
+    names = {s.name for s in releases}
+    for s in releases:
+        for dep in s.depends_on:
+            if dep in names and key(s.name) < key(dep):
+                out.append(("plan.order_depends_on",
+                            f"service {s.name} depends_on {dep} but would be switched before it "
+                            f"({ORDER_LABEL} {orders[s.name]} vs "
+                            f"{'unordered (last)' if orders[dep] is None else orders[dep]}); give "
+                            f"{dep} a lower {ORDER_LABEL} than {s.name}"))
+    return out
+
+
+def _strategy_problems(releases: list[ServiceSpec]) -> list[tuple[str, str]]:
+    out = []
+    for s in releases:
+        if s.update_order not in STRATEGIES:
+            out.append(("plan.strategy", f"service {s.name}: deploy.update_config.order "
+                        f"{s.update_order!r} is not one of {', '.join(STRATEGIES)}"))
+        if s.update_order == "start-first" and s.published_ports:
+            out.append(("plan.start_first_port",
+                        f"service {s.name} is start-first but publishes the fixed host port(s) "
+                        f"{', '.join(s.published_ports)}, which two containers cannot share: publish "
+                        "an ephemeral port (\"127.0.0.1::8000\") or use stop-first"))
+        if s.container_name and s.replicas > 1:
+            out.append(("plan.container_name_replicas",
+                        f"service {s.name} sets container_name {s.container_name} and "
+                        f"deploy.replicas {s.replicas}: a name is one container; drop one of the two"))
+    return out
+
+
+def definition_changes(spec: ServiceSpec, running: list[ContainerInfo]) -> list[str]:
+    """What differs between a service's running containers and its new definition: image,
+    environment names, mounts, ports. A service that does not run is new."""
+    if not running:
+        return ["not running: will be started"]
+    c = max(running, key=lambda c: c.number)
+    out = []
+    if c.image != spec.image:
+        out.append(f"image {c.image} -> {spec.image}")
+    added = sorted(n for n, v in spec.environment.items() if v and n not in c.env_names)
+    if added:
+        out.append("environment adds " + ", ".join(added))
+    binds = {(h, t) for h, t in spec.binds.items()}
+    if binds != set(c.binds):
+        gone = sorted(f"{h}:{t}" for h, t in set(c.binds) - binds)
+        new = sorted(f"{h}:{t}" for h, t in binds - set(c.binds))
+        out.append("mounts" + (" add " + ", ".join(new) if new else "")
+                   + (" drop " + ", ".join(gone) if gone else ""))
+    if set(spec.container_ports) != set(c.ports):
+        out.append(f"ports {sorted(c.ports)} -> {sorted(spec.container_ports)}")
+    return out

@@ -1,0 +1,187 @@
+"""Rollout: carries out the steps of a RolloutPlan on the engine, and walks them back.
+
+One step switches its services from what runs now to `tag`:
+
+    stop-first   create the new containers beside the old (compose, under compose's names and
+                 labels), stop the old, start the new: the service is down for one stop and one
+                 start. The old are kept, stopped, for a fast way back.
+    start-first  create and start the new beside the old; the old keep running until the
+                 step's gate has passed, then stop with their stop_grace_period.
+
+A service's `container_name` is taken by its new container once the old one no longer runs
+(compose cannot create a second container under the same name, so the new one is created
+under compose's own name and renamed: the downtime stays one stop and one start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .compose import ComposeConfig, ComposeProject, release_override
+from .engine import ContainerInfo, Engine
+from .errors import ObsError
+from .plan import Step
+from .redact import REDACTOR
+from .root import AgentRoot
+from .state import ReleaseState, atomic_write
+
+log = logging.getLogger("obs.rollout")
+
+DIE_AT_ENV = "OBS_AGENT_DIE_AT"
+
+
+def checkpoint(step: str) -> None:
+    """Test hook for the crash-safety suite: `OBS_AGENT_DIE_AT=step` kills the agent here."""
+    if os.environ.get(DIE_AT_ENV) == step:
+        log.warning("%s=%s: killing myself", DIE_AT_ENV, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Switch:
+    step: Step
+    tag: str
+    old: list[ContainerInfo]  # the step's containers that ran before it
+    new: list[ContainerInfo]
+    swap_s: float
+    started_ns: int  # time.time_ns() just before the new containers were started
+    start_error: str | None = None
+    held: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+class Rollout:
+    def __init__(self, root: AgentRoot, engine: Engine, state: ReleaseState) -> None:
+        self.root = root
+        self.engine = engine
+        self.state = state
+
+    def containers(self, services: Sequence[str]) -> list[ContainerInfo]:
+        return [c for c in self.engine.project_containers(self.root.project) if c.service in services]
+
+    # --- one step forward -------------------------------------------------------------------
+    def switch(self, step: Step, tag: str, root: AgentRoot, config: ComposeConfig, *,
+               reuse: bool, hold: Callable[[list[ContainerInfo]], None],
+               on_stopped: Callable[[], None] | None = None,
+               avoid: Sequence[ContainerInfo] = ()) -> Switch:
+        """Start `tag` for the step's services: their kept stopped containers of `tag` when
+        `reuse` (never those in `avoid`, a failed attempt at the same tag), else new ones
+        created from `root`'s compose file with `config`'s definitions."""
+        existing = self.containers(step.names)
+        old = [c for c in existing if c.running]
+        new = self._reusable(step, tag, existing, avoid) if reuse else {}
+        missing = [s for s in step.names if s not in new]
+        if missing:
+            new.update(self._create(step, tag, root, config, existing, missing, avoid))
+        started = [c for s in step.names for c in new[s]]
+        hold(started)
+        stop_first = [c for c in old if step.services_by_name[c.service].strategy == "stop-first"]
+        t = time.monotonic()
+        self.engine.stop(stop_first)
+        if on_stopped is not None:
+            on_stopped()
+        checkpoint("stopped")
+        started_ns = time.time_ns()
+        try:
+            self.engine.start(started)
+        except Exception as exc:  # e.g. its port is taken: a failed release, not a crash of ours
+            if engine_down(exc):
+                raise
+            log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
+            return Switch(step, tag, old, started, _since(t), started_ns, REDACTOR(str(exc))[:500])
+        swap_s = _since(t)
+        log.info("started %s: %s (%.2fs)", tag, ", ".join(c.name for c in started), swap_s)
+        return Switch(step, tag, old, started, swap_s, started_ns)
+
+    def complete(self, sw: Switch) -> None:
+        """The step passed its gate: stop the start-first services' old containers (graceful),
+        and give each container_name to the service's running container."""
+        strategy = sw.step.services_by_name
+        self.engine.stop([c for c in sw.old if strategy[c.service].strategy == "start-first"])
+        self.settle_names(sw.step)
+
+    def settle_names(self, step: Step) -> None:
+        for svc in step.services:
+            if svc.container_name:
+                self._claim_name(svc.name, svc.container_name)
+
+    def _claim_name(self, service: str, name: str) -> None:
+        containers = self.containers([service])
+        running = [c for c in containers if c.running]
+        if len(running) != 1 or running[0].name == name:
+            return
+        for holder in containers:
+            if holder.name == name:
+                self.engine.rename(holder.id, f"{name}-{holder.id[:12]}")
+        self.engine.rename(running[0].id, name)
+
+    def _reusable(self, step: Step, tag: str, existing: list[ContainerInfo],
+                  avoid: Sequence[ContainerInfo]) -> dict[str, list[ContainerInfo]]:
+        avoid_ids = {c.id for c in avoid}
+        out = {}
+        for svc in step.services:
+            kept = [c for c in existing if c.service == svc.name and c.tag == tag
+                    and not c.running and c.id not in avoid_ids]
+            if len(kept) >= svc.replicas:
+                out[svc.name] = sorted(kept, key=lambda c: c.number)[-svc.replicas:]
+        return out
+
+    def _create(self, step: Step, tag: str, root: AgentRoot, config: ComposeConfig,
+                existing: list[ContainerInfo], services: list[str],
+                avoid: Sequence[ContainerInfo]) -> dict[str, list[ContainerInfo]]:
+        """Create `tag`'s containers of `services` beside the existing ones. Of the stopped
+        containers, only the last good release's are kept (a fast way back); the rest go."""
+        keep_tag = self.state.last_good_tag()
+        drop = [c for c in existing if c.service in services and not c.running
+                and (c.tag != keep_tag or c.tag == tag or c in avoid)]
+        self.engine.remove(drop)
+        dropped = {c.id for c in drop}
+        counts = {s: sum(1 for c in existing if c.service == s and c.id not in dropped) for s in services}
+        replicas = {s.name: s.replicas for s in step.services}
+        override = self.root.state_dir / "compose.override.yml"
+        atomic_write(override, release_override(tag, [config.service(s) for s in services]))
+        before = {c.id for c in existing}
+        compose = ComposeProject(root.path, root.compose_file, root.project)
+        compose.create({s: counts[s] + replicas[s] for s in services}, override, root.compose_env(tag))
+        created = [c for c in self.containers(services) if c.id not in before]
+        out = {s: [c for c in created if c.service == s] for s in services}
+        wrong = {s: len(cs) for s, cs in out.items() if len(cs) != replicas[s]}
+        if wrong:
+            raise ObsError(f"compose created {[c.name for c in created]} for {tag}; expected "
+                           f"{', '.join(f'{replicas[s]} of {s}' for s in wrong)}")
+        return out
+
+    # --- walking back -----------------------------------------------------------------------
+    def walk_back(self, switches: list[Switch], failed: Switch | None) -> list[ContainerInfo]:
+        """Put every switched step back, in reverse order, to what it ran before: the failed
+        step's new containers are killed (no grace for a broken release), the passed steps'
+        stopped gracefully; then the old containers start again. Returns them."""
+        restored: list[ContainerInfo] = []
+        for sw in reversed(switches):
+            if sw is failed:
+                self.engine.kill(sw.new)
+            else:
+                self.engine.stop(sw.new)
+            checkpoint("failed_stopped")
+            self.engine.start(sw.old)
+            self.settle_names(sw.step)
+            restored += sw.old
+        return restored
+
+
+def engine_down(exc: BaseException) -> bool:
+    """The Docker engine is unreachable (restarting), as opposed to refusing something."""
+    import requests
+
+    from .engine import EngineUnreachable
+
+    return isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError)
+
+
+def _since(t: float) -> float:
+    return round(time.monotonic() - t, 3)
+

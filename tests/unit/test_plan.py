@@ -1,0 +1,129 @@
+"""RolloutPlan as a plain value (SPEC §14): roles, steps, strategies, problems, changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server_agent.compose import ComposeConfig, release_override
+from server_agent.engine import ContainerInfo
+from server_agent.plan import build_plan, contract_services
+
+IMG = "reg/app:${IMAGE_TAG:?IMAGE_TAG required}"
+
+
+def _config(services: dict[str, dict[str, Any]]) -> ComposeConfig:
+    """A resolved config (tag v2) and the images as written."""
+    raw = {name: {**svc, "image": svc["image"].replace(IMG, "reg/app:v2")}
+           for name, svc in services.items()}
+    return ComposeConfig({"services": raw}, {n: s["image"] for n, s in services.items()})
+
+
+def _container(service: str, *, tag: str | None = "v1", running: bool = True,
+               config_hash: str = "h", image: str = "reg/app:v1", number: int = 1) -> ContainerInfo:
+    return ContainerInfo(
+        id=f"{service}{number}", name=f"p-{service}-{number}", service=service, number=number,
+        image=image, state="running" if running else "exited", health=None, exit_code=0,
+        restart_count=0, env_names=frozenset({"A"}), stop_timeout=None, restart_policy={},
+        tag=tag, role="release" if tag else "accessory", config_hash=config_hash,
+        binds=frozenset(), ports=frozenset())
+
+
+SEED = {
+    "kv": {"image": "reg/kv:7"},
+    "migrate": {"image": IMG, "labels": {"obsdeploy.role": "job"}},
+    "gateway": {"image": IMG, "labels": {"obsdeploy.order": "1"}, "container_name": "qts-gateway",
+                "depends_on": {"kv": {}}},
+    "scanner": {"image": IMG, "labels": {"obsdeploy.order": "2"}, "depends_on": {"gateway": {}}},
+    "worker": {"image": IMG, "deploy": {"replicas": 2, "update_config": {"order": "start-first"}}},
+    "monitor": {"image": IMG},
+}
+
+
+def test_roles_steps_and_strategies() -> None:
+    plan = build_plan(_config(SEED), "v2", [], contract={"gateway"})
+    assert plan.jobs == ("migrate",)
+    assert [a.name for a in plan.accessories] == ["kv"]
+    assert [(st.order, st.names) for st in plan.steps] == [
+        (1, ["gateway"]), (2, ["scanner"]), (None, ["monitor", "worker"])]
+    worker = plan.service("worker")
+    assert (worker.strategy, worker.replicas) == ("start-first", 2)
+    gateway = plan.service("gateway")
+    assert (gateway.strategy, gateway.container_name, gateway.contract) == (
+        "stop-first", "qts-gateway", True)
+    assert plan.steps[0].contract == {"gateway"} and plan.steps[2].contract == set()
+    assert plan.problems == ()
+    d = plan.as_dict()
+    assert d["steps"][2]["services"][1]["replicas"] == 2 and d["jobs"] == ["migrate"]
+    assert any("step 1" in line and "gateway" in line for line in plan.describe())
+
+
+def test_a_role_label_wins_over_the_image() -> None:
+    cfg = _config({"app": {"image": "reg/app:fixed", "labels": {"obsdeploy.role": "release"}},
+                   "cache": {"image": IMG, "labels": {"obsdeploy.role": "accessory"}}})
+    plan = build_plan(cfg, "v2", [], contract=set())
+    assert [s.name for s in plan.release_services] == ["app"]
+    assert [a.name for a in plan.accessories] == ["cache"]
+
+
+def test_accessories_missing_or_stopped_are_started_running_ones_left() -> None:
+    cfg = _config({"kv": {"image": "reg/kv:7"}, "mq": {"image": "reg/mq:3"}, "app": {"image": IMG}})
+    containers = [_container("kv", tag=None, config_hash="old"),
+                  _container("mq", tag=None, running=False)]
+    plan = build_plan(cfg, "v2", containers, contract=set(), accessory_hashes={"kv": "new", "mq": "x"})
+    assert {a.name: (a.action, a.definition_changed) for a in plan.accessories} == {
+        "kv": ("leave", True), "mq": ("start", False)}
+
+
+def test_problems_order_against_depends_on_start_first_port_container_name() -> None:
+    cfg = _config({
+        "a": {"image": IMG, "labels": {"obsdeploy.order": "1"}, "depends_on": {"b": {}}},
+        "b": {"image": IMG, "labels": {"obsdeploy.order": "2"}},
+        "c": {"image": IMG, "labels": {"obsdeploy.order": "x"}},
+        "d": {"image": IMG, "labels": {"obsdeploy.order": "3"}, "depends_on": {"e": {}}},
+        "e": {"image": IMG},
+        "web": {"image": IMG, "deploy": {"update_config": {"order": "start-first"}},
+                "ports": [{"target": 80, "published": "8080", "host_ip": "127.0.0.1"}]},
+        "ok": {"image": IMG, "deploy": {"update_config": {"order": "start-first"}},
+               "ports": [{"target": 80, "host_ip": "127.0.0.1"}]},
+        "named": {"image": IMG, "container_name": "x", "deploy": {"replicas": 3}},
+        "odd": {"image": IMG, "deploy": {"update_config": {"order": "sideways"}}},
+    })
+    codes = sorted(c for c, _ in build_plan(cfg, "v2", [], contract={"nope"}).problems)
+    assert codes == ["plan.container_name_replicas", "plan.contract_services", "plan.order",
+                     "plan.order_depends_on", "plan.order_depends_on", "plan.start_first_port",
+                     "plan.strategy"]
+    messages = " ".join(m for _, m in build_plan(cfg, "v2", [], contract=set()).problems)
+    assert "127.0.0.1:8080" in messages and "a depends_on b" in messages
+
+
+def test_no_release_service_is_a_problem() -> None:
+    plan = build_plan(_config({"kv": {"image": "reg/kv:7"}}), "v2", [], contract=set())
+    assert [c for c, _ in plan.problems] == ["plan.no_release"]
+
+
+def test_changes_name_image_environment_and_new_services() -> None:
+    cfg = _config({"app": {"image": IMG, "environment": {"A": "1", "NEW": "2"},
+                           "ports": [{"target": 8000, "host_ip": "127.0.0.1"}]},
+                   "fresh": {"image": IMG}})
+    plan = build_plan(cfg, "v2", [_container("app")], contract=set())
+    assert plan.changes["fresh"] == ["not running: will be started"]
+    app = " | ".join(plan.changes["app"])
+    assert "reg/app:v1 -> reg/app:v2" in app and "environment adds NEW" in app and "ports" in app
+
+
+def test_contract_services_default_to_release_services_mounting_the_contract() -> None:
+    cfg = _config({"obs": {"image": IMG, "volumes": [{"type": "bind", "source": "/r/data",
+                                                       "target": "/app/data"}]},
+                   "db": {"image": "reg/db:1", "volumes": [{"type": "bind", "source": "/r/data",
+                                                             "target": "/d"}]},
+                   "api": {"image": IMG}})
+    assert contract_services(cfg.services, None, {"/r/data"}) == {"obs"}
+    assert contract_services(cfg.services, ["api"], {"/r/data"}) == {"api"}
+
+
+def test_release_override_labels_and_resets() -> None:
+    cfg = _config(SEED)
+    text = release_override("v2", [cfg.service("gateway"), cfg.service("worker")])
+    assert text.count('"obsdeploy.release": "v2"') == 2
+    assert text.count("depends_on: !reset {}") == 2
+    assert text.count("container_name: !reset null") == 1
