@@ -3,8 +3,9 @@
 - `FaultProxy`: a TCP proxy in front of the registry that the test controls: forward, refuse
   connections (registry unreachable), answer HTTP 503 to the next N requests (then recover),
   delay every answer (slow), or accept and never answer (stalled).
-- `PrivateEngine`: a second, private dockerd (own data root, exec root, socket; no iptables)
-  that a test may stop and restart without disturbing the machine's engine or other tests.
+- `PrivateEngine`: a second, private dockerd (own data root, exec root, socket, bridge and
+  address ranges; no iptables) that a test may stop and restart without disturbing the
+  machine's engine or other tests.
 - `tmpfs`: a small tmpfs mounted as an agent root (disk-full cases).
 - The invariants every case asserts (`DataSnapshot`, `assert_state_whole`, `serving`, ...).
 
@@ -14,6 +15,8 @@ Plain Python, no pytest fixtures, so test modules wrap what they need.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -178,14 +181,54 @@ class FaultProxy:
 
 
 # --- a private Docker engine ---------------------------------------------------------------
+# Where a private engine's bridge takes its address: a /24 of a range Docker never picks by
+# itself (its pools are 172.17-31.x and 192.168.x; swarm's 10.0.x upwards) that no route or
+# address of the machine overlaps. The networks it creates (compose's PROJECT_default) come from
+# Docker's own pools, which skip every subnet the machine already routes (the host engine's).
+PRIVATE_RANGES = (ipaddress.IPv4Network("10.231.0.0/16"), ipaddress.IPv4Network("198.18.0.0/15"))
+BRIDGE_LOCK = Path("/tmp/obsf-bridges.lock")  # one chooser at a time, across sessions
+
+
+def ip(*args: str) -> str:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def networks_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 route destination (all tables) and address network of the machine."""
+    nets = []
+    for route in json.loads(ip("-j", "-4", "route", "show", "table", "all") or "[]"):
+        with contextlib.suppress(ValueError):
+            if route.get("dst", "default") != "default":
+                nets.append(ipaddress.IPv4Network(route["dst"], strict=False))
+    for link in json.loads(ip("-j", "-4", "addr", "show") or "[]"):
+        for a in link.get("addr_info", []):
+            with contextlib.suppress(ValueError, KeyError):
+                nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    return nets
+
+
 @dataclass
 class PrivateEngine:
     """A second dockerd with its own roots and socket. Its containers, networks and images are
     its own; stopping it disturbs nobody else. `--iptables=false`: published ports go through
-    the userland proxy, which is all the tests need on loopback."""
+    the userland proxy, which is all the tests need on loopback.
+
+    Its default network is on a bridge of its own (`bridge`, made here on a free private /24),
+    because dockerd shares the machine's network namespace and deletes a "docker0" it does not
+    own in two cases, after which the machine's engine runs no container on its default
+    network until it restarts ("could not find bridge docker0", issue 12):
+    - `--bridge=none`: dockerd removes docker0 when the bridge is disabled;
+    - `--default-address-pool`: a restart (data root with a default network) removes docker0
+      to recreate it from the pool, whatever `--bridge` names.
+    And without `--bridge` it would use docker0 itself, the machine engine's bridge."""
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="obsf-", dir="/tmp")))
+    bridge: str = field(default_factory=lambda: f"obsf{uuid.uuid4().hex[:8]}")  # <= 15 chars
     proc: subprocess.Popen[bytes] | None = None
+    bridge_net: ipaddress.IPv4Network | None = None
 
     @property
     def socket(self) -> Path:
@@ -199,11 +242,34 @@ class PrivateEngine:
         return subprocess.run(["docker", "-H", self.host, *args], capture_output=True, text=True,
                               timeout=timeout)
 
+    def make_bridge(self) -> None:
+        """Create `bridge` on the first free /24 of PRIVATE_RANGES (kept across restarts)."""
+        if self.bridge_net is not None:
+            return
+        with open(BRIDGE_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            used = networks_in_use()
+            for net in (n for r in PRIVATE_RANGES for n in r.subnets(new_prefix=24)):
+                if not any(net.overlaps(u) for u in used):
+                    break
+            else:
+                raise RuntimeError(f"no free /24 in {PRIVATE_RANGES} for a private engine's bridge")
+            ip("link", "add", self.bridge, "type", "bridge")
+            self.bridge_net = net  # from here on destroy() removes it
+            ip("addr", "add", f"{net[1]}/{net.prefixlen}", "dev", self.bridge)
+            ip("link", "set", self.bridge, "up")
+
+    def remove_bridge(self) -> None:
+        if self.bridge_net is not None:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
+            self.bridge_net = None
+
     def start(self, timeout: float = 60) -> PrivateEngine:
+        self.make_bridge()
         log = open(self.base / "dockerd.log", "ab")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(
             ["dockerd", "--data-root", str(self.base / "data"), "--exec-root", str(self.base / "x"),
-             "--pidfile", str(self.base / "d.pid"), "-H", self.host, "--bridge=none",
+             "--pidfile", str(self.base / "d.pid"), "-H", self.host, f"--bridge={self.bridge}",
              "--iptables=false", "--ip-masq=false"],
             stdout=log, stderr=log, start_new_session=True,
         )
@@ -231,17 +297,25 @@ class PrivateEngine:
         self.start()
 
     def destroy(self) -> None:
-        if self.proc is not None:
-            ids = self.docker("ps", "-aq").stdout.split()
-            if ids:
-                self.docker("rm", "-f", *ids)
+        """Remove everything start() made, whatever state the engine is in: containers, the
+        networks it created (their br-* interfaces outlive dockerd), dockerd, its mounts, its
+        bridge and its directory."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # a hung engine is killed
+                    ids = self.docker("ps", "-aq").stdout.split()
+                    if ids:
+                        self.docker("rm", "-f", *ids)
+                    self.docker("network", "prune", "-f")
             self.stop()
-        # dockerd unmounts its layers on a clean stop; anything left is unmounted lazily.
-        for line in reversed(Path("/proc/mounts").read_text().splitlines()):
-            mnt = line.split()[1]
-            if mnt.startswith(str(self.base) + "/"):
-                subprocess.run(["umount", "-l", mnt], capture_output=True)
-        shutil.rmtree(self.base, ignore_errors=True)
+        finally:
+            # dockerd unmounts its layers on a clean stop; anything left is unmounted lazily.
+            for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+                mnt = line.split()[1]
+                if mnt.startswith(str(self.base) + "/"):
+                    subprocess.run(["umount", "-l", mnt], capture_output=True)
+            self.remove_bridge()
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 # --- a small filesystem --------------------------------------------------------------------

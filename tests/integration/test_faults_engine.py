@@ -2,8 +2,8 @@
 the middle of one.
 
 The restart runs against a private dockerd (tests/faults.py `PrivateEngine`: its own data
-root, exec root and socket), not the machine's engine: restarting the shared engine would
-kill the containers of every other test running at the same time, and of other sessions
+root, exec root, socket and bridge), not the machine's engine: restarting the shared engine
+would kill the containers of every other test running at the same time, and of other sessions
 using the machine. The agent is pointed at it with DOCKER_HOST, as an operator would.
 """
 
@@ -63,9 +63,9 @@ def private_engine() -> Iterator[PrivateEngine]:
         from tests.conftest import missing
 
         missing("dockerd")
-    engine = PrivateEngine().start()
-    try:
-        yield engine
+    engine = PrivateEngine()
+    try:  # a start that fails half way leaves a bridge and a directory to remove too
+        yield engine.start()
     finally:
         engine.destroy()
 
