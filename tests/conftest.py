@@ -16,6 +16,9 @@ import pytest
 from tests import parts
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Set once the session has built the fixture images (so it used the engine, and the base
+# image is there for the end-of-session check).
+ENGINE_USED: list[str] = []
 
 
 def missing(part: str) -> None:
@@ -23,6 +26,33 @@ def missing(part: str) -> None:
     if IN_CI:
         pytest.fail(msg + " (CI=true: integration tests never skip)")
     pytest.skip(msg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_engine_keeps_its_bridge() -> Iterator[None]:
+    """Issue 12: once a session has used the engine, the machine's engine must still run a
+    container on its default bridge when the session ends. A second dockerd on the machine
+    deletes docker0 when started with `--bridge=none` (or restarted with
+    `--default-address-pool`), which breaks `docker build` and `docker run` of the host engine
+    until it is restarted (tests/faults.py `PrivateEngine` has a bridge of its own for that)."""
+    had = parts.interfaces()
+    yield
+    if not ENGINE_USED:
+        return
+    problem = parts.default_bridge_problem(ENGINE_USED[0])
+    if problem:
+        iface = parts.default_bridge_name() or "docker0"
+        when = ("" if iface in had else
+                f" {iface} was already missing when this session started: an earlier run or"
+                " something else on the machine removed it.")
+        pytest.fail(
+            "the host engine cannot run a container on its default bridge after the test session:"
+            f" {problem}. Likely cause: a second dockerd started by the suite (tests/faults.py"
+            " PrivateEngine) with --bridge=none or --default-address-pool, or on the host engine's"
+            f" own bridge, deleted or took over that bridge.{when} Restart the host dockerd to recreate it (as"
+            " scripts/setup-machine.sh starts it).",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +80,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[parts.Registr
 
 @pytest.fixture(scope="session")
 def images(docker_client, registry: parts.Registry) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return parts.build_fixture_images(docker_client, registry.address)
+    refs = parts.build_fixture_images(docker_client, registry.address)
+    ENGINE_USED.append(parts.FIXTURE_BASE)
+    return refs
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ REPO = HERE.parent
 IMAGE_DIR = HERE / "fixtures" / "image"
 VENV_BIN = Path(sys.executable).parent
 REPOSITORY = "obs/observer"
+FIXTURE_BASE = "obs-fixture-base:latest"  # busybox and observer.sh; every release builds on it
 
 # Fixture releases: tag -> behaviour (tests/fixtures/image/observer.sh).
 RELEASES = {
@@ -94,17 +95,48 @@ def build_fixture_images(client, registry: str) -> dict[str, str]:  # type: igno
         for name in ("Dockerfile", "observer.sh"):
             shutil.copy(IMAGE_DIR / name, ctx)
         shutil.copy("/bin/busybox", Path(ctx) / "busybox")
-        client.images.build(path=ctx, tag="obs-fixture-base:latest", rm=True)
+        client.images.build(path=ctx, tag=FIXTURE_BASE, rm=True)
     refs = {}
     for tag, mode in RELEASES.items():
         ref = f"{registry}/{REPOSITORY}:{tag}"
-        dockerfile = f"FROM obs-fixture-base:latest\nENV MODE={mode} VERSION={tag} SLOW_SECONDS=3\n"
+        dockerfile = f"FROM {FIXTURE_BASE}\nENV MODE={mode} VERSION={tag} SLOW_SECONDS=3\n"
         client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
         for line in client.api.push(f"{registry}/{REPOSITORY}", tag=tag, stream=True, decode=True):
             if "error" in line:
                 raise RuntimeError(f"push {ref}: {line['error']}")
         refs[tag] = ref
     return refs
+
+
+def interfaces() -> set[str]:
+    """The network interfaces of this process's network namespace."""
+    return {name for _, name in socket.if_nameindex()}
+
+
+def default_bridge_name() -> str | None:
+    """The interface of the engine's default network "bridge" (docker0 unless dockerd was
+    started with --bridge=NAME), or None when the engine has no such network."""
+    res = subprocess.run(["docker", "network", "inspect", "bridge", "--format",
+                          '{{index .Options "com.docker.network.bridge.name"}}'],
+                         capture_output=True, text=True, timeout=30)
+    return (res.stdout.strip() or "docker0") if res.returncode == 0 else None
+
+
+def default_bridge_problem(image: str = FIXTURE_BASE) -> str | None:
+    """What is wrong with the engine's default bridge, or None: the engine (DOCKER_HOST, else
+    the local socket) runs a container of `image` on network "bridge" and, when the engine is
+    local, its bridge interface exists."""
+    iface = default_bridge_name()
+    if iface is None:
+        return 'the engine has no default network "bridge"'
+    local = os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
+    if local and iface not in interfaces():
+        return f"its bridge interface {iface} does not exist (`ip link show {iface}`)"
+    run = subprocess.run(["docker", "run", "--rm", "--network", "bridge", image, "true"],
+                         capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        return f"`docker run --network bridge {image} true` failed: {run.stderr.strip()[-1000:]}"
+    return None
 
 
 COMPOSE_TEMPLATE = """\
