@@ -1,0 +1,223 @@
+"""SPEC §14 end to end on a project like the seed's: an accessory, a job, two ordered release
+services (one with container_name), a start-first worker with 2 replicas; real engine,
+registry and compose."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import parts
+from tests.parts import history, no_traceback, status
+from tests.parts_project import (
+    build_project_images,
+    containers,
+    make_project_root,
+    release_of,
+    running,
+)
+
+
+@pytest.fixture(scope="module")
+def project_images(docker_client, images, registry: parts.Registry) -> None:  # type: ignore[no-untyped-def]
+    build_project_images(docker_client, registry.address)
+
+
+@pytest.fixture
+def project(tmp_path: Path, project_images: None, registry: parts.Registry) -> Iterator[parts.AgentRootDir]:
+    root = make_project_root(tmp_path / "seed", registry.address, f"prj-{uuid.uuid4().hex[:8]}",
+                             health_timeout=20)
+    yield root
+    root.down()
+    leaks = root.secret_leaks()
+    assert not leaks, f"secret values leaked into: {leaks}"
+
+
+def deploy(root: parts.AgentRootDir, *args: str, **env: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    res = root.agent(*args, "--json", env=root.env(**env))
+    no_traceback(res)
+    doc = json.loads(res.stdout) if res.stdout.strip() else {}
+    return res.returncode, doc
+
+
+def service_state(root: parts.AgentRootDir) -> dict[str, list[str | None]]:
+    """service -> the releases of its running containers."""
+    out: dict[str, list[str | None]] = {}
+    for c in containers(root.project):
+        if c["State"]["Running"]:
+            out.setdefault(c["Config"]["Labels"]["com.docker.compose.service"], []).append(release_of(c))
+    return {k: sorted(v, key=str) for k, v in out.items()}
+
+
+def at(tag: str) -> dict[str, list[str | None]]:
+    return {"kv": [None], "gateway": [tag], "scanner": [tag], "worker": [tag, tag]}
+
+
+def gateway_name_is_on(root: parts.AgentRootDir, tag: str) -> None:
+    [c] = running(root.project, "gateway")
+    assert c["Name"] == f"/{root.project}-gateway" and release_of(c) == tag
+
+
+def kv_identity(root: parts.AgentRootDir) -> tuple[str, str]:
+    [c] = running(root.project, "kv")
+    return c["Id"], c["State"]["StartedAt"]
+
+
+def migrations(root: parts.AgentRootDir) -> list[str]:
+    log = root.path / "data" / "migrations.log"
+    return log.read_text().split() if log.exists() else []
+
+
+class WorkerWatch:
+    """Counts the worker's running containers every 50 ms while a deploy runs."""
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.counts: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.counts.append(len(running(self.project, "worker")))
+            time.sleep(0.05)
+
+    def __enter__(self) -> WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_plan_then_deploy_in_order_accessory_untouched_job_once_rollback(project: parts.AgentRootDir) -> None:
+    res = project.agent("plan", "v1.0.0", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = json.loads(res.stdout)
+    assert plan["jobs"] == ["migrate"]
+    assert [[s["name"] for s in st["services"]] for st in plan["steps"]] == [
+        ["gateway"], ["scanner"], ["worker"]]
+    assert plan["steps"][2]["services"][0] | {"contract": None} == {
+        "name": "worker", "strategy": "start-first", "replicas": 2, "container_name": None,
+        "contract": None}
+    assert plan["accessories"] == [{"name": "kv", "action": "start", "definition_changed": False}]
+    assert containers(project.project) == []  # plan changed nothing
+
+    code, out = deploy(project, "deploy", "v1.0.0")
+    assert code == 0, out
+    assert service_state(project) == at("v1.0.0")
+    gateway_name_is_on(project, "v1.0.0")
+    assert migrations(project) == ["v1.0.0"]
+    kv = kv_identity(project)
+    st = status(project)
+    assert st["current_tag"] == "v1.0.0" and st["healthy"]
+    roles = {(s["name"], s["role"], s["tag"]) for s in st["services"]}
+    assert roles == {("kv", "accessory", None), ("gateway", "release", "v1.0.0"),
+                     ("scanner", "release", "v1.0.0"), ("worker", "release", "v1.0.0")}
+
+    # The plan for the next tag names what differs from the running services.
+    res = project.agent("plan", "v1.1.0")
+    assert res.returncode == 0 and "v1.0.0 ->" in res.stdout and "kv: running, left alone" in res.stdout
+
+    with WorkerWatch(project.project) as watch:
+        code, out = deploy(project, "deploy", "v1.1.0")
+    assert code == 0, out
+    assert out["from_tag"] == "v1.0.0" and out["current_tag"] == "v1.1.0"
+    assert service_state(project) == at("v1.1.0")
+    gateway_name_is_on(project, "v1.1.0")
+    assert kv_identity(project) == kv, "a deploy must never restart an accessory"
+    assert migrations(project) == ["v1.0.0", "v1.1.0"]
+    # start-first: the worker always had a running container, and at some moment four.
+    assert watch.counts and min(watch.counts) >= 2 and max(watch.counts) == 4, watch.counts
+    # Order: gateway's new container started before scanner's, scanner's before the worker's.
+    started = {svc: max(c["State"]["StartedAt"] for c in running(project.project, svc))
+               for svc in ("gateway", "scanner", "worker")}
+    assert started["gateway"] < started["scanner"] < started["worker"]
+
+    code, out = deploy(project, "rollback")
+    assert code == 0, out
+    assert service_state(project) == at("v1.0.0")
+    gateway_name_is_on(project, "v1.0.0")
+    assert kv_identity(project) == kv
+    assert migrations(project) == ["v1.0.0", "v1.1.0"], "jobs never run on a rollback"
+    assert project.last_good() == "v1.0.0"
+
+
+def test_a_failing_later_step_sends_the_switched_steps_back(project: parts.AgentRootDir) -> None:
+    assert deploy(project, "deploy", "v1.0.0")[0] == 0
+    kv = kv_identity(project)
+    code, out = deploy(project, "deploy", "v3.0.0-scannercrash")
+    assert code == 20, out
+    assert service_state(project) == at("v1.0.0")
+    gateway_name_is_on(project, "v1.0.0")
+    assert kv_identity(project) == kv
+    rec = history(project)[0]
+    assert rec["result"] == "rolled_back" and rec["from_tag"] == "v1.0.0"
+    assert "step 2 (scanner)" in rec["failure"]["reason"] and "exited with code 3" in rec["failure"]["reason"]
+    assert any("fixture crash" in tail for tail in rec["failure"]["log_tail"].values())
+    assert project.last_good() == "v1.0.0"
+    # Nothing of the failed release is left; the kept containers of v1.0.0 run again.
+    assert not [c for c in containers(project.project) if release_of(c) == "v3.0.0-scannercrash"]
+
+
+def test_a_failing_job_stops_the_deploy_before_any_switch(project: parts.AgentRootDir) -> None:
+    assert deploy(project, "deploy", "v1.0.0")[0] == 0
+    before = {c["Id"]: c["State"]["StartedAt"] for c in containers(project.project)}
+    code, out = deploy(project, "deploy", "v3.0.0-badjob")
+    assert code == 13, out
+    after = {c["Id"]: c["State"]["StartedAt"] for c in containers(project.project)}
+    assert after == before, "nothing running may be switched, restarted or created"
+    assert service_state(project) == at("v1.0.0")
+    rec = history(project)[0]
+    assert (rec["action"], rec["tag"], rec["result"]) == ("deploy", "v3.0.0-badjob", "failed")
+    assert rec["failure"]["job"]["exit_code"] == 4
+    assert "migration 0042 failed" in rec["failure"]["job"]["log_tail"]
+
+    # A job that outlives job_timeout is stopped, and nothing of it is left.
+    t = time.monotonic()
+    code, out = deploy(project, "deploy", "v2.0.0-slow", OBS_AGENT_JOB_TIMEOUT="2")
+    assert code == 13 and "job_timeout=2s" in out["message"], out
+    assert time.monotonic() - t < 30
+    assert {c["Id"] for c in containers(project.project)} == set(before)
+    assert project.last_good() == "v1.0.0" and migrations(project) == ["v1.0.0"]
+
+
+def test_kill_mid_way_through_a_multi_step_deploy(project: parts.AgentRootDir) -> None:
+    assert deploy(project, "deploy", "v1.0.0")[0] == 0
+    res = project.agent("deploy", "v1.1.0", env=project.env(OBS_AGENT_DIE_AT="step1_done"))
+    assert res.returncode == -9, res.stdout + res.stderr
+    state = service_state(project)
+    assert state["gateway"] == ["v1.1.0"] and state["scanner"] == ["v1.0.0"]  # half-way
+    st = status(project)
+    assert st["last_action"]["result"] == "interrupted" and st["current_tag"] is None
+    assert project.last_good() == "v1.0.0"
+    # The next deploy finishes the job without manual cleanup.
+    code, out = deploy(project, "deploy", "v1.1.0")
+    assert code == 0, out
+    assert service_state(project) == at("v1.1.0")
+    gateway_name_is_on(project, "v1.1.0")
+    assert deploy(project, "rollback")[0] == 0
+    assert service_state(project) == at("v1.0.0")
+    gateway_name_is_on(project, "v1.0.0")
+
+
+def test_preflight_refuses_a_plan_that_cannot_work(project: parts.AgentRootDir) -> None:
+    compose = project.path / "docker-compose.server.yml"
+    text = compose.read_text()
+    # scanner ordered before the gateway it depends on; the start-first worker on a fixed port.
+    text = text.replace('obsdeploy.order: "2"', 'obsdeploy.order: "0"')
+    text = text.replace("      ROLE: worker\n", f"      ROLE: worker\n    ports: ['127.0.0.1:{parts.free_port()}:8000']\n")
+    compose.write_text(text)
+    res = project.agent("check", "--json")
+    assert res.returncode == 10, res.stdout + res.stderr
+    codes = sorted(p["code"] for p in json.loads(res.stdout)["problems"])
+    assert codes == ["plan.order_depends_on", "plan.start_first_port"]
+    code, _ = deploy(project, "deploy", "v1.0.0")
+    assert code == 10 and containers(project.project) == []
