@@ -85,12 +85,45 @@ def make_app(image: str, sshd: Sshd, known_hosts: Path) -> Path:
     return app
 
 
-def make_server(port: int) -> Path:
+def make_accessory_image() -> str:
+    """The demo's accessory, a stand-in key-value store: busybox httpd on :6379, built here
+    (accessories are pulled only when missing, so a local image is enough)."""
+    ctx = WORK / "kv"
+    ctx.mkdir(parents=True)
+    shutil.copy("/bin/busybox", ctx / "busybox")
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n"
+        "RUN mkdir -p /www && echo PONG > /www/ping\n"
+        "CMD [\"httpd\", \"-f\", \"-p\", \"6379\", \"-h\", \"/www\"]\n")
+    subprocess.run(["docker", "build", "-q", "-t", f"{PROJECT}-kv:7", str(ctx)], check=True,
+                   capture_output=True)
+    return f"{PROJECT}-kv:7"
+
+
+def make_server(port: int, kv_image: str) -> Path:
     root = WORK / "server" / "observer"
     root.mkdir(parents=True)
     image = "${IMAGE_TAG:?IMAGE_TAG required}"
     (root / "docker-compose.server.yml").write_text(f"""\
+# The observer (release: its image follows IMAGE_TAG), a key-value store beside it
+# (accessory: never restarted by a deploy) and a migration (job: runs once per deploy,
+# before the switch).
 services:
+  kv:
+    image: {kv_image}
+    restart: unless-stopped
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:6379/ping"]
+      interval: 1s
+  migrate:
+    image: {REGISTRY}/{PROJECT}-{{run}}/observer:{image}
+    labels:
+      obsdeploy.role: job
+    environment:
+      VERSION: ${{IMAGE_TAG}}
+    command: ["/bin/sh", "-c", "echo \\"migrating the archive to $$VERSION\\"; echo $$VERSION >> /app/data/observer/migrations.log"]
+    volumes:
+      - ./data:/app/data/observer
   observer:
     image: {REGISTRY}/{PROJECT}-{{run}}/observer:{image}
     restart: unless-stopped
@@ -102,6 +135,7 @@ services:
       KIS_API_KEY: ${{KIS_API_KEY}}
       KIS_API_SECRET: ${{KIS_API_SECRET}}
       VERSION: ${{IMAGE_TAG}}
+    depends_on: [kv]
     volumes:
       - ./data:/app/data/observer
       - ./logs:/app/logs
@@ -128,7 +162,7 @@ def main() -> None:
     port = free_port()
 
     say("The VM: sshd on loopback with its own host key, and the agent root")
-    root = make_server(port)
+    root = make_server(port, make_accessory_image())
     compose = root / "docker-compose.server.yml"
     compose.write_text(compose.read_text().replace("{run}", run))
     sshd = Sshd(WORK / "vm", env={"OBS_AGENT_ROOT": str(root)}).start()
@@ -141,6 +175,9 @@ def main() -> None:
 
     say("obsdeploy release v1.0.0: build, push, annotated tag, push the tag")
     sh([obsdeploy, "release", "v1.0.0"], cwd=app)
+
+    say("obs-agent plan v1.0.0 on the VM: the job, the accessory, the steps (changes nothing)")
+    sh([str(BIN / "obs-agent"), "--root", str(root), "plan", "v1.0.0"])
 
     say("obsdeploy deploy v1.0.0: SSH into the VM, run the agent there")
     sh([obsdeploy, "deploy", "v1.0.0"], cwd=app)
@@ -158,8 +195,10 @@ def main() -> None:
     say("obsdeploy status: v1.0.0 is serving again")
     sh([obsdeploy, "status"], cwd=app)
 
-    say("obs-agent history on the VM")
+    say("obs-agent history on the VM, and the migrations the job ran (once per deploy, before the "
+        "switch; never on a rollback)")
     sh([str(BIN / "obs-agent"), "--root", str(root), "history"])
+    print("migrations.log:", (root / "data" / "migrations.log").read_text().split())
 
     sshd.stop()
     print(f"\ndemo done in {time.monotonic() - t0:.0f}s: v1.0.0 deployed, v1.0.1 failed its health gate "
