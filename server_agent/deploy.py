@@ -234,10 +234,14 @@ class Deployer:
         if not verdict.healthy:
             return self._recover(record, verdict, switches, failed, plan, steps, t0)
         self._release_restarts()
+        previous_good = self.state.last_good_tag()
         self.state.set_last_good_tag(tag)
         checkpoint("committed")
         root.keep_release(tag, keep=self.state.good_tags()[-KEPT_RELEASES:])
-        self._drop_stopped(keep=[c for sw in switches for c in sw.old])
+        # Keep the stopped containers of the release a `rollback` goes back to (the previous
+        # good one): going back is then a start. What ran before this attempt is not always
+        # that release (after a killed attempt it may be a release that never passed).
+        self._drop_stopped(keep_tag=previous_good)
         self.backups.prune()
         return self._finish(record, "success", steps, t0, ExitCode.OK,
                             f"{tag} is healthy (gate {steps.get('gate', 0):.2f}s)")
@@ -284,7 +288,7 @@ class Deployer:
         record["rollback_gate"] = {"healthy": again.healthy, "reason": again.reason}
         steps["restore"] = _since(t_fail)
         if again.healthy:
-            self._drop_stopped(keep=[])
+            self._drop_stopped(keep_tag=None)
             return self._finish(record, "rolled_back", steps, t0, ExitCode.ROLLED_BACK,
                                 f"{tag} failed ({verdict.reason}); rolled back to {previous}, "
                                 "which is healthy")
@@ -376,13 +380,12 @@ class Deployer:
                 continue
             del self._held[cid]
 
-    def _drop_stopped(self, keep: list[ContainerInfo]) -> None:
-        """Remove the stopped release containers, except `keep` (a fast way back).
-        Accessories are never touched."""
-        keep_ids = {c.id for c in keep}
+    def _drop_stopped(self, keep_tag: str | None) -> None:
+        """Remove the stopped release containers, except those of `keep_tag` (a fast way
+        back). Accessories are never touched."""
         self.engine.remove([
             c for c in self.engine.project_containers(self.root.project)
-            if not c.running and c.id not in keep_ids and c.role == "release"
+            if not c.running and c.role == "release" and (keep_tag is None or c.tag != keep_tag)
         ])
 
     def _write_backup(self, snapshot: BackupSnapshot) -> Path:

@@ -221,3 +221,34 @@ def test_preflight_refuses_a_plan_that_cannot_work(project: parts.AgentRootDir) 
     assert codes == ["plan.order_depends_on", "plan.start_first_port"]
     code, _ = deploy(project, "deploy", "v1.0.0")
     assert code == 10 and containers(project.project) == []
+
+
+# The kill -9 matrix on the multi-service project: (deployed tag, checkpoint). Every case: the
+# agent died; last_good_tag is whole; status reports the interrupted attempt; the next deploy
+# brings every service, replica and container_name to the new tag without manual cleanup.
+KILL_POINTS = [
+    ("v1.1.0", "stopped"),               # step 1: the gateway's old container stopped, new not started
+    ("v1.1.0", "step2_done"),            # gateway and scanner switched, the worker not yet
+    ("v1.1.0", "gated"),                 # every step passed, last_good_tag not yet written
+    ("v3.0.0-scannercrash", "failed_stopped"),  # walking back: the crashed scanner killed
+    ("v3.0.0-scannercrash", "rolled_back"),     # walked back, not yet gated again
+]
+
+
+@pytest.mark.parametrize(("tag", "step"), KILL_POINTS, ids=[f"{t}@{s}" for t, s in KILL_POINTS])
+def test_kill_9_at_every_stage_of_a_multi_step_deploy(project: parts.AgentRootDir, tag: str, step: str) -> None:
+    assert deploy(project, "deploy", "v1.0.0")[0] == 0
+    res = project.agent("deploy", tag, env=project.env(OBS_AGENT_DIE_AT=step))
+    assert res.returncode == -9, f"did not die at {step}: {res.stdout}{res.stderr}"
+    assert project.last_good() == "v1.0.0"
+    st = status(project)
+    assert (st["last_action"]["action"], st["last_action"]["tag"], st["last_action"]["result"]) == (
+        "deploy", tag, "interrupted")
+    assert [r["result"] for r in history(project)] == ["interrupted", "success"]
+    code, out = deploy(project, "deploy", "v1.2.0")
+    assert code == 0, out
+    assert service_state(project) == at("v1.2.0")
+    gateway_name_is_on(project, "v1.2.0")
+    # Only the kept containers of the previous good release remain beside the running ones.
+    stopped = {release_of(c) for c in containers(project.project) if not c["State"]["Running"]}
+    assert stopped <= {"v1.0.0", None}, stopped
