@@ -5,6 +5,7 @@ registry and compose."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -252,3 +253,26 @@ def test_kill_9_at_every_stage_of_a_multi_step_deploy(project: parts.AgentRootDi
     # Only the kept containers of the previous good release remain beside the running ones.
     stopped = {release_of(c) for c in containers(project.project) if not c["State"]["Running"]}
     assert stopped <= {"v1.0.0", None}, stopped
+
+
+def test_a_stopped_accessory_is_started_and_a_changed_one_only_reported(project: parts.AgentRootDir) -> None:
+    assert deploy(project, "deploy", "v1.0.0")[0] == 0
+    [kv] = running(project.project, "kv")
+    compose = project.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(
+        "  kv:\n", "  kv:\n    environment:\n      KV_MAXMEMORY: 64mb\n", 1))
+    res = project.agent("check", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert any("accessory kv" in n and "differs" in n for n in json.loads(res.stdout)["notes"])
+    res = project.agent("plan", "v1.1.0", "--json")
+    assert [a for a in json.loads(res.stdout)["accessories"]] == [
+        {"name": "kv", "action": "leave", "definition_changed": True}]
+    assert deploy(project, "deploy", "v1.1.0")[0] == 0
+    assert [c["Id"] for c in running(project.project, "kv")] == [kv["Id"]], "reported, never applied"
+
+    subprocess.run(["docker", "stop", kv["Id"]], check=True, capture_output=True)
+    code, out = deploy(project, "deploy", "v1.2.0")
+    assert code == 0, out
+    [again] = running(project.project, "kv")
+    assert again["Id"] == kv["Id"] and again["State"]["Health"]["Status"] == "healthy"
+    assert service_state(project) == at("v1.2.0")
