@@ -121,7 +121,10 @@ services:
       obsdeploy.role: job
     environment:
       VERSION: ${{IMAGE_TAG}}
-    command: ["/bin/sh", "-c", "echo \\"migrating the archive to $$VERSION\\"; echo $$VERSION >> /app/data/observer/migrations.log"]
+    command:
+      - /bin/sh
+      - -c
+      - echo "migrating the archive to $$VERSION"; echo $$VERSION >> /app/data/observer/migrations.log
     volumes:
       - ./data:/app/data/observer
   observer:

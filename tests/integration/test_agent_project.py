@@ -214,7 +214,8 @@ def test_preflight_refuses_a_plan_that_cannot_work(project: parts.AgentRootDir) 
     text = compose.read_text()
     # scanner ordered before the gateway it depends on; the start-first worker on a fixed port.
     text = text.replace('obsdeploy.order: "2"', 'obsdeploy.order: "0"')
-    text = text.replace("      ROLE: worker\n", f"      ROLE: worker\n    ports: ['127.0.0.1:{parts.free_port()}:8000']\n")
+    port = parts.free_port()
+    text = text.replace("      ROLE: worker\n", f"      ROLE: worker\n    ports: ['127.0.0.1:{port}:8000']\n")
     compose.write_text(text)
     res = project.agent("check", "--json")
     assert res.returncode == 10, res.stdout + res.stderr
