@@ -23,7 +23,7 @@ from .compose import ComposeConfig, ComposeProject
 from .engine import ContainerInfo, Engine, running_tag
 from .errors import CommandError, ExitCode, ObsError, PreflightError, UsageError
 from .health import GateResult, HealthGate
-from .plan import RolloutPlan
+from .plan import RolloutPlan, Step
 from .preflight import run_preflight
 from .redact import REDACTOR
 from .rollout import Rollout, Switch, checkpoint, engine_down
@@ -315,7 +315,7 @@ class Deployer:
                                          ).config(prev_root.compose_env(previous))
             for sw in reversed(empty):
                 names = [s for s in sw.step.names if s in prev_config.raw.get("services", {})]
-                step = type(sw.step)(sw.step.order, tuple(s for s in sw.step.services if s.name in names))
+                step = Step(sw.step.order, tuple(s for s in sw.step.services if s.name in names))
                 if step.services:
                     back = self.rollout.switch(step, previous, prev_root, prev_config, reuse=True,
                                                hold=lambda _: None, avoid=sw.new)

@@ -96,16 +96,18 @@ def build_fixture_images(client, registry: str) -> dict[str, str]:  # type: igno
             shutil.copy(IMAGE_DIR / name, ctx)
         shutil.copy("/bin/busybox", Path(ctx) / "busybox")
         client.images.build(path=ctx, tag=FIXTURE_BASE, rm=True)
-    refs = {}
-    for tag, mode in RELEASES.items():
-        ref = f"{registry}/{REPOSITORY}:{tag}"
-        dockerfile = f"FROM {FIXTURE_BASE}\nENV MODE={mode} VERSION={tag} SLOW_SECONDS=3\n"
-        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
-        for line in client.api.push(f"{registry}/{REPOSITORY}", tag=tag, stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(f"push {ref}: {line['error']}")
-        refs[tag] = ref
-    return refs
+    return {tag: build_release(client, registry, REPOSITORY, tag, mode) for tag, mode in RELEASES.items()}
+
+
+def build_release(client, registry: str, repository: str, tag: str, mode: str) -> str:  # type: ignore[no-untyped-def]
+    """One fixture release on the base image (observer.sh in MODE), pushed; its reference."""
+    ref = f"{registry}/{repository}:{tag}"
+    dockerfile = f"FROM {FIXTURE_BASE}\nENV MODE={mode} VERSION={tag} SLOW_SECONDS=3\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
+    for line in client.api.push(f"{registry}/{repository}", tag=tag, stream=True, decode=True):
+        if "error" in line:
+            raise RuntimeError(f"push {ref}: {line['error']}")
+    return ref
 
 
 def interfaces() -> set[str]:

@@ -4,7 +4,6 @@ path contract, then `scanner`), and a start-first `worker` with 2 replicas."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 from pathlib import Path
@@ -25,7 +24,7 @@ services:
   kv:
     image: {registry}/{kv}:{kv_tag}
     restart: unless-stopped
-    healthcheck:
+    healthcheck: &health
       test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
       interval: 1s
       timeout: 1s
@@ -63,11 +62,7 @@ services:
       - ./data:/app/data/observer
       - ./logs:/app/logs
       - ./config:/app/config
-    healthcheck: &health
-      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
-      interval: 1s
-      timeout: 1s
-      retries: 3
+    healthcheck: *health
   scanner:
     image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
     labels:
@@ -92,20 +87,12 @@ services:
 """
 
 
-def build_project_images(client: Any, registry: str) -> None:  # noqa: ANN401 (docker client)
+def build_project_images(client: Any, registry: str) -> None:
     """The accessory's image and the extra releases, on the fixture base image that
     parts.build_fixture_images built."""
-    builds = {f"{KV_REPOSITORY}:{KV_TAG}": "ENV MODE=healthy VERSION=kv-7\n"}
-    builds.update({f"{parts.REPOSITORY}:{tag}": f"ENV MODE={mode} VERSION={tag} SLOW_SECONDS=3\n"
-                   for tag, mode in PROJECT_RELEASES.items()})
-    for name, env in builds.items():
-        repo, tag = name.split(":")
-        ref = f"{registry}/{name}"
-        dockerfile = f"FROM obs-fixture-base:latest\n{env}"
-        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
-        for line in client.api.push(f"{registry}/{repo}", tag=tag, stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(f"push {ref}: {line['error']}")
+    parts.build_release(client, registry, KV_REPOSITORY, KV_TAG, "healthy")
+    for tag, mode in PROJECT_RELEASES.items():
+        parts.build_release(client, registry, parts.REPOSITORY, tag, mode)
 
 
 def make_project_root(path: Path, registry: str, project: str, **agent: object) -> parts.AgentRootDir:
