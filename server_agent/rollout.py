@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .compose import ComposeConfig, ComposeProject, release_override
 from .engine import ContainerInfo, Engine
@@ -51,7 +51,6 @@ class Switch:
     swap_s: float
     started_ns: int  # time.time_ns() just before the new containers were started
     start_error: str | None = None
-    held: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 class Rollout:
