@@ -257,4 +257,10 @@ def setup(ctx: Ctx, venv: str, python: str, link: str, wheel: str | None,
 def main() -> None:
     from server_agent import clikit
 
+    # The distribution installs on 3.10 for the agent's sake (Ubuntu 22.04 servers); obsdeploy
+    # itself reads obsdeploy.toml with tomllib (3.11+), so say that instead of an ImportError.
+    if sys.version_info < (3, 11):  # noqa: UP036 (requires-python is 3.10 for the agent)
+        click.echo(f"error: obsdeploy needs Python 3.11 or newer; this is {sys.version.split()[0]} "
+                   f"({sys.executable}). obs-agent, the server agent, runs on 3.10.", err=True)
+        sys.exit(2)
     clikit.run(cli)

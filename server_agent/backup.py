@@ -17,7 +17,7 @@ import os
 import stat
 import tarfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import ObsError, UsageError
@@ -66,7 +66,7 @@ class BackupArchive:
 
     # --- capture ---------------------------------------------------------------------------
     def capture(self, label: str) -> BackupSnapshot:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         snap = BackupSnapshot(name=f"backup-{stamp}-{_safe(label)}{SUFFIX}")
         try:
             for rel in self.members_to_back_up():
