@@ -219,12 +219,23 @@ def status(ctx: Ctx, as_json: bool, **o: Any) -> None:
 # --- setup -------------------------------------------------------------------------------------
 @cli.command()
 @_ssh_options
-@click.option("--venv", default="/opt/obsdeploy/venv", show_default=True,
-              help="Virtualenv on the server to install the agent into (created when missing).")
+@click.option("--sudo", is_flag=True,
+              help="Install system-wide with `sudo -n` (/opt/obsdeploy/venv, "
+                   "/usr/local/bin/obs-agent) and create the agent root owned by the user. "
+                   "Without it, a non-root user gets an install of its own, no sudo.")
+@click.option("--venv", default=None,
+              help="Virtualenv on the server to install the agent into (created when missing; "
+                   "default /opt/obsdeploy/venv as root or with --sudo, else "
+                   "~/.local/share/obsdeploy/venv).")
 @click.option("--python", "python", default="python3", show_default=True,
-              help="Python (>= 3.11) on the server that creates the venv.")
-@click.option("--link", default="/usr/local/bin/obs-agent", show_default=True,
-              help="Symlink to the agent, on the server's PATH; '' for none.")
+              help="Python (>= 3.10) on the server that creates the venv.")
+@click.option("--link", default=None,
+              help="Symlink to the agent, on the PATH of SSH sessions; '' for none (default "
+                   "/usr/local/bin/obs-agent as root or with --sudo, else ~/.local/bin/obs-agent, "
+                   "which setup puts on the PATH of the user's non-interactive sessions).")
+@click.option("--agent-root", default=None,
+              help="Agent root to create when missing and check writable by the SSH user "
+                   "(env OBSDEPLOY_AGENT_ROOT; default: none is touched).")
 @click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Install this wheel instead of building one from this source tree.")
 @click.option("--pip-arg", "pip_args", multiple=True,
@@ -232,12 +243,17 @@ def status(ctx: Ctx, as_json: bool, **o: Any) -> None:
                    "(e.g. --pip-arg=--index-url=URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-host report as JSON.")
 @click.pass_obj
-def setup(ctx: Ctx, venv: str, python: str, link: str, wheel: str | None,
-          pip_args: tuple[str, ...], as_json: bool, **o: Any) -> None:
-    """Install or upgrade obs-agent on the hosts (a wheel of this project, pip over SSH)."""
+def setup(ctx: Ctx, sudo: bool, venv: str | None, python: str, link: str | None,
+          agent_root: str | None, wheel: str | None, pip_args: tuple[str, ...], as_json: bool,
+          **o: Any) -> None:
+    """Install or upgrade obs-agent on the hosts (a wheel of this project, pip over SSH).
+
+    Says which Python it found on each server; the agent needs 3.10 or newer. Exit 10 when a
+    server cannot take it as it is (Python too old, no venv module, sudo refused, agent root
+    not writable), with what to do."""
     from pathlib import Path
 
-    from .install import InstallPlan, setup_hosts
+    from .install import InstallOptions, setup_hosts
     from .remote import RolloutReport, SshOptions, parse_hosts
 
     cfg = ctx.config().deploy
@@ -246,8 +262,9 @@ def setup(ctx: Ctx, venv: str, python: str, link: str, wheel: str | None,
     opts = SshOptions(identity=o["identity"] or cfg.identity,
                       known_hosts=o["known_hosts"] or cfg.known_hosts,
                       connect_timeout=cfg.connect_timeout)
-    plan = InstallPlan(venv=venv, python=python, link=link or None, pip_args=list(pip_args))
-    results = setup_hosts(hosts, plan, opts, wheel=Path(wheel) if wheel else None,
+    options = InstallOptions(venv=venv, python=python, link=link, pip_args=list(pip_args),
+                             sudo=sudo, agent_root=agent_root or cfg.agent_root)
+    results = setup_hosts(hosts, options, opts, wheel=Path(wheel) if wheel else None,
                           out=sys.stderr if as_json else sys.stdout, err=sys.stderr)
     code = next((r.exit_code for r in results if r.exit_code not in (0, None)), 0) or 0
     _report(RolloutReport(action="setup", version=None, batch=1, exit_code=code,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import stat
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -184,6 +185,11 @@ class BackupArchive:
         """Extract NAME over DIR (state/ excepted: history stays truthful). A member that would
         land outside DIR refuses the whole archive before anything is written. The current
         files are backed up first, so a restore never loses data either."""
+        if not hasattr(tarfile, "data_filter"):
+            raise UsageError(
+                f"this Python ({sys.version.split()[0]}) has no tarfile extraction filters, which "
+                "restore needs to refuse archives that would write outside the agent root",
+                hint="run the agent with Python 3.10.12+, 3.11.4+ or 3.12+ (obsdeploy setup --python)")
         if "/" in name or name in {"", ".", ".."}:
             raise UsageError(f"invalid backup name {name!r}", hint="use a name from `backup list`")
         path = self.dir / name

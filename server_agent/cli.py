@@ -36,6 +36,8 @@ class Ctx:
 
         try:
             root = AgentRoot(self.root_path)
+            if preflight:
+                _check_access(root)
             if validate:
                 root.validate()
         except UsageError as exc:
@@ -46,6 +48,17 @@ class Ctx:
             raise
         _log_to_state_dir(root, create=preflight)
         return root
+
+
+def _check_access(root: AgentRoot) -> None:
+    """Before the lock, the log or .env are touched: can this user work in the root at all?"""
+    from .errors import PreflightError
+    from .preflight import access_problems, docker_socket_problem
+
+    problems = access_problems(root.path)
+    if problems:
+        denied = docker_socket_problem()
+        raise PreflightError(problems + ([denied] if denied else []))
 
 
 def _log_to_state_dir(root: AgentRoot, create: bool) -> None:

@@ -52,6 +52,7 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
     """Every check; with `accessory_changes`, also compare each running accessory with its
     compose definition (one more compose call: check and plan do it, deploy does not)."""
     report = PreflightReport()
+    report.problems += access_problems(root.path)
     env = root.compose_env(tag)
     _check_env(root, env, report)
     _check_env_file(root, report)
@@ -133,11 +134,77 @@ def _check_env_file(root: AgentRoot, report: PreflightReport) -> None:
                    f"(chmod 600 {root.env_file})")
 
 
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def access_problems(path: Path) -> list[Problem]:
+    """What the user the agent runs as cannot do in the agent root: write it and the state
+    and backups in it (the lock is the first thing a deploy writes), read .env. Checked before
+    anything else, so a deploy user who does not own the root is told so (exit 10), not met
+    by a PermissionError half-way."""
+    user, uid = _user(), os.getuid()
+    problems = []
+    writable = [path, path / "state", path / "state" / "releases", path / "backups"]
+    state = path / "state"
+    if state.is_dir():
+        writable += sorted(p for p in state.iterdir() if p.is_file())
+    denied = [p for p in writable if p.exists() and not os.access(p, os.W_OK)]
+    if denied:
+        shown = ", ".join(str(p) for p in denied[:4]) + (" ..." if len(denied) > 4 else "")
+        problems.append(Problem(
+            "root.not_writable",
+            f"the agent root is not writable by {user} (uid {uid}), who runs the agent: {shown}; "
+            f"make {user} its owner (sudo chown -R {user}: {path}) or run the agent as its owner"))
+    env_file = path / ".env"
+    if env_file.exists() and not os.access(env_file, os.R_OK):
+        problems.append(Problem(
+            "env_file.unreadable",
+            f"{env_file} is not readable by {user} (uid {uid}): make {user} its owner "
+            f"(sudo chown {user}: {env_file}; keep mode 0600)"))
+    return problems
+
+
+def docker_socket_problem() -> Problem | None:
+    """A local Docker socket this user may not use: say which group grants it."""
+    import grp
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return None
+    sock = host.removeprefix("unix://")
+    try:
+        st = os.stat(sock)
+    except OSError:
+        return None  # no socket: the engine is not running, which is the other finding
+    if os.access(sock, os.R_OK | os.W_OK):
+        return None
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    user = _user()
+    return Problem(
+        "docker.permission",
+        f"{user} (uid {os.getuid()}) may not use the Docker socket {sock} (mode "
+        f"{stat.S_IMODE(st.st_mode):04o}, group {group}): add {user} to the {group} group "
+        f"(sudo usermod -aG {group} {user}), then open a new SSH session")
+
+
 def _check_docker(engine: Engine, report: PreflightReport) -> bool:
     try:
         engine.ping()
         return True
     except Exception as exc:  # any failure to talk to the engine is this one finding
+        denied = docker_socket_problem()
+        if denied is not None:
+            report.problems.append(denied)
+            return False
         report.add("docker.unreachable",
                    f"the Docker engine is not reachable ({type(exc).__name__}: "
                    f"{REDACTOR(str(exc))[:200]}); start dockerd or fix DOCKER_HOST")

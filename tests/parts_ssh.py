@@ -31,6 +31,9 @@ class Sshd:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     user: str = "root"
+    # A non-root user's sshd reads the authorized keys as that user, who cannot enter the
+    # test's directories: with this, the client key goes to ~USER/.ssh/authorized_keys.
+    keys_in_home: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +66,17 @@ class Sshd:
         auth = self.workdir / "authorized_keys"
         auth.write_text(self.client_key.with_suffix(".pub").read_text())
         auth.chmod(0o600)
+        if self.keys_in_home:
+            import pwd
+            import shutil
+
+            pw = pwd.getpwnam(self.user)
+            ssh_dir = Path(pw.pw_dir) / ".ssh"
+            ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            shutil.copy(auth, ssh_dir / "authorized_keys")
+            for path in (ssh_dir, ssh_dir / "authorized_keys"):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            auth = Path(".ssh/authorized_keys")  # relative: to the user's home
         setenv = " ".join(f'"{k}={v}"' for k, v in self.env.items())
         config = self.workdir / "sshd_config"
         config.write_text(

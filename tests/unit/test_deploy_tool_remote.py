@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import io
+import re
 import shlex
 
 import pytest
 
 from deploy_tool.git import source_url
-from deploy_tool.install import InstallPlan
+from deploy_tool.install import (
+    SYSTEM_LINK,
+    SYSTEM_VENV,
+    InstallOptions,
+    InstallPlan,
+    ServerFacts,
+    SetupProblem,
+    plan_install,
+    python_notes,
+)
 from deploy_tool.remote import (
     AgentCall,
     HostResult,
@@ -74,7 +84,63 @@ def test_install_plan_commands_are_quoted() -> None:
     assert cmds[0] == "test -x '/opt/my venv/bin/python' || python3 -m venv '/opt/my venv'"
     assert shlex.split(cmds[1])[-2:] == ["--index-url=https://x/simple",
                                          "/tmp/d/obsdeploy-0.1.0-py3-none-any.whl"]
-    assert cmds[2] == "ln -sfn '/opt/my venv/bin/obs-agent' /usr/local/bin/obs-agent"
+    assert cmds[2] == ("mkdir -p /usr/local/bin && "
+                       "ln -sfn '/opt/my venv/bin/obs-agent' /usr/local/bin/obs-agent")
+
+
+def facts(**over: object) -> ServerFacts:
+    base: dict[str, object] = {
+        "uid": 1001, "user": "deploy", "group": "deploy", "home": "/home/deploy",
+        "shell": "/bin/bash", "data_home": "/home/deploy/.local/share",
+        "path": "/usr/local/bin:/usr/bin:/bin", "python": "/usr/bin/python3",
+        "version": [3, 10, 12], "venv": True, "tar_filters": True}
+    return ServerFacts.model_validate({**base, **over})
+
+
+def test_a_non_root_user_installs_under_its_home_without_sudo() -> None:
+    plan = plan_install(facts(), InstallOptions(agent_root="/home/deploy/observer"))
+    assert plan.venv == "/home/deploy/.local/share/obsdeploy/venv"
+    assert plan.link == "/home/deploy/.local/bin/obs-agent"
+    assert plan.bashrc == "/home/deploy/.bashrc" and not plan.sudo
+    cmds = plan.commands("/tmp/x/w.whl")
+    assert not any("sudo" in c for c in cmds)
+    assert "test -d /home/deploy/observer || mkdir -p /home/deploy/observer" in cmds
+    # No bashrc edit when the link's directory is already on the sessions' PATH.
+    assert plan_install(facts(path="/home/deploy/.local/bin:/usr/bin"), InstallOptions()).bashrc is None
+
+
+def test_root_and_sudo_install_system_wide() -> None:
+    as_root = plan_install(facts(uid=0, user="root", home="/root"), InstallOptions())
+    assert (as_root.venv, as_root.link, as_root.sudo) == (SYSTEM_VENV, SYSTEM_LINK, False)
+    plan = plan_install(facts(), InstallOptions(sudo=True, agent_root="/opt/observer"))
+    assert (plan.venv, plan.link, plan.sudo, plan.bashrc) == (SYSTEM_VENV, SYSTEM_LINK, True, None)
+    cmds = plan.commands("/tmp/x/w.whl")
+    assert cmds[0] == f"test -x {SYSTEM_VENV}/bin/python || sudo -n python3 -m venv {SYSTEM_VENV}"
+    assert shlex.split(cmds[1])[:3] == ["sudo", "-n", f"{SYSTEM_VENV}/bin/python"]
+    assert ("test -d /opt/observer || sudo -n install -d -o deploy -g deploy /opt/observer"
+            in cmds)
+
+
+@pytest.mark.parametrize(("over", "says"), [
+    ({"version": [3, 8, 10]}, "found Python 3.8.10 (/usr/bin/python3) as 'python3'; the agent "
+                              "needs Python 3.10 or newer"),
+    ({"venv": False}, "apt-get install python3.10-venv"),
+])
+def test_setup_says_which_python_it_found_and_what_it_needs(over: dict[str, object],
+                                                            says: str) -> None:
+    with pytest.raises(SetupProblem, match=re.escape(says)):
+        plan_install(facts(**over), InstallOptions())
+
+
+def test_python_without_tar_filters_is_a_note() -> None:
+    assert python_notes(facts()) == []
+    [note] = python_notes(facts(version=[3, 11, 2], tar_filters=False))
+    assert "backup restore" in note
+
+
+def test_a_link_off_the_path_is_refused_for_a_user_install() -> None:
+    with pytest.raises(SetupProblem, match="not on the PATH"):
+        plan_install(facts(), InstallOptions(link="/home/deploy/tools/obs-agent"))
 
 
 def test_batches() -> None:
