@@ -58,6 +58,8 @@ def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
     from server_agent.clikit import setup_logging
 
     setup_logging(verbose, logging.WARNING)
+    # Progress of a build or a push: a line every few seconds when stderr is not a terminal.
+    logging.getLogger("obs.progress").setLevel(logging.INFO)
     ctx.obj = Ctx(config, verbose)
 
 

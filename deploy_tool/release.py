@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from server_agent.errors import ImageError, ObsError, UsageError
+from server_agent.progress import LayerTally, track
 from server_agent.redact import REDACTOR
 from server_agent.versions import validate_version
 
@@ -35,6 +37,8 @@ LABEL = "org.opencontainers.image."
 USERNAME_ENV = "GHCR_USERNAME"
 TOKEN_ENV = "GHCR_TOKEN"
 DIE_AFTER_ENV = "OBSDEPLOY_DIE_AFTER"  # test hook: SIGKILL ourselves after the named step
+# The classic builder's "Step 3/7 : RUN ..." lines: how far the build is.
+_BUILD_STEP = re.compile(r"Step (\d+)/(\d+) :")
 
 StepName = Literal["login", "build", "push", "tag", "push-tag"]
 StepState = Literal["todo", "already-done", "done", "failed"]
@@ -166,13 +170,17 @@ class ReleaseActions:
                 path=str(ctx), dockerfile=self.cfg.dockerfile, tag=plan.reference,
                 labels=plan.labels, buildargs=self.cfg.build_args, rm=True, decode=True,
             )
-            for chunk in stream:
-                if "error" in chunk:
-                    raise ImageError(
-                        f"build of {plan.reference} failed: {REDACTOR(str(chunk['error']))}")
-                text = chunk.get("stream", "").rstrip()
-                if text:
-                    self.progress(text)
+            with track(f"build {plan.reference}", unit="step") as tracker:
+                for chunk in stream:
+                    if "error" in chunk:
+                        raise ImageError(
+                            f"build of {plan.reference} failed: {REDACTOR(str(chunk['error']))}")
+                    text = chunk.get("stream", "").rstrip()
+                    if text:
+                        self.progress(text)
+                        step = _BUILD_STEP.match(text)
+                        if step:
+                            tracker.update(int(step[1]), int(step[2]))
         except ObsError:
             raise
         except Exception as exc:
@@ -181,19 +189,22 @@ class ReleaseActions:
     def push(self, plan: ReleasePlan) -> None:
         seen: dict[str, str] = {}
         try:
-            for chunk in self.client.api.push(self.image, tag=plan.version, stream=True,
-                                              decode=True):
-                if "error" in chunk:
-                    raise ImageError(
-                        f"push of {plan.reference} failed: {REDACTOR(str(chunk['error']))}",
-                        hint=f"check {USERNAME_ENV}/{TOKEN_ENV} and the registry",
-                    )
-                layer, status = chunk.get("id"), chunk.get("status", "")
-                if layer and status and seen.get(layer) != status and status != "Pushing":
-                    seen[layer] = status
-                    self.progress(f"{layer}: {status}")
-                elif not layer and status:
-                    self.progress(status)
+            with track(f"push {plan.reference}") as tracker:
+                on_event = LayerTally().feed(tracker)  # bytes and layers, every few seconds
+                for chunk in self.client.api.push(self.image, tag=plan.version, stream=True,
+                                                  decode=True):
+                    if "error" in chunk:
+                        raise ImageError(
+                            f"push of {plan.reference} failed: {REDACTOR(str(chunk['error']))}",
+                            hint=f"check {USERNAME_ENV}/{TOKEN_ENV} and the registry",
+                        )
+                    on_event(chunk)
+                    layer, status = chunk.get("id"), chunk.get("status", "")
+                    if layer and status and seen.get(layer) != status and status != "Pushing":
+                        seen[layer] = status
+                        self.progress(f"{layer}: {status}")
+                    elif not layer and status:
+                        self.progress(status)
         except ObsError:
             raise
         except Exception as exc:

@@ -17,11 +17,13 @@ import os
 import stat
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import ObsError, UsageError
+from .progress import Tracker, track
 from .root import AgentRoot
 
 log = logging.getLogger("obs.backup")
@@ -31,6 +33,7 @@ log = logging.getLogger("obs.backup")
 SMALL_FILE = 256 * 1024
 SUFFIX = ".tar"
 _BLOCK = tarfile.BLOCKSIZE
+_CHUNK = 64 * 1024 * 1024
 
 
 @dataclass
@@ -130,17 +133,23 @@ class BackupArchive:
         final = self.dir / snap.name
         partial = final.with_name(final.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        total = sum(e.info.size for e in snap.entries if e.info.isreg())
+        written = 0
         try:
-            with os.fdopen(fd, "wb", closefd=False) as out:
+            with os.fdopen(fd, "wb", closefd=False) as out, track(f"backup {snap.name}") as tracker:
                 for e in snap.entries:
                     out.write(e.info.tobuf(format=tarfile.PAX_FORMAT))
                     if e.data is not None:
                         out.write(e.data)
                     elif e.fd is not None:
                         out.flush()
-                        _copy_range(e.fd, fd, e.info.size, e.info.name)
-                    if e.info.isreg() and e.info.size % _BLOCK:
-                        out.write(b"\0" * (_BLOCK - e.info.size % _BLOCK))
+                        _copy_range(e.fd, fd, e.info.size, e.info.name,
+                                    _advance(tracker, written, total))
+                    if e.info.isreg():
+                        written += e.info.size
+                        tracker.update(written, total)
+                        if e.info.size % _BLOCK:
+                            out.write(b"\0" * (_BLOCK - e.info.size % _BLOCK))
                 out.write(b"\0" * (2 * _BLOCK))
             os.fsync(fd)
             os.close(fd)
@@ -226,11 +235,18 @@ class BackupArchive:
         return safety
 
 
-def _copy_range(src: int, dst: int, size: int, name: str) -> None:
+def _advance(tracker: Tracker, base: int, total: int) -> Callable[[int], None]:
+    """A large file's progress, `base` bytes into the archive."""
+    return lambda copied: tracker.update(base + copied, total)
+
+
+def _copy_range(src: int, dst: int, size: int, name: str,
+                on_copied: Callable[[int], None] | None = None) -> None:
     off = 0
     while off < size:
         try:
-            n = os.copy_file_range(src, dst, size - off, off)
+            # In chunks, so a large file's progress can be shown while it is copied.
+            n = os.copy_file_range(src, dst, min(size - off, _CHUNK), off)
         except OSError as exc:
             if exc.errno in (18, 38, 95):  # EXDEV, ENOSYS, EOPNOTSUPP: fall back to read/write
                 n = os.write(dst, os.pread(src, min(1 << 20, size - off), off))
@@ -240,6 +256,8 @@ def _copy_range(src: int, dst: int, size: int, name: str) -> None:
             raise ObsError(f"{name} shrank while being backed up",
                            hint="a file under backup_paths was truncated; run the backup again")
         off += n
+        if on_copied is not None:
+            on_copied(off)
 
 
 def _safe(label: str) -> str:

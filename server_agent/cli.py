@@ -40,6 +40,9 @@ class Ctx:
                 _check_access(root)
             if validate:
                 root.validate()
+                from .progress import configure
+
+                configure(every=root.settings.progress_seconds)
         except UsageError as exc:
             if preflight:
                 from .preflight import Problem

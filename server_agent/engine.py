@@ -16,11 +16,13 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from .errors import ImageError, ObsError
+from .progress import LayerTally, track
 from .redact import REDACTOR
 
 if TYPE_CHECKING:
@@ -139,7 +141,8 @@ class EngineSocket:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return cls(host.removeprefix("unix://")) if host.startswith("unix://") else None
 
-    def pull(self, repo: str, tag: str, auth_header: str | None, idle_timeout: float) -> None:
+    def pull(self, repo: str, tag: str, auth_header: str | None, idle_timeout: float,
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         """POST /images/create and follow its progress stream. A stream that is silent for
         `idle_timeout` seconds raises TimeoutError: a stalled registry costs that, not the
         engine's own minutes (the SDK's pull runs without any timeout)."""
@@ -155,6 +158,8 @@ class EngineSocket:
                     event = json.loads(line)
                     if event.get("error"):
                         raise PullStreamError(str(event["error"]))
+                    if on_event is not None:
+                        on_event(event)
         finally:
             conn.close()
 
@@ -267,17 +272,23 @@ class Engine:
                 if rs.outcome else ""),
         )
         def attempt() -> None:
+            # Each attempt starts its tally afresh: a retried pull reports its own progress.
+            on_event = LayerTally().feed(tracker)
             if self.socket is not None:
-                self.socket.pull(repo, tag, _auth_header(repo), self.timeout)
+                self.socket.pull(repo, tag, _auth_header(repo), self.timeout, on_event)
             else:
-                self.client.api.pull(repo, tag=tag)
+                for event in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
+                    if event.get("error"):
+                        raise PullStreamError(str(event["error"]))
+                    on_event(event)
             # The engine answers 200 and reports some errors only in the stream; confirm.
             if not self.has_image(ref):
                 raise PullStreamError(f"{ref} is not present after the pull")
 
         log.info("pulling %s", ref)
         try:
-            attempt()
+            with track(f"pull {ref}") as tracker:
+                attempt()
         except (ObsError, OSError, docker.errors.APIError, docker.errors.ImageNotFound,
                 requests.exceptions.RequestException) as exc:
             raise ImageError(

@@ -71,6 +71,9 @@ class AgentSettings(BaseSettings):
     min_free_mb: int = Field(1024, ge=0)
     # Seconds a pull may go without progress before the attempt is retried (registry hangs).
     pull_timeout: float = Field(120, gt=0)
+    # Off a terminal (CI logs, obsdeploy over SSH): one progress line per this many seconds
+    # of a long pull or backup (server_agent/progress.py).
+    progress_seconds: float = Field(5, gt=0)
     required_env: list[str] = Field(
         default_factory=lambda: ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"]
     )
