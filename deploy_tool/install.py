@@ -172,12 +172,16 @@ class InstallPlan(BaseModel):
         if self.bashrc:
             cmds.append(shlex.join([self.python, "-c", PREPEND, self.bashrc, PATH_BLOCK,
                                     PATH_MARKER]))
-        if self.agent_root:
-            create = (["install", "-d", "-o", self.owner[0], "-g", self.owner[1], self.agent_root]
-                      if self.sudo and self.owner else ["mkdir", "-p", self.agent_root])
-            cmds.append(f"test -d {shlex.quote(self.agent_root)} || " + self._as_root(create))
         cmds.append(shlex.join([f"{self.venv}/bin/obs-agent", "--help"]) + " >/dev/null")
         return cmds
+
+    def root_command(self) -> str | None:
+        """Create the agent root when it is missing: with sudo, owned by the deploy user."""
+        if not self.agent_root:
+            return None
+        create = (["install", "-d", "-o", self.owner[0], "-g", self.owner[1], self.agent_root]
+                  if self.sudo and self.owner else ["mkdir", "-p", self.agent_root])
+        return f"test -d {shlex.quote(self.agent_root)} || " + self._as_root(create)
 
     def version_command(self) -> str:
         return shlex.join([f"{self.venv}/bin/python", "-c",
@@ -242,6 +246,24 @@ def _failed(host: HostSpec, code: int, message: str, started: float) -> HostResu
                       seconds=round(time.monotonic() - started, 2))
 
 
+def _prepare_root(s: SshSession, plan: InstallPlan, facts: ServerFacts,
+                  err: IO[str]) -> str | None:
+    """Create the agent root when missing, then check the user can write it; before anything is
+    installed. Returns what is wrong, or None."""
+    command = plan.root_command()
+    if command is None or plan.agent_root is None:
+        return None
+    root, user = plan.agent_root, facts.user
+    if s.run(command, err=err)[0] != 0:
+        return (f"cannot create the agent root {root} as {user}: run setup with --sudo, have it "
+                f"made (sudo install -d -o {user} -g {facts.group} {root}), or pick an "
+                f"--agent-root under {facts.home}")
+    if s.run(shlex.join(["test", "-w", root]))[0] != 0:
+        return (f"the agent root {root} is not writable by {user}, who runs the agent: make "
+                f"{user} its owner (sudo chown -R {user}: {root})")
+    return None
+
+
 def install_on_host(host: HostSpec, wheel: Path, options: InstallOptions, opts: SshOptions,
                     out: IO[str], err: IO[str]) -> HostResult:
     started = time.monotonic()
@@ -260,6 +282,9 @@ def install_on_host(host: HostSpec, wheel: Path, options: InstallOptions, opts: 
                                f"--sudo: {facts.user} may not use sudo without a password here; "
                                "allow it (sudoers NOPASSWD), or run setup without --sudo to "
                                f"install under {facts.home}", started)
+            problem = _prepare_root(s, plan, facts, err)
+            if problem:
+                return _failed(host, int(ExitCode.PREFLIGHT), problem, started)
             code, tmp = s.run("mktemp -d")
             if code != 0:
                 return _failed(host, code, "mktemp -d failed on the server", started)
@@ -274,11 +299,6 @@ def install_on_host(host: HostSpec, wheel: Path, options: InstallOptions, opts: 
             finally:
                 s.run(shlex.join(["rm", "-rf", tmp.strip()]))
             notes = python_notes(facts)
-            if plan.agent_root and s.run(f"test -w {shlex.quote(plan.agent_root)}")[0] != 0:
-                return _failed(host, int(ExitCode.PREFLIGHT),
-                               f"agent root {plan.agent_root} is not writable by {facts.user}: "
-                               f"`sudo chown -R {facts.user} {plan.agent_root}`, or run setup "
-                               "with --sudo", started)
             if plan.link:
                 # A new session, as `obsdeploy deploy` will open: does it find the agent?
                 code, found = s.run("command -v obs-agent")

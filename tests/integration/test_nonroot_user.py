@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,3 +149,48 @@ def test_preflight_says_to_join_the_docker_group_and_to_own_the_root(
         assert root.last_good() == "v1.1.0"
     finally:
         root.down()
+
+
+def test_setup_with_sudo_installs_system_wide_and_gives_the_root_to_the_user(
+        user_server: UserServer, registry: parts.Registry) -> None:
+    """--sudo: `sudo -n` or a clear refusal; a system venv and link (unique paths here, the
+    machine is shared) and an agent root created for, and owned by, the deploy user."""
+    s, user = user_server, user_server.user
+    if not shutil.which("sudo"):
+        missing("sudo")
+    venv, link = Path("/opt") / user.name / "venv", Path("/usr/local/bin") / f"obs-agent-{user.name}"
+    root_path = Path("/srv") / user.name / "observer"
+    sudoers = Path("/etc/sudoers.d") / user.name
+    ssh = ["--host", s.sshd.address, "--identity", str(s.sshd.client_key),
+           "--known-hosts", str(s.known_hosts)]
+    setup = ["setup", "--sudo", *ssh, "--venv", str(venv), "--link", str(link),
+             "--agent-root", str(root_path), "--json"]
+    root = None
+    try:
+        res = obsdeploy(*setup, timeout=600)  # no sudoers entry yet: refused, nothing done
+        assert res.returncode == 10, res.stdout + res.stderr
+        [host] = json.loads(res.stdout)["hosts"]
+        assert f"{user.name} may not use sudo without a password" in host["message"], host
+        assert not venv.exists() and not root_path.exists()
+
+        sudoers.write_text(f"{user.name} ALL=(root) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+        res = obsdeploy(*setup, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert venv.stat().st_uid == 0 and link.resolve() == (venv / "bin" / "obs-agent").resolve()
+        assert root_path.stat().st_uid == user.pw.pw_uid  # made by sudo, for the user
+
+        root = parts.make_agent_root(root_path, registry.address, f"obs-u-{uuid.uuid4().hex[:8]}")
+        user.chown(root.path)
+        res = obsdeploy("deploy", "v1.0.0", *ssh, "--agent-root", str(root_path),
+                        "--agent-command", link.name, "--json")  # found on the sessions' PATH
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert root.last_good() == "v1.0.0"
+        assert (root_path / "state" / "last_good_tag").stat().st_uid == user.pw.pw_uid
+    finally:
+        sudoers.unlink(missing_ok=True)
+        if root is not None:
+            root.down()
+        link.unlink(missing_ok=True)
+        shutil.rmtree(Path("/opt") / user.name, ignore_errors=True)
+        shutil.rmtree(Path("/srv") / user.name, ignore_errors=True)

@@ -104,7 +104,7 @@ def test_a_non_root_user_installs_under_its_home_without_sudo() -> None:
     assert plan.bashrc == "/home/deploy/.bashrc" and not plan.sudo
     cmds = plan.commands("/tmp/x/w.whl")
     assert not any("sudo" in c for c in cmds)
-    assert "test -d /home/deploy/observer || mkdir -p /home/deploy/observer" in cmds
+    assert plan.root_command() == "test -d /home/deploy/observer || mkdir -p /home/deploy/observer"
     # No bashrc edit when the link's directory is already on the sessions' PATH.
     assert plan_install(facts(path="/home/deploy/.local/bin:/usr/bin"), InstallOptions()).bashrc is None
 
@@ -117,8 +117,8 @@ def test_root_and_sudo_install_system_wide() -> None:
     cmds = plan.commands("/tmp/x/w.whl")
     assert cmds[0] == f"test -x {SYSTEM_VENV}/bin/python || sudo -n python3 -m venv {SYSTEM_VENV}"
     assert shlex.split(cmds[1])[:3] == ["sudo", "-n", f"{SYSTEM_VENV}/bin/python"]
-    assert ("test -d /opt/observer || sudo -n install -d -o deploy -g deploy /opt/observer"
-            in cmds)
+    assert (plan.root_command()
+            == "test -d /opt/observer || sudo -n install -d -o deploy -g deploy /opt/observer")
 
 
 @pytest.mark.parametrize(("over", "says"), [
