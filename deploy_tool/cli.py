@@ -78,6 +78,7 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: b
     on a command line or shown. Re-running after a failure finishes the job and skips what is
     done; a version already released from another commit is refused.
     """
+    from server_agent.progress import configure as configure_progress
     from server_agent.redact import REDACTOR
     from server_agent.versions import validate_version
 
@@ -86,6 +87,7 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: b
 
     validate_version(version)
     cfg = ctx.config()
+    configure_progress(every=cfg.progress_seconds)
     err = _console(stderr=True)
 
     def progress(line: str) -> None:

@@ -69,6 +69,8 @@ class ObsdeployConfig(BaseModel):
     build_args: dict[str, str] = Field(default_factory=dict)
     # The OCI `source` label; default: the git remote's URL without credentials.
     source: str | None = None
+    # Off a terminal, one progress line per this many seconds of a build or a push.
+    progress_seconds: float = Field(default=5, gt=0)
     deploy: DeployConfig = Field(default_factory=lambda: DeployConfig())
     # Where the file was read from (not a key): relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
@@ -113,6 +115,7 @@ class _EnvOverrides(BaseSettings):
     git_remote: str | None = None
     build_args: dict[str, str] | None = None
     source: str | None = None
+    progress_seconds: float | None = None
     hosts: Annotated[list[str] | None, NoDecode] = None
     user: str | None = None
     port: int | None = None

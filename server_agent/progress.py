@@ -33,6 +33,7 @@ class _Config:
 
 
 _config = _Config()
+_live = threading.Lock()  # held while a rich bar is on the terminal
 
 
 def configure(*, every: float | None = None, interactive: bool | None = None) -> None:
@@ -108,8 +109,10 @@ class _RichTracker(Tracker):
 
 @contextmanager
 def track(what: str, unit: str = "bytes") -> Iterator[Tracker]:
-    """Follow one piece of work: a rich bar on a terminal, else a line every few seconds."""
-    if not _interactive():
+    """Follow one piece of work: a rich bar on a terminal, else a line every few seconds.
+    rich allows one live display at a time: work that overlaps another (a backup written
+    while a rollback pulls) gets plain lines."""
+    if not _interactive() or not _live.acquire(blocking=False):
         tracker = Tracker(what, unit, _config.every)
         yield tracker
         tracker.finish()
@@ -125,9 +128,12 @@ def track(what: str, unit: str = "bytes") -> Iterator[Tracker]:
     )
 
     amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
-    with Progress(TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        yield _RichTracker(what, unit, bar)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            yield _RichTracker(what, unit, bar)
+    finally:
+        _live.release()
 
 
 @dataclass

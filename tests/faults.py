@@ -50,7 +50,8 @@ class FaultProxy:
     fail      connections read one request and get `HTTP 503`: the next `fail_count` ones,
               or all of them for `fail_seconds` from the first one; then forward again (a
               registry answering 5xx, then recovering)
-    slow      forward, holding each chunk from the registry back by `delay` seconds
+    slow      forward, holding each chunk from the registry back by `delay` seconds (and,
+              with `upload`, each chunk to it: a slow push)
     stall     accept and read, never answer
     """
 
@@ -63,6 +64,7 @@ class FaultProxy:
         self.fail_seconds = 0.0
         self._fail_until: float | None = None
         self.delay = 0.0
+        self.upload = False
         self.connections = 0
         self.failed = 0
         self._lock = threading.Lock()
@@ -79,10 +81,11 @@ class FaultProxy:
         return self
 
     def set(self, mode: str, *, fail_count: int = 0, fail_seconds: float = 0.0,
-            delay: float = 0.0) -> None:
+            delay: float = 0.0, upload: bool = False) -> None:
         assert mode in ("forward", "refuse", "fail", "slow", "stall"), mode
         with self._lock:
             self.mode, self.fail_count, self.delay = mode, fail_count, delay
+            self.upload = upload
             self.fail_seconds, self._fail_until = fail_seconds, None
         if mode == "refuse":
             self._close_listener()
@@ -172,7 +175,7 @@ class FaultProxy:
                     data = s.recv(65536)
                     if not data:
                         return
-                    if s is upstream and self.mode == "slow":
+                    if self.mode == "slow" and (s is upstream or self.upload):
                         time.sleep(self.delay)
                     (upstream if s is client else client).sendall(data)
         finally:
