@@ -76,3 +76,40 @@ def test_a_large_backup_reports_its_progress(tmp_path: Path,
     assert all(line.startswith(f"backup {archive.name}: ") for line in lines), lines
     assert lines[-1].startswith(f"backup {archive.name}: done, 314.6 MB of 314.6 MB"), lines
     assert os.path.getsize(archive) > 300 * 1024 * 1024
+
+
+def test_on_a_terminal_a_rich_bar_and_stdout_untouched(tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal: rich draws the bar there; no plain progress lines; stdout
+    (a pipe) holds only the command's answer."""
+    import pty
+    import subprocess
+    import sys
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "deployment_config.json").write_text(
+        json.dumps({"agent": {"progress_seconds": 0.01}}))
+    with open(tmp_path / "config" / "archive.jsonl", "wb") as f:
+        f.truncate(300 * 1024 * 1024)  # sparse: quick to make
+    master, slave = pty.openpty()
+    agent = Path(sys.executable).parent / "obs-agent"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBS_AGENT_")}
+    proc = subprocess.Popen([str(agent), "--root", str(tmp_path), "backup", "create"],
+                            stdout=subprocess.PIPE, stderr=slave, text=True,
+                            env={**env, "TERM": "xterm-256color", "COLUMNS": "120"})
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    out = proc.communicate(timeout=120)[0]
+    os.close(master)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert out.strip().startswith("backup-") and out.count("\n") == 1, out
+    assert "━" in text and "backup backup-" in text, text  # the bar, with its description
+    assert "INFO backup backup-" not in text, text  # no plain lines on a terminal
