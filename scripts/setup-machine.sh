@@ -16,6 +16,9 @@ command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v sudo >/dev/null || need_pkgs+=(sudo)  # obsdeploy setup --sudo, as a deploy user
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+# The system python3 too: SSH sessions of a test deploy user (and obsdeploy setup) use it.
+[ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
+  || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
