@@ -170,6 +170,9 @@ class EngineSocket:
             resp = conn.getresponse()
             body = resp.read()
         except OSError as exc:
+            denied = socket_denied(self.path) if isinstance(exc, PermissionError) else None
+            if denied:
+                raise EngineUnreachable(denied) from None
             raise EngineUnreachable(f"cannot reach the Docker engine at {self.path}: {exc}",
                                     hint="is dockerd running? is DOCKER_HOST right?") from None
         finally:
@@ -177,6 +180,32 @@ class EngineSocket:
         if resp.status >= 400:
             raise EngineHTTPError.from_body(resp.status, body)
         return json.loads(body) if body and body[:1] in b"[{" else body.decode()
+
+
+def socket_denied(path: str) -> str | None:
+    """Why the user the agent runs as may not use the engine's unix socket `path`, and what to
+    do (join the socket's group); None when it may, or when there is no socket."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # no socket: the engine is not running, which is another finding
+    if os.access(path, os.R_OK | os.W_OK):
+        return None
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return (f"{user} (uid {os.getuid()}) may not use the Docker socket {path} (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, group {group}): add {user} to the {group} group "
+            f"(sudo usermod -aG {group} {user}), then open a new SSH session")
 
 
 class PullStreamError(ObsError):

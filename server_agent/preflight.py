@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compose import ComposeConfig, ComposeProject
-from .engine import Engine
+from .engine import Engine, socket_denied
 from .errors import CommandError, ObsError
 from .plan import RolloutPlan, build_plan, contract_services
 from .redact import REDACTOR
@@ -172,28 +172,11 @@ def access_problems(path: Path) -> list[Problem]:
 
 def docker_socket_problem() -> Problem | None:
     """A local Docker socket this user may not use: say which group grants it."""
-    import grp
-
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not host.startswith("unix://"):
         return None
-    sock = host.removeprefix("unix://")
-    try:
-        st = os.stat(sock)
-    except OSError:
-        return None  # no socket: the engine is not running, which is the other finding
-    if os.access(sock, os.R_OK | os.W_OK):
-        return None
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    user = _user()
-    return Problem(
-        "docker.permission",
-        f"{user} (uid {os.getuid()}) may not use the Docker socket {sock} (mode "
-        f"{stat.S_IMODE(st.st_mode):04o}, group {group}): add {user} to the {group} group "
-        f"(sudo usermod -aG {group} {user}), then open a new SSH session")
+    denied = socket_denied(host.removeprefix("unix://"))
+    return Problem("docker.permission", denied) if denied else None
 
 
 def _check_docker(engine: Engine, report: PreflightReport) -> bool:

@@ -130,6 +130,9 @@ def test_preflight_says_to_join_the_docker_group_and_to_own_the_root(
             assert res.returncode == 10, res.stdout + res.stderr
             assert f"add {user.name} to the docker group" in res.stdout + res.stderr
         assert not (root.path / "state" / "history.jsonl").exists()
+        res = user.run([str(s.agent), "status"], groups=[], env=env)
+        parts.no_traceback(res)
+        assert res.returncode != 0 and f"add {user.name} to the docker group" in res.stderr, res.stderr
 
         # In the group, but the state was left to root (e.g. by an earlier root install).
         state = root.path / "state"
