@@ -15,12 +15,21 @@ command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
 [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v sudo >/dev/null || need_pkgs+=(sudo)  # obsdeploy setup --sudo, as a deploy user
+# The watch window's Prometheus checks and the metrics file (SPEC §16): tests start their own
+# instances on loopback (policy-rc.d below keeps the packages' services from starting).
+command -v prometheus >/dev/null || need_pkgs+=(prometheus)
+command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-exporter)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The system python3 too: SSH sessions of a test deploy user (and obsdeploy setup) use it.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
   || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
+  # Packages that ship a service (prometheus, node_exporter) must not start it on install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi

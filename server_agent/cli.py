@@ -237,6 +237,36 @@ def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"ok", "tag", "reason", "checks": [{check, kind, verdict, detail, value}]}.')
+@click.pass_obj
+def verify(ctx: Ctx, as_json: bool) -> None:
+    """The watch checks (agent.watch.checks) once against the running release, e.g. from
+    cron: exit 0, or 22 with what failed. Changes nothing."""
+    from .engine import Engine, running_tag
+    from .watch import Watch
+
+    root = ctx.load_root()
+    engine = Engine()
+    release = [c for c in engine.project_containers(root.project) if c.role == "release"]
+    tag = running_tag(release)
+    running = [c for c in release if c.tag == tag and c.running] if tag else []
+    result = Watch(root.settings.watch, engine).verify(tag or "", running)
+    if as_json:
+        print_json({"ok": result.ok, "tag": tag, "reason": result.reason,
+                    "checks": [m.as_dict() for m in result.last]})
+    else:
+        from .redact import REDACTOR
+
+        if not root.settings.watch.checks:
+            click.echo("no checks configured (agent.watch.checks); only the containers were looked at")
+        for m in result.last:
+            click.echo(f"{m.verdict:<13} {m.check}: {REDACTOR(m.detail)}")
+        click.echo(f"{tag or '-'}: " + ("ok" if result.ok else f"FAILED: {REDACTOR(result.reason or '')}"))
+    sys.exit(0 if result.ok else 22)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N records.")
 @click.pass_obj
@@ -255,6 +285,12 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
         click.echo(f"{r['started_at'] or '-':<25} {r['action'] or '-':<8} {r['from_tag'] or '-':>10} -> "
                    f"{r['tag'] or '-':<10} {r['result'] or '-':<12} {took}"
                    + (f"  ({reason})" if reason else ""))
+        watch = r.get("watch")
+        if isinstance(watch, dict) and watch.get("result") == "failed":
+            # Why the watch rolled it back: each measurement that did not pass.
+            for m in watch.get("failures") or []:
+                click.echo(f"{'':<25} watch {m.get('at', '-')}s: {m.get('check')} {m.get('verdict')}: "
+                           f"{m.get('detail')}")
 
 
 @cli.group()

@@ -1,8 +1,9 @@
 """Deployer: the transaction of SPEC §7 and §14, and rollback, as readable steps.
 
     lock → recover a killed attempt → preflight (with the RolloutPlan) → pull → journal →
-    start missing accessories → jobs (deploy only) → each step: switch, gate → commit;
-    or walk the switched steps back and gate what ran before.
+    start missing accessories → jobs (deploy only) → each step: switch, gate → watch
+    (deploy only, SPEC §16) → commit; or walk the switched steps back and gate what ran
+    before → history, metrics file, notification.
 
 The backup is captured the moment the step that carries the path contract stopped its old
 containers (the writer has stopped writing), and written while the gates run.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import metrics, notify
 from .backup import BackupArchive, BackupSnapshot
 from .compose import ComposeConfig, ComposeProject
 from .engine import ContainerInfo, Engine, running_tag
@@ -30,6 +32,7 @@ from .rollout import Rollout, Switch, checkpoint, engine_down
 from .root import AgentRoot
 from .runner import run
 from .state import JOURNAL_ONLY, ReleaseState, now_iso
+from .watch import Watch, WatchResult
 
 log = logging.getLogger("obs.deploy")
 
@@ -191,6 +194,11 @@ class Deployer:
             snapshot.append(self.backups.capture(f"{record['from_tag'] or 'none'}-to-{tag}"))
 
         gate = HealthGate(root, self.engine)
+        # The watch (SPEC §16) is a deploy's probation: a rollback returns to a release that
+        # already passed one, and watching it could walk back into the release being fled.
+        watch = Watch(root.settings.watch, self.engine)
+        watching = record["action"] == "deploy" and watch.on
+        baseline = watch.baseline() if watching else {}  # "just before the switch"
         switches: list[Switch] = []
         failed: Switch | None = None  # the step whose gate failed
         verdict = GateResult(True, "healthy", 0.0)
@@ -231,6 +239,8 @@ class Deployer:
             if backup_error is not None:
                 verdict = GateResult(False, f"backup failed: {backup_error}", verdict.seconds)
         checkpoint("gated")
+        if verdict.healthy and watching:
+            verdict = self._watch(record, watch, baseline, switches, steps)
         if not verdict.healthy:
             return self._recover(record, verdict, switches, failed, plan, steps, t0)
         self._release_restarts()
@@ -245,6 +255,34 @@ class Deployer:
         self.backups.prune()
         return self._finish(record, "success", steps, t0, ExitCode.OK,
                             f"{tag} is healthy (gate {steps.get('gate', 0):.2f}s)")
+
+    def _watch(self, record: dict[str, Any], watch: Watch, baseline: dict[str, float | None],
+               switches: list[Switch], steps: dict[str, float]) -> GateResult:
+        """Every step passed its gate: the release is on probation. Its restart policies stay
+        set aside (a crash leaves it exited: the verdict is immediate), last_good_tag still
+        names the previous release, whose stop-first containers are kept stopped for the way
+        back. Each round is journaled, so a kill here leaves the measurements in history.
+
+        SPEC §15 (reverse proxy, built elsewhere): with agent.proxy, the proxied service's
+        previous containers must stay *running*, out of rotation, until the watch passes, and
+        a failed watch points the proxy back at them. That means Rollout.complete defers their
+        stop to after this call for that service; this is the place that ends the probation."""
+        containers = [c for sw in switches for c in sw.new]
+        since = min(sw.started_ns for sw in switches) / 1e9
+
+        def journal(progress: WatchResult) -> None:
+            self.state.update(watch=progress.as_dict())
+            checkpoint("watching")
+
+        result = watch.run(record["tag"], containers, since, baseline, on_round=journal)
+        record["watch"] = result.as_dict()
+        self.state.update(watch=record["watch"])
+        steps["watch"] = result.seconds
+        checkpoint("watched")
+        if result.ok:
+            log.info("watch passed (%.2fs, %d round(s))", result.seconds, result.rounds)
+            return GateResult(True, "healthy", result.seconds)
+        return GateResult(False, result.reason or "watch failed", result.seconds)
 
     def _recover(self, record: dict[str, Any], verdict: GateResult, switches: list[Switch],
                  failed: Switch | None, plan: RolloutPlan, steps: dict[str, float],
@@ -272,8 +310,10 @@ class Deployer:
             again = GateResult(False, f"{type(exc).__name__}: {REDACTOR(str(exc))[:300]}", 0.0)
         else:
             again = GateResult(True, "nothing to gate", 0.0)
-        self._keep_diagnostics(record, verdict, failed.new if failed else [],
-                               [c for sw in switches for c in sw.new])
+        # No failed step (the watch, or a switch that could not be made): every new container
+        # is a suspect.
+        new = [c for sw in switches for c in sw.new]
+        self._keep_diagnostics(record, verdict, failed.new if failed else new, new)
         if previous is None:
             return self._finish(record, "failed", steps, t0, ExitCode.ROLLBACK_FAILED,
                                 f"{tag} failed ({verdict.reason}); there is no previous good release "
@@ -327,7 +367,7 @@ class Deployer:
                           failed: list[ContainerInfo], new: list[ContainerInfo]) -> None:
         """Journal why the release failed, then remove this attempt's containers (best
         effort: the next run removes whatever is left)."""
-        record["failure"] = {"reason": verdict.reason,
+        record["failure"] = {**record.get("failure", {}), "reason": verdict.reason,
                              **HealthGate(self.root, self.engine).diagnostics(verdict, failed)}
         self.state.update(failure=record["failure"])
         try:
@@ -358,7 +398,27 @@ class Deployer:
                       steps={k: round(v, 3) for k, v in steps.items()})
         checkpoint("finishing")
         self.state.finish(record)
+        self._tell(record)
         return Outcome(code, message, record)
+
+    def _tell(self, record: dict[str, Any]) -> None:
+        """The attempt is in history: rewrite the metrics file from it, then notify. Neither
+        changes the outcome; the notification waits at most notify.BUDGET_S."""
+        settings = self.root.settings
+        if settings.metrics_file:
+            try:
+                try:
+                    release = running_tag(self.engine.project_containers(self.root.project))
+                except Exception:  # the engine is away: the release last known good
+                    release = self.state.last_good_tag()
+                path = self.root.path / settings.metrics_file  # an absolute path stays itself
+                metrics.write(path, self.root.project, self.state.history.records(), release,
+                              healthy=record["result"] in ("success", "rolled_back"))
+            except Exception as exc:
+                log.warning("could not write metrics_file %s: %s", settings.metrics_file,
+                            REDACTOR(str(exc))[:300])
+        if settings.notify:
+            notify.send(settings.notify, notify.notice(record, self.root.project))
 
     # --- restart policies and leftovers ----------------------------------------------------
     def _hold_restarts(self, containers: list[ContainerInfo]) -> None:

@@ -427,6 +427,11 @@ class Engine:
             return f"(log unavailable: {type(exc).__name__})"
         return REDACTOR(raw.decode("utf-8", errors="replace"))
 
+    def logs_since(self, cid: str, since: float) -> str:
+        """The container's log lines from Unix time `since` on (stdout and stderr)."""
+        raw = self.client.api.logs(cid, stdout=True, stderr=True, since=max(since, 0.001))
+        return raw.decode("utf-8", errors="replace")  # type: ignore[no-any-return]
+
     def logs_contain(self, cid: str, pattern: Any) -> bool:
         raw = self.client.api.logs(cid, stdout=True, stderr=True)
         return bool(pattern.search(raw.decode("utf-8", errors="replace")))

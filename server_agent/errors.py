@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     JOB_FAILED = 13
     ROLLED_BACK = 20
     ROLLBACK_FAILED = 21
+    VERIFY_FAILED = 22
     SSH = 30
 
 

@@ -42,5 +42,27 @@ class Redactor:
         return value
 
 
+# A URL part this long is a token (a bot token, a webhook key), not a word or a host name.
+_TOKEN_LEN = 16
+
+
+def url_secrets(urls: Iterable[str]) -> list[str]:
+    """What to mask of notification URLs (SPEC §16: they hold tokens): each whole URL, its
+    password, and every part of its address, path and query long enough to be a token
+    (`tgram://BOT_TOKEN/CHAT_ID` keeps the token where a host would be)."""
+    from urllib.parse import urlsplit
+
+    out: list[str] = []
+    for url in urls:
+        out.append(url)
+        parts = urlsplit(url)
+        password = parts.netloc.rpartition("@")[0].partition(":")[2]
+        if password:
+            out.append(password)
+        words = re.split(r"[/?&=#@:]", f"{parts.netloc}/{parts.path}?{parts.query}")
+        out += [w for w in words if len(w) >= _TOKEN_LEN]
+    return out
+
+
 # The process-wide redactor: settings loading registers secrets here as soon as it reads them.
 REDACTOR = Redactor()

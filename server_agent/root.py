@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .redact import REDACTOR
+from .redact import REDACTOR, url_secrets
 
 if TYPE_CHECKING:
     from .settings import AgentSettings
@@ -52,6 +52,7 @@ class AgentRoot:
 
         settings = load_settings(self.raw_config.get("agent", {}), str(self.config_file))
         REDACTOR.add(self.secret_values(settings.secret_env))
+        REDACTOR.add(url_secrets(settings.notify))
         return settings
 
     def validate(self) -> None:

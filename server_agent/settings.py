@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import UsageError
@@ -42,12 +42,93 @@ class VerifySettings(BaseModel):
     @field_validator("log_pattern")
     @classmethod
     def _regex_compiles(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return v
+        return None if v is None else _regex(v)
+
+
+def _regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return v
+
+
+def _http(v: str) -> str:
+    if not re.match(r"https?://[^/\s]+", v):
+        raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/health")
+    return v
+
+
+class HttpCheck(BaseModel):
+    """The seed's smoke test: the answer's status and JSON fields ({tag}: the release's tag)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    kind: Literal["http"]
+    name: str | None = None
+    url: str
+    status: int = Field(200, ge=100, le=599)
+    # Top-level keys (or dotted paths) of the JSON answer and the values they must have.
+    json_fields: dict[str, Any] = Field(default_factory=dict, alias="json")
+    timeout: float = Field(2, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http(v)
+
+
+class PrometheusCheck(BaseModel):
+    """A PromQL query with one value: at or under `max`, and no more than `max_increase`
+    above its value measured just before the switch."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["prometheus"]
+    name: str | None = None
+    url: str
+    query: str = Field(min_length=1)
+    max: float | None = None
+    max_increase: float | None = Field(None, ge=0)
+    timeout: float = Field(3, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http(v)
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> PrometheusCheck:
+        if self.max is None and self.max_increase is None:
+            raise ValueError("a prometheus check needs `max`, `max_increase` or both")
+        return self
+
+
+class LogCheck(BaseModel):
+    """Matching lines per minute in the release containers' logs."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["log"]
+    name: str | None = None
+    pattern: str
+    max_per_minute: float = Field(0, ge=0)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return _regex(v)
+
+
+WatchCheck = Annotated[HttpCheck | PrometheusCheck | LogCheck, Field(discriminator="kind")]
+
+
+class WatchSettings(BaseModel):
+    """The probation after the gate (SPEC §16); `seconds: 0` turns it off."""
+
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(default=0, ge=0)
+    interval: float = Field(default=5, gt=0)
+    failure_limit: int = Field(default=1, ge=1)
+    checks: list[WatchCheck] = Field(default_factory=list)
+    inconclusive: Literal["fail", "pass"] = "fail"
 
 
 DEFAULT_MOUNTS = {
@@ -88,6 +169,13 @@ class AgentSettings(BaseSettings):
     # The release services that carry the path contract, health_url and verify (SPEC §14).
     # None: the release services that bind-mount a host directory of `mounts`.
     contract_services: list[str] | None = None
+    # The probation after the gate: checks every `interval` for `seconds` (SPEC §16).
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    # apprise URLs told after every deploy and rollback; they hold tokens (redacted as secrets).
+    notify: list[str] = Field(default_factory=list)
+    # Prometheus text file rewritten after every attempt (node_exporter's textfile collector);
+    # relative paths are relative to the agent root.
+    metrics_file: str | None = None
 
     @field_validator("compose_file")
     @classmethod
@@ -109,8 +197,23 @@ class AgentSettings(BaseSettings):
     @field_validator("health_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/health")
+        return None if v is None else _http(v)
+
+    @field_validator("notify")
+    @classmethod
+    def _apprise_urls(cls, v: list[str]) -> list[str]:
+        for n, url in enumerate(v):
+            if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://\S", url):
+                # Never echo the value: a notification URL holds its service's token.
+                raise ValueError(f"item {n} is not an apprise URL (SCHEMA://...), e.g. "
+                                 "tgram://BOT_TOKEN/CHAT_ID or json://host:port/path")
+        return v
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _metrics_path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v.endswith("/")):
+            raise ValueError("must be a file path, e.g. /var/lib/prometheus/node-exporter/obsdeploy.prom")
         return v
 
     @classmethod
