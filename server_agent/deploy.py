@@ -280,7 +280,8 @@ class Deployer:
         steps["watch"] = result.seconds
         checkpoint("watched")
         if result.ok:
-            log.info("watch passed (%.2fs, %d round(s))", result.seconds, result.rounds)
+            log.info("watch passed (%.2fs, %d round(s)%s)", result.seconds, result.rounds, "".join(
+                f"; {m.check}: {m.detail}" for m in result.last))
             return GateResult(True, "healthy", result.seconds)
         return GateResult(False, result.reason or "watch failed", result.seconds)
 

@@ -236,7 +236,7 @@ def _describe_errors(exc: ValidationError, json_keys: set[str]) -> str:
         top = str(err["loc"][0]) if err["loc"] else ""
         env_name = ENV_PREFIX + top.upper()
         if env_name in os.environ:
-            where = f"env {env_name}"
+            where = f"env {env_name}" + (f" (at {loc})" if len(err["loc"]) > 1 else "")
         elif top in json_keys:
             where = f"{CONFIG_NAME}: agent.{loc}"
         else:

@@ -68,11 +68,13 @@ class WatchResult:
     baseline: dict[str, float | None] = field(default_factory=dict)
     last: list[Measurement] = field(default_factory=list)
     failures: list[Measurement] = field(default_factory=list)
+    ended: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The history record's `watch`: why it ended, the last round, every failed one."""
         return {
-            "result": "passed" if self.ok else "failed", "reason": self.reason,
+            "result": ("passed" if self.ok else "failed") if self.ended else "watching",
+            "reason": self.reason,
             "seconds": self.seconds, "rounds": self.rounds, "baseline": self.baseline,
             "last": [m.as_dict() for m in self.last],
             "failures": [m.as_dict() for m in self.failures[-KEPT_FAILURES:]],
@@ -278,6 +280,7 @@ class Watch:
         started = time.monotonic()
         deadline = started + s.seconds
         result = WatchResult(True, None, 0.0, baseline=baseline)
+        on_round(result)  # the watch has begun
         failed = 0
         next_round = started + min(s.interval, s.seconds)
         ids = [c.id for c in containers]
@@ -302,8 +305,8 @@ class Watch:
                 result.last = round_
                 bad = [m for m in round_ if counts_as_failed(m, s.inconclusive)]
                 result.failures += [m for m in round_ if m.verdict != "pass"]
-                for m in round_:
-                    (log.warning if m.verdict != "pass" else log.info)(
+                for m in round_:  # passes only with -v: an hour's watch has hundreds of rounds
+                    (log.warning if m.verdict != "pass" else log.debug)(
                         "watch %s: %s %s", m.check, m.verdict, m.detail)
                 failed += len(bad)
                 result.seconds = round(now - started, 3)
@@ -320,7 +323,7 @@ class Watch:
 
     @staticmethod
     def _end(result: WatchResult, started: float, ok: bool, reason: str | None) -> WatchResult:
-        result.ok, result.seconds = ok, round(time.monotonic() - started, 3)
+        result.ok, result.ended, result.seconds = ok, True, round(time.monotonic() - started, 3)
         result.reason = None if reason is None else REDACTOR(f"watch: {reason}")
         return result
 
@@ -336,6 +339,6 @@ class Watch:
         if bad and not problem:
             problem = "; ".join(f"check {m.check!r} {m.verdict}: {m.detail}" for m in bad)
         result = WatchResult(problem is None, problem, 0.0, rounds=1 if measured else 0, last=measured,
-                             failures=[m for m in measured if m.verdict != "pass"])
+                             failures=[m for m in measured if m.verdict != "pass"], ended=True)
         result.seconds = round(time.monotonic() - started, 3)
         return result
