@@ -1,18 +1,19 @@
 """Notifications after every deploy and rollback (SPEC §16), through apprise.
 
-What is said is built here (`notice`, pure); `send` hands it to apprise in a thread and waits
-at most `BUDGET_S`: a notification service that hangs costs the deploy that, never its exit
+What is said is built here (`notice`, pure); `send` hands it to apprise in a child process
+and waits at most `BUDGET_S`: a notification service that hangs costs the deploy that, never its exit
 code. The URLs hold tokens: they are registered with the redactor when the settings load,
 and apprise's own log goes through the redacting handlers too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
-import threading
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .redact import REDACTOR
@@ -52,37 +53,50 @@ def notice(record: dict[str, Any], project: str, host: str | None = None) -> Not
 
 def send(urls: list[str], message: Notice, budget: float = BUDGET_S) -> bool | None:
     """Send to every URL; True when all took it, False when one refused, None when the
-    budget ran out first (the sending thread is a daemon: it never holds up the exit)."""
+    budget ran out first.
+
+    apprise runs in a child process (`python -m server_agent.notify`, the notice and URLs on
+    its stdin, never its command line) that is killed when the budget is spent: a thread
+    cannot be stopped, and the interpreter's exit waits for apprise's worker threads."""
     if not urls:
         return True
-    outcome: list[bool] = []
-
-    def deliver() -> None:
-        try:
-            import apprise
-
-            logging.getLogger("apprise").setLevel(logging.ERROR)
-            ap = apprise.Apprise()
-            added = [ap.add(u) for u in urls]
-            for n, ok in enumerate(added):
-                if not ok:
-                    log.warning("notify: apprise does not understand URL #%d (of agent.notify)", n)
-            outcome.append(bool(ap.notify(title=message.title, body=message.body,
-                                          notify_type=message.level)) and all(added))
-        except Exception as exc:  # a notification never breaks a deploy
-            log.warning("notify: %s: %s", type(exc).__name__, REDACTOR(str(exc))[:300])
-            outcome.append(False)
+    from .errors import CommandError
+    from .runner import run
 
     t0 = time.monotonic()
-    worker = threading.Thread(target=deliver, name="notify", daemon=True)
-    worker.start()
-    worker.join(budget)
+    payload = json.dumps({"urls": urls, **asdict(message)})
+    try:
+        res = run([sys.executable, "-m", "server_agent.notify"], input=payload, timeout=budget, check=False)
+    except CommandError as exc:
+        if exc.returncode == 124:
+            log.warning("notify: no answer within %gs; going on without it", budget)
+            return None
+        log.warning("notify: %s", REDACTOR(str(exc))[:300])
+        return False
     took = time.monotonic() - t0
-    if not outcome:
-        log.warning("notify: no answer within %gs; going on without it", budget)
-        return None
-    if outcome[0]:
+    for line in res.stderr.splitlines()[-5:]:
+        log.warning("notify: %s", REDACTOR(line)[:300])
+    if res.returncode == 0:
         log.info("notified %d target(s) (%.2fs)", len(urls), took)
-    else:
-        log.warning("notify: a notification failed (%.2fs); see above", took)
-    return outcome[0]
+        return True
+    log.warning("notify: a notification failed (%.2fs)", took)
+    return False
+
+
+def _deliver() -> int:
+    """The child's side: the notice from stdin to every URL through apprise."""
+    import apprise
+
+    data = json.load(sys.stdin)
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(message)s")
+    ap = apprise.Apprise()
+    added = [ap.add(u) for u in data["urls"]]
+    for n, ok in enumerate(added):
+        if not ok:
+            print(f"apprise does not understand URL #{n} of agent.notify", file=sys.stderr)
+    sent = ap.notify(title=data["title"], body=data["body"], notify_type=data["level"])
+    return 0 if sent and all(added) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_deliver())
