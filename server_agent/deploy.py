@@ -272,7 +272,8 @@ class Deployer:
 
         def journal(progress: WatchResult) -> None:
             self.state.update(watch=progress.as_dict())
-            checkpoint("watching")
+            if progress.rounds:
+                checkpoint("watching")  # a round measured and journaled
 
         result = watch.run(record["tag"], containers, since, baseline, on_round=journal)
         record["watch"] = result.as_dict()

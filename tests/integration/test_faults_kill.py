@@ -17,6 +17,7 @@ started and nobody left to gate them (documented in docs/reliability.md).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
@@ -212,3 +213,39 @@ def test_kill_9_while_the_backup_archive_is_written(agent_root: AgentRootDir) ->
         big.unlink(missing_ok=True)
         for b in (agent_root.path / "backups").glob("*"):
             b.unlink()  # 160 MB archives: don't keep them in pytest's retained tmp dirs
+
+
+# --- the watch window after the gate (SPEC §16) ------------------------------------------------
+@pytest.mark.parametrize("then", ["deploy", "rollback"])
+def test_kill_9_during_the_watch(agent_root: AgentRootDir, then: str) -> None:
+    """Killed on probation, after a round of checks: the gate passed but the watch did not
+    end, so v1.1.0 is not good; it runs with nobody watching it. The interrupted record keeps
+    the measurements so far; the next deploy, or a rollback, works without manual steps."""
+    snap = deployed(agent_root, "v1.0.0")
+    watch = {"seconds": 30, "interval": 0.3, "checks": [
+        {"kind": "http", "url": f"http://127.0.0.1:{agent_root.port}/health", "json": {"version": "{tag}"}}]}
+    res = agent_root.agent("deploy", "v1.1.0", env=agent_root.env(OBS_AGENT_DIE_AT="watching",
+                                                                  OBS_AGENT_WATCH=json.dumps(watch)))
+    assert res.returncode == -9, res.stdout + res.stderr
+    assert_state_whole(agent_root, good={"v1.0.0"})
+    assert serving(agent_root) == "v1.1.0" and running_tags(agent_root) == ["v1.1.0"]
+    snap.assert_intact(agent_root)
+    assert_interrupted(agent_root, "deploy", "v1.1.0")
+    rec = history(agent_root)[0]
+    assert rec["watch"]["result"] == "watching" and rec["watch"]["rounds"] == 1
+    assert rec["watch"]["last"][0]["verdict"] == "pass"
+    if then == "deploy":
+        assert_next_deploy_works(agent_root, "v1.2.0")
+    else:
+        # The operator's way back: the last good release, the one the watch did not replace.
+        res = agent_root.agent("rollback")
+        no_traceback(res)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert serving(agent_root) == "v1.0.0" and agent_root.last_good() == "v1.0.0"
+        assert_state_whole(agent_root)
+    # The restart policy set aside for the trial was put back by the next run.
+    import docker
+
+    for c in docker.from_env().containers.list(filters={"label": f"com.docker.compose.project={agent_root.project}"}):
+        assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped", c.name
+    snap.assert_intact(agent_root)
