@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
-from tests.parts import OUTPUTS, SECRETS, AgentRootDir, history, no_traceback
-from tests.parts_watch import HangingEndpoint, NodeExporter, NotificationSink
+from tests.parts import OUTPUTS, REPO, SECRETS, AgentRootDir, history, no_traceback
+from tests.parts_watch import HangingEndpoint, NodeExporter, NotificationSink, Prometheus, http_json
 
 pytestmark = pytest.mark.integration
 
@@ -90,11 +90,15 @@ def test_a_hanging_notification_endpoint_costs_at_most_5_s_and_never_the_exit_co
     assert took - rec["duration_s"] < 5 + 2.5, (took, rec["duration_s"])
 
 
-def test_node_exporter_reads_the_metrics_file(agent_root: AgentRootDir, tmp_path: Path) -> None:
-    if not shutil.which("prometheus-node-exporter"):
-        missing("prometheus-node-exporter (Debian package `prometheus-node-exporter`)")
+def test_node_exporter_reads_the_metrics_file_and_the_dashboard_shows_it(
+        agent_root: AgentRootDir, tmp_path: Path) -> None:
+    for binary, package in (("prometheus-node-exporter", "prometheus-node-exporter"),
+                            ("prometheus", "prometheus")):
+        if not shutil.which(binary):
+            missing(f"{binary} (Debian package `{package}`)")
     textfiles = tmp_path / "textfile"
     node = NodeExporter(textfiles).start()
+    prom = Prometheus(tmp_path / "prometheus", [f"127.0.0.1:{node.port}"]).start()
     try:
         env = agent_root.env(OBS_AGENT_METRICS_FILE=str(textfiles / "obsdeploy.prom"))
         assert agent_root.agent("deploy", "v1.0.0", env=env).returncode == 0
@@ -102,7 +106,9 @@ def test_node_exporter_reads_the_metrics_file(agent_root: AgentRootDir, tmp_path
         assert agent_root.agent("deploy", "v2.0.0-error", env=env).returncode == 20
         assert agent_root.agent("deploy", "v1.1.0", env=env).returncode == 0
         text = node.scrape()
+        assert_dashboard_queries_answer(prom, agent_root.project)
     finally:
+        prom.stop()
         node.stop()
     p = agent_root.project
     assert "node_textfile_scrape_error 0" in first and "node_textfile_scrape_error 0" in text, text
@@ -121,3 +127,26 @@ def test_node_exporter_reads_the_metrics_file(agent_root: AgentRootDir, tmp_path
     assert abs(ts - time.time()) < 120
     # Written atomically: nothing but the file itself is left beside it.
     assert [f.name for f in textfiles.iterdir()] == ["obsdeploy.prom"]
+
+
+def assert_dashboard_queries_answer(prom: Prometheus, project: str) -> None:
+    """Every panel of compose/grafana-dashboard.json, with its variables filled in, asks the
+    real Prometheus (scraping the node_exporter) something it answers with data."""
+    dashboard = json.loads((REPO / "compose" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert {m for e in exprs for m in re.findall(r"obsdeploy_\w+", e)} >= {
+        "obsdeploy_release_info", "obsdeploy_attempts_total", "obsdeploy_last_attempt_timestamp_seconds",
+        "obsdeploy_attempt_duration_seconds", "obsdeploy_healthy"}
+    import urllib.parse
+
+    for expr in exprs:
+        query = (expr.replace("$project", project).replace("$instance", ".*")
+                 .replace("$__range", "1h"))
+        deadline = time.monotonic() + 20
+        while True:
+            doc = http_json(f"{prom.url}/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+            assert doc["status"] == "success", (query, doc)
+            if doc["data"]["result"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert doc["data"]["result"], f"no data for the dashboard's {query}"
