@@ -72,6 +72,9 @@ def test_deployment_config_agent_section_is_accepted_as_is() -> None:
     assert settings.secret_env == ["KIS_API_KEY", "KIS_API_SECRET"]
     assert settings.mounts == {"./data": "/app/data/observer", "./logs": "/app/logs",
                                "./config": "/app/config"}
+    # The seed's smoke test on probation after the gate (SPEC §16).
+    assert settings.watch.seconds > 0
+    assert [c.kind for c in settings.watch.checks] == ["http", "log"]
     # No secret is ever seeded in the config file.
     assert not set(SECRETS) & set(data.get("environment", {}))
 
