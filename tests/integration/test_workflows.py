@@ -502,7 +502,9 @@ def test_the_summary_script_renders_a_report(tmp_path: Path) -> None:
         {"host": "vm1|x", "from_tag": None, "to_tag": "v1.0.0", "result": "success",
          "exit_code": 0, "seconds": 12.345},
         {"host": "vm2", "from_tag": "v0.9.0", "to_tag": "v1.0.0", "result": "rolled_back",
-         "exit_code": 20, "seconds": 30},
+         "exit_code": 20, "seconds": 30,
+         "message": "v1.0.0 failed (watch: check 'error rate' fail: 0.02 > max 0.01 (1 failed "
+                    "measurement(s), failure_limit 1)); rolled back to v0.9.0\nmore"},
     ]}))
     (temp / "obsdeploy-exit-code").write_text("20\n")
     out = tmp_path / "summary.md"
@@ -516,3 +518,6 @@ def test_the_summary_script_renders_a_report(tmp_path: Path) -> None:
     assert rows == [["vm1\\|x", "-", "v1.0.0", "success", "12.3"],
                     ["vm2", "v0.9.0", "v1.0.0", "rolled_back (exit 20)", "30.0"]]
     assert "Exit code **20**" in out.read_text()
+    # Why the release was rolled back (SPEC §16: which watch check), below the table.
+    assert ("- **vm2**: v1.0.0 failed (watch: check 'error rate' fail: 0.02 > max 0.01 (1 failed "
+            "measurement(s), failure_limit 1)); rolled back to v0.9.0") in out.read_text().splitlines()
