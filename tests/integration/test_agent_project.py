@@ -277,3 +277,42 @@ def test_a_stopped_accessory_is_started_and_a_changed_one_only_reported(project:
     [again] = running(project.project, "kv")
     assert again["Id"] == kv["Id"] and again["State"]["Health"]["Status"] == "healthy"
     assert service_state(project) == at("v1.2.0")
+
+
+def test_a_worker_that_dies_during_the_watch_walks_every_step_back(project: parts.AgentRootDir) -> None:
+    """SPEC §16 on the seed-like project: every step passed its gate, then one of the
+    start-first worker's new containers dies on probation. The whole release goes back, as
+    after a failed gate: every service on v1.0.0 again, the gateway's container_name on it,
+    the accessory untouched, last_good_tag never moved."""
+    from tests.faults import collect, spawn, wait_for
+
+    assert deploy(project, "deploy", "v1.0.0")[0] == 0
+    kv = kv_identity(project)
+    watch = {"seconds": 60, "interval": 5, "checks": [{"kind": "log", "pattern": "fatal", "max_per_minute": 5}]}
+    journal = project.path / "state" / "attempt.json"
+
+    def watching() -> bool:
+        try:
+            return json.loads(journal.read_text()).get("watch", {}).get("result") == "watching"
+        except (FileNotFoundError, ValueError):
+            return False
+
+    proc = spawn(project, "deploy", "v1.1.0", env=project.env(OBS_AGENT_WATCH=json.dumps(watch)))
+    try:
+        wait_for(watching, 90, "the watch to begin", interval=0.05)
+        assert service_state(project) == at("v1.1.0") and project.last_good() == "v1.0.0"
+        victim = running(project.project, "worker")[0]["Id"]
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        t = time.monotonic()
+    finally:
+        res = collect(proc)
+    no_traceback(res)
+    assert res.returncode == 20, res.stdout + res.stderr
+    assert time.monotonic() - t < 30
+    assert service_state(project) == at("v1.0.0")
+    gateway_name_is_on(project, "v1.0.0")
+    assert kv_identity(project) == kv
+    assert project.last_good() == "v1.0.0"
+    rec = history(project)[0]
+    assert rec["result"] == "rolled_back" and "watch: container" in rec["failure"]["reason"], rec["failure"]
+    assert rec["watch"]["result"] == "failed"
