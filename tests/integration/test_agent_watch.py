@@ -193,8 +193,12 @@ def test_an_unreachable_prometheus_is_inconclusive(agent_root: AgentRootDir) -> 
 
 # --- http and log checks, containers ---------------------------------------------------------
 def test_an_http_check_with_the_wrong_version_rolls_back(agent_root: AgentRootDir) -> None:
-    first(agent_root)
     env = watch_env(agent_root, seconds=2, interval=0.3, checks=[health_check(agent_root, version="v9.9.9")])
+    res = agent_root.agent("verify", "--json", env=env)  # nothing runs yet
+    assert res.returncode == 22 and json.loads(res.stdout)["reason"] == "no release is running", res.stdout
+    first(agent_root)
+    res = agent_root.agent("verify", env=env)
+    assert res.returncode == 22 and "version='v1.0.0', expected 'v9.9.9'" in res.stdout, res.stdout
     res = agent_root.agent("deploy", "v1.1.0", env=env)
     assert res.returncode == 20, res.stdout + res.stderr
     reason = history(agent_root)[0]["failure"]["reason"]
