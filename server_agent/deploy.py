@@ -369,7 +369,7 @@ class Deployer:
                           failed: list[ContainerInfo], new: list[ContainerInfo]) -> None:
         """Journal why the release failed, then remove this attempt's containers (best
         effort: the next run removes whatever is left)."""
-        record["failure"] = {**record.get("failure", {}), "reason": verdict.reason,
+        record["failure"] = {"reason": verdict.reason,
                              **HealthGate(self.root, self.engine).diagnostics(verdict, failed)}
         self.state.update(failure=record["failure"])
         try:
