@@ -17,8 +17,9 @@ RESULTS = ("success", "rolled_back", "failed", "interrupted")
 
 
 def _timestamp(value: Any) -> float | None:
+    # History writes "...Z"; Python 3.10's fromisoformat (the agent supports it) wants +00:00.
     try:
-        return datetime.fromisoformat(str(value)).timestamp()
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
 
