@@ -24,7 +24,7 @@ WORKFLOWS = REPO / ".github" / "workflows"
 DEPLOY = WORKFLOWS / "deploy.yml"
 CI = WORKFLOWS / "ci.yml"
 SECRET_NAMES = ("DEPLOY_HOSTS", "DEPLOY_SSH_USER", "DEPLOY_SSH_KEY", "DEPLOY_KNOWN_HOSTS")
-OK_RESULTS = ("ok", "success")  # obsdeploy's per-host result for exit 0
+OK = "ok"  # obsdeploy's per-host result for exit 0 (deploy_tool.remote.RESULT_NAMES)
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 
@@ -216,6 +216,24 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def _assert_venv_has_what_the_install_step_installs(script: str) -> None:
+    """The emulator skips the install step because the venv leading PATH already holds what
+    it installs: obsdeploy from this checkout (the step's `pip install .`, run in the
+    workspace). Checked, not assumed: a venv holding another obsdeploy would make every run of
+    the emulated job test that one instead."""
+    assert re.search(r"\bpip install\b[^\n]* \.(\s|$)", script), script
+    res = subprocess.run([str(VENV_BIN / "python"), "-c",
+                          "import deploy_tool, server_agent; "
+                          "print(deploy_tool.__file__); print(server_agent.__file__)"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for module in res.stdout.split():
+        assert Path(module).resolve().is_relative_to(REPO.resolve()), module
+    res = subprocess.run([str(VENV_BIN / "obsdeploy"), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and "release" in res.stdout, res.stdout + res.stderr
+
+
 def run_deploy_job(
     tmp: Path, *, event: str, ref_name: str = "", inputs: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None, variables: dict[str, str] | None = None,
@@ -277,8 +295,7 @@ def run_deploy_job(
             continue
         script = str(step["run"])
         if re.search(r"\bpip install\b", script):
-            assert "obsdeploy" in (VENV_BIN / "obsdeploy").name
-            assert (VENV_BIN / "obsdeploy").exists()
+            _assert_venv_has_what_the_install_step_installs(script)
             run.steps.append(StepResult(name, False, skipped_reason="install (venv has it)"))
             continue
         env_file, path_file = temp / f"env-{i}", temp / f"path-{i}"
@@ -405,8 +422,9 @@ def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
     assert not (tmp_path / "run1" / "runner-temp" / "obsdeploy-ssh").exists()  # removed
     assert agent_root.last_good() == "v1.0.0"
     (row,) = summary_rows(first.summary)
-    assert row[0].endswith(str(ssh_host.port)) or "127.0.0.1" in row[0]
-    assert row[1] in ("-", "") and row[2] == "v1.0.0" and row[3] in OK_RESULTS
+    # The host as DEPLOY_HOSTS named it, with DEPLOY_SSH_USER: the row says which VM it was.
+    assert row[0] == f"{ssh_host.user}@127.0.0.1:{ssh_host.port}", row
+    assert row[1] == "-" and row[2] == "v1.0.0" and row[3] == OK
     assert float(row[4]) > 0
     assert "Exit code **0**" in first.summary
     for secret in ("DEPLOY_SSH_KEY",):
@@ -425,7 +443,7 @@ def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
     assert back.ok, back.log()
     assert agent_root.last_good() == "v1.0.0"
     (row,) = summary_rows(back.summary)
-    assert row[1:3] == ["v1.1.0", "v1.0.0"] and row[3] in OK_RESULTS
+    assert row[1:3] == ["v1.1.0", "v1.0.0"] and row[3] == OK
     assert "obsdeploy rollback" in back.summary
 
 
@@ -445,9 +463,9 @@ def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
     assert bad.step("Summary").code == 0 and bad.step("Remove the SSH key").code == 0
     assert "Exit code **20**" in bad.summary
     (row,) = summary_rows(bad.summary)
-    # "to" is where the host ended up (obsdeploy reports the rolled-back-to release there);
-    # the attempted version is in the heading.
-    assert row[1] == "v1.0.0" and row[2] in ("v1.0.0", "v2.0.0-error"), row
+    # "to" is where the host ended up: the release it was rolled back to (obsdeploy takes it
+    # from the agent's answer, current_tag); the attempted version is in the heading.
+    assert row[1] == "v1.0.0" and row[2] == "v1.0.0", row
     assert row[3] == "rolled_back (exit 20)", row
     assert "obsdeploy deploy v2.0.0-error" in bad.summary
     assert agent_root.last_good() == "v1.0.0"
@@ -485,7 +503,7 @@ def test_several_hosts_from_the_secret_each_get_a_row(
         assert job.ok, job.log()
         rows = summary_rows(job.summary)
         assert [r[0].rsplit(":", 1)[1] for r in rows] == [str(first.port), str(second.port)]
-        assert all(r[2] == "v1.0.0" and r[3] in OK_RESULTS for r in rows), rows
+        assert all(r[2] == "v1.0.0" and r[3] == OK for r in rows), rows
         assert agent_root.last_good() == other_root.last_good() == "v1.0.0"
     finally:
         first.stop()
