@@ -287,9 +287,7 @@ class Engine:
         import requests
         from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-        repo, _, tag = ref.rpartition(":")
-        if "/" in tag or not repo:
-            repo, tag = ref, "latest"
+        repo, tag = pull_reference(ref)
 
         @retry(
             retry=retry_if_exception(_transient),
@@ -446,6 +444,18 @@ class Engine:
             {"exit_code": e.get("ExitCode"), "output": REDACTOR(str(e.get("Output", "")))[-500:]}
             for e in entries[-5:]
         ]
+
+
+def pull_reference(ref: str) -> tuple[str, str]:
+    """(repository, tag or digest) for the engine's pull API, as the docker CLI pulls `ref`:
+    `img@sha256:…` and `img:tag@sha256:…` pull the digest (the tag of a digest-pinned
+    reference only documents it), `img:tag` the tag, `img` `latest`. A registry's port
+    (`host:5000/img`) is not a tag."""
+    from docker.utils import parse_repository_tag
+
+    name, digest = ref.rsplit("@", 1) if "@" in ref else (ref, None)
+    repo, tag = parse_repository_tag(name)
+    return repo, digest or tag or "latest"
 
 
 def running_tag(containers: list[ContainerInfo]) -> str | None:

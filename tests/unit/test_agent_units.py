@@ -366,3 +366,17 @@ def test_restore_refuses_a_member_outside_before_writing_anything(tmp_path: Path
     assert not (root / "config").exists()
     with pytest.raises(UsageError, match="invalid backup name"):
         BackupArchive(AgentRoot(root)).restore("../evil.tar")
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("img", ("img", "latest")),
+    ("img:v1.2.3", ("img", "v1.2.3")),
+    ("127.0.0.1:5000/obs/img", ("127.0.0.1:5000/obs/img", "latest")),
+    ("127.0.0.1:5000/obs/img:v1", ("127.0.0.1:5000/obs/img", "v1")),
+    ("ghcr.io/o/img@sha256:" + "a" * 64, ("ghcr.io/o/img", "sha256:" + "a" * 64)),
+    ("127.0.0.1:5000/img:v1@sha256:" + "b" * 64, ("127.0.0.1:5000/img", "sha256:" + "b" * 64)),
+])
+def test_pull_reference_splits_tags_digests_and_registry_ports(ref: str, expected: tuple[str, str]) -> None:
+    from server_agent.engine import pull_reference
+
+    assert pull_reference(ref) == expected
