@@ -469,7 +469,12 @@ class Deployer:
             running = self.engine.project_containers(self.root.project)
             if current and running_tag(running) != current:
                 return current
-        for t in reversed(self.state.good_tags()):
+        line = self.state.release_line()
+        if current in line:
+            below = line[:len(line) - 1 - line[::-1].index(current)]
+        else:  # last_good_tag came from elsewhere (a corrupt file, a hand edit): the newest
+            below = line
+        for t in reversed(below):
             if t != current:
                 return t
         raise UsageError(

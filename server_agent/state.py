@@ -229,6 +229,23 @@ class ReleaseState:
         return [str(r["tag"]) for r in self.history.records()
                 if r.get("result") == "success" and isinstance(r.get("tag"), str)]
 
+    def release_line(self) -> list[str]:
+        """The good releases as a stack, oldest first, replayed from history: a successful
+        deploy puts its tag on top; a successful rollback to a tag in the stack takes off
+        what lies above it (a rollback to a tag not in it puts it on top). `rollback`
+        without a tag goes to the one below the top, so repeated rollbacks walk back
+        v3 → v2 → v1 instead of flip-flopping between the two newest."""
+        line: list[str] = []
+        for r in self.history.records():
+            tag = r.get("tag")
+            if r.get("result") != "success" or not isinstance(tag, str):
+                continue
+            if r.get("action") == "rollback" and tag in line:
+                del line[len(line) - line[::-1].index(tag):]
+            else:
+                line.append(tag)
+        return line
+
     # --- the journal of the attempt in progress --------------------------------------------
     def begin(self, record: dict[str, Any]) -> None:
         atomic_write(self.journal_path, json.dumps(REDACTOR.obj(record)))

@@ -380,3 +380,24 @@ def test_pull_reference_splits_tags_digests_and_registry_ports(ref: str, expecte
     from server_agent.engine import pull_reference
 
     assert pull_reference(ref) == expected
+
+
+def test_release_line_walks_back_through_rollbacks(tmp_path: Path) -> None:
+    state = ReleaseState(tmp_path / "state")
+    state.ensure()
+
+    def rec(action: str, tag: str, result: str = "success") -> None:
+        state.history.append({"action": action, "tag": tag, "result": result})
+
+    for t in ("v1", "v2", "v3"):
+        rec("deploy", t)
+    rec("deploy", "v4", "rolled_back")  # failed attempts are not part of the line
+    assert state.release_line() == ["v1", "v2", "v3"]
+    rec("rollback", "v2")
+    assert state.release_line() == ["v1", "v2"]
+    rec("rollback", "v1")
+    assert state.release_line() == ["v1"]
+    rec("deploy", "v3")
+    assert state.release_line() == ["v1", "v3"]
+    rec("rollback", "v9")  # a rollback to a release not in the line puts it on top
+    assert state.release_line() == ["v1", "v3", "v9"]
