@@ -134,6 +134,7 @@ class Deployer:
         # and a rollback's release, only when missing.
         self.engine.pull(ours if action == "deploy" else self._missing(ours))
         self.engine.pull(self._missing(others))
+        self.engine.check_platform(ours)
         steps["pull"] = _since(t)
         return plan, config
 

@@ -278,6 +278,28 @@ class Engine:
                 return False
             raise
 
+    def platform(self) -> str:
+        """The engine's own platform, `os/arch` as images name it (linux/amd64)."""
+        v = self._get("/version")
+        return f"{v.get('Os', 'linux')}/{v.get('Arch', 'unknown')}"
+
+    def check_platform(self, refs: list[str]) -> None:
+        """Refuse images built for another platform (an arm64 image built on a laptop for an
+        amd64 VM): run, they would fail with `exec format error` after the old release
+        stopped. Called after the pull, before anything running is touched."""
+        host = self.platform()
+        wrong = []
+        for ref in refs:
+            img = self._get(f"/images/{quote(ref, safe='')}/json")
+            built = f"{img.get('Os') or 'linux'}/{img.get('Architecture') or 'unknown'}"
+            if built != host:
+                wrong.append(f"{ref} is built for {built}")
+        if wrong:
+            raise ImageError(
+                f"{'; '.join(wrong)}, but this host's engine runs {host}; nothing was changed",
+                hint=f"build the image for {host} (obsdeploy.toml: platforms = [\"{host}\"]), "
+                     "release it again, then deploy")
+
     def pull(self, refs: list[str]) -> None:
         for ref in refs:
             self._pull_one(ref)
