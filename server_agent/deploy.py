@@ -361,7 +361,7 @@ class Deployer:
                 step = Step(sw.step.order, tuple(s for s in sw.step.services if s.name in names))
                 if step.services:
                     back = self.rollout.switch(step, previous, prev_root, prev_config, reuse=True,
-                                               hold=lambda _: None, avoid=sw.new)
+                                               hold=lambda *_: None, avoid=sw.new)
                     self.rollout.settle_names(step)
                     restored += back.new
         return restored
@@ -424,15 +424,27 @@ class Deployer:
             notify.send(settings.notify, notify.notice(record, self.root.project))
 
     # --- restart policies and leftovers ----------------------------------------------------
-    def _hold_restarts(self, containers: list[ContainerInfo]) -> None:
+    def _hold_restarts(self, trial: list[ContainerInfo], stopping: list[ContainerInfo]) -> None:
         """A release on trial runs without its restart policy: a crash leaves it exited, so
         the gate's verdict and its removal are immediate instead of racing Docker's restarts.
-        The policies are put back once the gate has spoken (and, after a kill, by the next
-        run, from the journal)."""
-        for c in containers:
+
+        The old containers that stop for it get `always` meanwhile (when they had
+        `unless-stopped`): Docker starts an `always` container when the daemon starts even
+        though it was stopped by hand, so a reboot while the agent is dead (kill -9 during
+        the gate) brings the last good release back, and not the one on trial. The original
+        policies are journaled before they change, and put back once the gate has spoken
+        (after a kill, by the next run, from the journal)."""
+        policies: dict[str, dict[str, Any]] = {}
+        for c in trial:
             self._held.setdefault(c.id, c.restart_policy)
-            self.engine.set_restart_policy(c.id, {"Name": "no"})
+            policies[c.id] = {"Name": "no"}
+        for c in stopping:
+            if c.restart_policy.get("Name") == "unless-stopped":
+                self._held.setdefault(c.id, c.restart_policy)
+                policies[c.id] = {"Name": "always"}
         self.state.update(held_restarts=self._held)
+        for cid, policy in policies.items():
+            self.engine.set_restart_policy(cid, policy)
 
     def _release_restarts(self) -> None:
         for cid, policy in list(self._held.items()):

@@ -64,7 +64,7 @@ class Rollout:
 
     # --- one step forward -------------------------------------------------------------------
     def switch(self, step: Step, tag: str, root: AgentRoot, config: ComposeConfig, *,
-               reuse: bool, hold: Callable[[list[ContainerInfo]], None],
+               reuse: bool, hold: Callable[[list[ContainerInfo], list[ContainerInfo]], None],
                on_stopped: Callable[[], None] | None = None,
                avoid: Sequence[ContainerInfo] = ()) -> Switch:
         """Start `tag` for the step's services: their kept stopped containers of `tag` when
@@ -77,8 +77,8 @@ class Rollout:
         if missing:
             new.update(self._create(step, tag, root, config, existing, missing, avoid))
         started = [c for s in step.names for c in new[s]]
-        hold(started)
         stop_first = [c for c in old if step.services_by_name[c.service].strategy == "stop-first"]
+        hold(started, stop_first)
         t = time.monotonic()
         self.engine.stop(stop_first)
         if on_stopped is not None:

@@ -110,3 +110,43 @@ def test_engine_restarted_during_the_health_gate(engine_root: EngineRoot,
     assert json.dumps(history(root)[0])  # whole record
     snap.assert_intact(root)
     assert_next_deploy_works(root, "v1.1.0")
+
+
+def test_a_reboot_after_kill_9_during_the_gate_brings_the_last_good_release_back(
+        engine_root: EngineRoot, private_engine: PrivateEngine) -> None:
+    """Issue 12: the agent is killed (-9) while it gates a new release, then the machine
+    reboots (dockerd stops its containers and starts again) before anyone runs the agent.
+    The last good release must come back by itself: the new release's restart policy is set
+    aside while it is on trial, and the stopped old release must not stay down with it."""
+    root = engine_root
+    res = root.agent("deploy", "v1.0.0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    proc = spawn(root, "deploy", "v2.0.0-slow")  # answers "initializing" for 3 s
+    try:
+        wait_for(lambda: running_tags(root) == ["v2.0.0-slow"], 60, "v2.0.0-slow to start")
+    finally:
+        proc.kill()
+        collect(proc, timeout=60)
+    private_engine.restart()
+    wait_for(lambda: serving(root) == "v1.0.0", 60, "v1.0.0 to serve again after the reboot",
+             interval=0.2)
+    assert running_tags(root) == ["v1.0.0"]
+    assert root.last_good() == "v1.0.0"
+    assert status(root)["last_action"]["result"] == "interrupted"
+    assert_next_deploy_works(root, "v1.1.0")
+    # Once a release has passed its gate, every container has its compose restart policy
+    # again: the stopped old one stays stopped at the next reboot, the new one comes back.
+    policies = {c["Id"]: (c["State"]["Running"], c["HostConfig"]["RestartPolicy"]["Name"])
+                for c in _inspect_project(private_engine, root.project)}
+    assert sorted(policies.values()) == sorted(
+        [(True, "unless-stopped")] + [(False, "unless-stopped")] * (len(policies) - 1)), policies
+    private_engine.restart()
+    wait_for(lambda: serving(root) == "v1.1.0", 60, "v1.1.0 to serve after a second reboot",
+             interval=0.2)
+    assert running_tags(root) == ["v1.1.0"]
+
+
+def _inspect_project(engine: PrivateEngine, project: str) -> list[dict]:  # type: ignore[type-arg]
+    ids = engine.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"
+                        ).stdout.split()
+    return json.loads(engine.docker("inspect", *ids).stdout) if ids else []
