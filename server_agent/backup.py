@@ -1,8 +1,8 @@
 """BackupArchive: uncompressed tar archives in DIR/backups/ (mode 0600), create/list/restore/prune.
 
 Speed and consistency (SPEC §7.4): a deploy *captures* the backup at the moment the old release
-has stopped writing (a stat walk, open file descriptors for large files, small files read into
-memory: milliseconds), starts the new release, and *writes* the archive while the health gate
+has stopped writing (a stat walk, open file descriptors for large files, small files copied
+into a spool file: milliseconds), starts the new release, and *writes* the archive while the health gate
 runs. Large files are copied up to the size they had at capture, in the kernel
 (`copy_file_range`), so 1 GiB costs about a second instead of the ~38 s of `tar -czf`.
 This relies on large files (the JSONL archive, logs) being append-only, which the observer's are.
@@ -17,6 +17,7 @@ import os
 import stat
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,19 +29,31 @@ from .root import AgentRoot
 
 log = logging.getLogger("obs.backup")
 
-# Files at most this big are read into memory at capture: config files may be rewritten in
-# place, so their content must be taken while the writer is stopped.
+# Files at most this big are copied at capture: config files may be rewritten in place, so
+# their content must be taken while the writer is stopped. They are copied into a spool file
+# beside the archives (in the kernel, copy_file_range), not into memory: the agent's memory
+# stays flat whatever the tree holds.
 SMALL_FILE = 256 * 1024
+# Large files are held open at capture and copied while the gate runs. At most this many
+# (and at most a quarter of the process's open-file limit) are held; the large files beyond
+# are copied into the spool at capture, like small ones: a tree with thousands of large
+# files costs some capture time instead of failing with "too many open files".
+MAX_HELD_FILES = 128
 SUFFIX = ".tar"
 _BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 64 * 1024 * 1024
 
 
+class BackupError(ObsError):
+    """The backup cannot be made (a directory that cannot be read, a file that cannot be
+    opened): a deploy fails rather than run without it."""
+
+
 @dataclass
 class _Entry:
     info: tarfile.TarInfo
-    data: bytes | None = None  # small files
-    fd: int | None = None  # large files, copied up to info.size
+    spooled: int | None = None  # offset of the content in the snapshot's spool
+    fd: int | None = None  # large files held open, copied up to info.size
 
 
 @dataclass
@@ -49,6 +62,8 @@ class BackupSnapshot:
 
     name: str
     entries: list[_Entry] = field(default_factory=list)
+    spool: int | None = None  # an unlinked file holding the content copied at capture
+    spool_size: int = 0
 
     def close(self) -> None:
         for e in self.entries:
@@ -56,6 +71,21 @@ class BackupSnapshot:
                 with contextlib.suppress(OSError):
                     os.close(e.fd)
                 e.fd = None
+        if self.spool is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.spool)
+            self.spool = None
+
+    @property
+    def held(self) -> int:
+        return sum(1 for e in self.entries if e.fd is not None)
+
+
+def _held_limit() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, min(MAX_HELD_FILES, (soft if soft > 0 else 1024) // 4))
 
 
 class BackupArchive:
@@ -72,28 +102,36 @@ class BackupArchive:
     def capture(self, label: str) -> BackupSnapshot:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         snap = BackupSnapshot(name=f"backup-{stamp}-{_safe(label)}{SUFFIX}")
+        self._ensure_dir()
         try:
+            with tempfile.TemporaryFile(dir=self.dir) as spool:  # unlinked at once
+                snap.spool = os.dup(spool.fileno())
+            limit = _held_limit()
             for rel in self.members_to_back_up():
-                self._capture_tree(self.root.path / rel, snap)
+                self._capture_tree(self.root.path / rel, snap, limit)
         except BaseException:
             snap.close()
             raise
         return snap
 
-    def _capture_tree(self, top: Path, snap: BackupSnapshot) -> None:
-        paths = [top]
-        if top.is_dir() and not top.is_symlink():
-            for dirpath, dirnames, filenames in os.walk(top):
-                dirnames.sort()
-                if Path(dirpath) == self.root.state_dir:
-                    # The lock and the in-flight journal are not state worth restoring.
-                    filenames = [f for f in filenames if f not in {"deploy.lock", "attempt.json"}]
-                paths += [Path(dirpath, d) for d in dirnames]
-                paths += [Path(dirpath, f) for f in sorted(filenames)]
-        for p in paths:
-            self._capture_one(p, snap)
+    def _capture_tree(self, top: Path, snap: BackupSnapshot, limit: int) -> None:
+        def unreadable(exc: OSError) -> None:
+            raise BackupError(
+                f"cannot read {exc.filename}: {exc.strerror}; the backup would miss what is in it",
+                hint="make it readable by the agent (or move it out of backup_paths)") from None
 
-    def _capture_one(self, path: Path, snap: BackupSnapshot) -> None:
+        self._capture_one(top, snap, limit)
+        if not top.is_dir() or top.is_symlink():
+            return
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
+            dirnames.sort()
+            if Path(dirpath) == self.root.state_dir:
+                # The lock and the in-flight journal are not state worth restoring.
+                filenames = [f for f in filenames if f not in {"deploy.lock", "attempt.json"}]
+            for name in [*dirnames, *sorted(filenames)]:
+                self._capture_one(Path(dirpath, name), snap, limit)
+
+    def _capture_one(self, path: Path, snap: BackupSnapshot, limit: int) -> None:
         arcname = str(path.relative_to(self.root.path))
         try:
             st = os.lstat(path)
@@ -111,46 +149,68 @@ class BackupArchive:
             info.linkname = os.readlink(path)
             snap.entries.append(_Entry(info))
         elif stat.S_ISREG(st.st_mode):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise BackupError(f"cannot read {path}: {exc.strerror}",
+                                  hint="make it readable by the agent (or move it out of "
+                                       "backup_paths)") from None
             size = os.fstat(fd).st_size
-            info.size = size
-            if size <= SMALL_FILE:
-                try:
-                    data = os.pread(fd, size, 0)
-                finally:
-                    os.close(fd)
-                info.size = len(data)
-                snap.entries.append(_Entry(info, data=data))
-            else:
+            if size > SMALL_FILE and snap.held < limit:
+                info.size = size
                 snap.entries.append(_Entry(info, fd=fd))
+                return
+            try:
+                assert snap.spool is not None
+                offset = snap.spool_size
+                os.lseek(snap.spool, offset, os.SEEK_SET)
+                info.size = _copy_range(fd, snap.spool, size)
+                snap.spool_size += info.size
+            finally:
+                os.close(fd)
+            snap.entries.append(_Entry(info, spooled=offset))
         # sockets, fifos, devices: not data worth keeping
 
     # --- write -----------------------------------------------------------------------------
-    def write(self, snap: BackupSnapshot) -> Path:
-        """Write the archive to NAME.partial, fsync, rename. On any error nothing is left."""
+    def _ensure_dir(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+
+    def write(self, snap: BackupSnapshot) -> Path:
+        """Write the archive to NAME.partial, fsync, rename. On any error nothing is left.
+
+        A large file that shrank since the capture (logrotate's copytruncate, a log reopened
+        with "w") is archived as it is now, up to where it ends: its header is rewritten
+        with the size copied, and a warning says so. A release is never failed for it."""
+        self._ensure_dir()
         final = self.dir / snap.name
         partial = final.with_name(final.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         total = sum(e.info.size for e in snap.entries if e.info.isreg())
         written = 0
         try:
-            with os.fdopen(fd, "wb", closefd=False) as out, track(f"backup {snap.name}") as tracker:
+            with track(f"backup {snap.name}") as tracker:
                 for e in snap.entries:
-                    out.write(e.info.tobuf(format=tarfile.PAX_FORMAT))
-                    if e.data is not None:
-                        out.write(e.data)
+                    header_at = os.lseek(fd, 0, os.SEEK_CUR)
+                    header = e.info.tobuf(format=tarfile.PAX_FORMAT)
+                    _write_all(fd, header)
+                    if e.spooled is not None:
+                        assert snap.spool is not None
+                        _copy_range(snap.spool, fd, e.info.size, src_offset=e.spooled,
+                                    on_copied=_advance(tracker, written, total))
                     elif e.fd is not None:
-                        out.flush()
-                        _copy_range(e.fd, fd, e.info.size, e.info.name,
-                                    _advance(tracker, written, total))
+                        copied = _copy_range(e.fd, fd, e.info.size,
+                                             on_copied=_advance(tracker, written, total))
+                        if copied < e.info.size:
+                            self._shrunk(fd, e.info, header, header_at, copied)
                     if e.info.isreg():
                         written += e.info.size
                         tracker.update(written, total)
                         if e.info.size % _BLOCK:
-                            out.write(b"\0" * (_BLOCK - e.info.size % _BLOCK))
-                out.write(b"\0" * (2 * _BLOCK))
+                            _write_all(fd, b"\0" * (_BLOCK - e.info.size % _BLOCK))
+                _write_all(fd, b"\0" * (2 * _BLOCK))
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -169,6 +229,21 @@ class BackupArchive:
         finally:
             os.close(dfd)
         return final
+
+    @staticmethod
+    def _shrunk(fd: int, info: tarfile.TarInfo, header: bytes, header_at: int, copied: int) -> None:
+        captured = info.size
+        info.size = copied
+        again = info.tobuf(format=tarfile.PAX_FORMAT)
+        if len(again) == len(header):
+            os.pwrite(fd, again, header_at)
+        else:  # the header's own length changed (a size past 8 GiB): keep it, pad with zeros
+            info.size = captured
+            _write_all(fd, b"\0" * (captured - copied))
+        log.warning("%s shrank from %d to %d bytes while the backup was written (truncated by "
+                    "logrotate's copytruncate, or reopened for writing?); archived %s", info.name,
+                    captured, copied, "what was there" if info.size == copied
+                    else "what was there, padded with zeros to its captured size")
 
     def create(self, label: str) -> Path:
         return self.write(self.capture(label))
@@ -190,10 +265,11 @@ class BackupArchive:
         return removed
 
     # --- restore ---------------------------------------------------------------------------
-    def restore(self, name: str) -> Path:
+    def restore(self, name: str, before_writing: Callable[[], None] | None = None) -> Path:
         """Extract NAME over DIR (state/ excepted: history stays truthful). A member that would
         land outside DIR refuses the whole archive before anything is written. The current
-        files are backed up first, so a restore never loses data either."""
+        files are backed up first, so a restore never loses data either. `before_writing` is
+        called once the archive is found sound, before the first file is touched."""
         if not hasattr(tarfile, "data_filter"):
             raise UsageError(
                 f"this Python ({sys.version.split()[0]}) has no tarfile extraction filters, which "
@@ -225,6 +301,8 @@ class BackupArchive:
                             f"{dest} ({type(exc).__name__})",
                             hint="this archive was not made by obs-agent or has been tampered with",
                         ) from None
+                if before_writing is not None:
+                    before_writing()
                 safety = self.create("pre-restore")
                 wanted = [m for m in members if m.name != "state" and not m.name.startswith("state/")]
                 tar.extractall(dest, members=wanted, filter="data")
@@ -240,24 +318,34 @@ def _advance(tracker: Tracker, base: int, total: int) -> Callable[[int], None]:
     return lambda copied: tracker.update(base + copied, total)
 
 
-def _copy_range(src: int, dst: int, size: int, name: str,
-                on_copied: Callable[[int], None] | None = None) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(src: int, dst: int, size: int, src_offset: int = 0,
+                on_copied: Callable[[int], None] | None = None) -> int:
+    """Copy `size` bytes of `src` from `src_offset` to `dst`'s position, in the kernel where
+    it can. Returns the bytes copied: fewer when `src` ends sooner (it shrank)."""
     off = 0
     while off < size:
         try:
             # In chunks, so a large file's progress can be shown while it is copied.
-            n = os.copy_file_range(src, dst, min(size - off, _CHUNK), off)
+            n = os.copy_file_range(src, dst, min(size - off, _CHUNK), src_offset + off)
         except OSError as exc:
             if exc.errno in (18, 38, 95):  # EXDEV, ENOSYS, EOPNOTSUPP: fall back to read/write
-                n = os.write(dst, os.pread(src, min(1 << 20, size - off), off))
+                chunk = os.pread(src, min(1 << 20, size - off), src_offset + off)
+                _write_all(dst, chunk)
+                n = len(chunk)
             else:
                 raise
         if n == 0:
-            raise ObsError(f"{name} shrank while being backed up",
-                           hint="a file under backup_paths was truncated; run the backup again")
+            break
         off += n
         if on_copied is not None:
             on_copied(off)
+    return off
 
 
 def _safe(label: str) -> str:

@@ -301,10 +301,16 @@ def backup() -> None:
 @backup.command("create")
 @click.pass_obj
 def backup_create(ctx: Ctx) -> None:
-    """Archive backup_paths, the compose file, the config and the state now."""
+    """Archive backup_paths, the compose file, the config and the state now (under the
+    deploy lock: never in the middle of a deploy's switch)."""
     from .backup import BackupArchive
+    from .state import ReleaseState
 
-    path = BackupArchive(ctx.load_root()).create("manual")
+    root = ctx.load_root()
+    state = ReleaseState(root.state_dir)
+    state.ensure()
+    with state.lock.hold("backup create", "-"):
+        path = BackupArchive(root).create("manual")
     click.echo(path.name)
 
 
@@ -325,12 +331,49 @@ def backup_list(ctx: Ctx, as_json: bool) -> None:
 
 @backup.command("restore")
 @click.argument("name")
+@click.option("--stop", "stop_running", is_flag=True,
+              help="Stop the running containers that write under DIR, restore, then start "
+                   "them again (without it, a restore under a running release is refused).")
 @click.pass_obj
-def backup_restore(ctx: Ctx, name: str) -> None:
-    """Restore NAME over DIR (state/ excepted); the current files are backed up first."""
+def backup_restore(ctx: Ctx, name: str, stop_running: bool) -> None:
+    """Restore NAME over DIR (state/ excepted); the current files are backed up first.
+    Takes the deploy lock, and refuses while a container of the project bind-mounts
+    something under DIR (it would be writing into the files being replaced), unless --stop."""
     from .backup import BackupArchive
+    from .engine import Engine
+    from .errors import UsageError
+    from .state import ReleaseState
 
-    safety = BackupArchive(ctx.load_root()).restore(name)
+    root = ctx.load_root()
+    state = ReleaseState(root.state_dir)
+    state.ensure()
+    with state.lock.hold("backup restore", name):
+        engine = Engine()
+        under = str(root.path.resolve())
+        writers = [c for c in engine.project_containers(root.project) if c.running and any(
+            src == under or src.startswith(under + "/") for src, _ in c.binds)]
+        names = ", ".join(c.name for c in writers)
+        if writers and not stop_running:
+            tags = sorted({c.tag for c in writers if c.tag})
+            raise UsageError(
+                f"refusing to restore {name}: {names} ({', '.join(tags) or 'running'}) "
+                f"write under {root.path}, and restoring would replace their files under them",
+                hint=f"obs-agent backup restore {name} --stop (stops them, restores, starts "
+                     "them again), or stop the release yourself first")
+        stopped: list[Any] = []
+
+        def stop_writers() -> None:
+            if writers:
+                click.echo(f"stopping {names} to restore {name}", err=True)
+                engine.stop(writers)
+                stopped.extend(writers)
+
+        try:
+            safety = BackupArchive(root).restore(name, before_writing=stop_writers)
+        finally:
+            if stopped:
+                engine.start(stopped)
+                click.echo(f"started {names} again", err=True)
     click.echo(f"restored {name}; the files it replaced are in {safety.name}")
 
 

@@ -224,7 +224,7 @@ class Deployer:
                 self._writing = pool.submit(self._write_backup, snapshot[0])
                 pool.shutdown(wait=False)
             if sw.start_error:
-                verdict = GateResult(False, f"could not start {tag}: {sw.start_error}", 0.0)
+                verdict = GateResult(False, sw.start_error, 0.0)
             else:
                 verdict = gate.wait(tag, sw.new, sw.started_ns, contract=step.contract)
             steps["gate"] = round(steps.get("gate", 0) + verdict.seconds, 3)
@@ -253,7 +253,6 @@ class Deployer:
         # good one): going back is then a start. What ran before this attempt is not always
         # that release (after a killed attempt it may be a release that never passed).
         self._drop_stopped(keep_tag=previous_good)
-        self.backups.prune()
         return self._finish(record, "success", steps, t0, ExitCode.OK,
                             f"{tag} is healthy (gate {steps.get('gate', 0):.2f}s)")
 
@@ -395,6 +394,12 @@ class Deployer:
         error = self._collect_backup(record)
         if error is not None:
             log.warning("the backup of this attempt failed: %s", REDACTOR(str(error)))
+        # Every attempt that reached its backup prunes, failed ones too: a run of failing
+        # releases must not fill the disk with archives.
+        try:
+            self.backups.prune()
+        except OSError as exc:
+            log.warning("could not prune old backups: %s", exc)
         for key in JOURNAL_ONLY:
             record.pop(key, None)
         record.update(result=result, finished_at=now_iso(), duration_s=_since(t0),

@@ -82,7 +82,18 @@ class Rollout:
         t = time.monotonic()
         self.engine.stop(stop_first)
         if on_stopped is not None:
-            on_stopped()
+            try:
+                on_stopped()
+            except Exception as exc:
+                # The backup could not be captured: the new release must not start without
+                # it, and the old one is stopped. The step is reported as failed to start,
+                # so the caller walks it back (the old containers start again, gated).
+                if engine_down(exc):
+                    raise
+                log.error("backup failed after %s stopped: %s", ", ".join(step.names),
+                          REDACTOR(str(exc)))
+                return Switch(step, tag, old, started, _since(t), time.time_ns(),
+                              f"backup failed: {REDACTOR(str(exc))[:500]}")
         checkpoint("stopped")
         started_ns = time.time_ns()
         try:
@@ -91,7 +102,8 @@ class Rollout:
             if engine_down(exc):
                 raise
             log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
-            return Switch(step, tag, old, started, _since(t), started_ns, REDACTOR(str(exc))[:500])
+            return Switch(step, tag, old, started, _since(t), started_ns,
+                          f"could not start {tag}: {REDACTOR(str(exc))[:500]}")
         swap_s = _since(t)
         log.info("started %s: %s (%.2fs)", tag, ", ".join(c.name for c in started), swap_s)
         return Switch(step, tag, old, started, swap_s, started_ns)

@@ -401,3 +401,76 @@ def test_release_line_walks_back_through_rollbacks(tmp_path: Path) -> None:
     assert state.release_line() == ["v1", "v3"]
     rec("rollback", "v9")  # a rollback to a release not in the line puts it on top
     assert state.release_line() == ["v1", "v3", "v9"]
+
+
+def test_backup_archives_a_file_that_shrank_while_written(tmp_path: Path) -> None:
+    """logrotate's copytruncate between the capture and the write: what is there is archived,
+    and the archive stays whole (the member after it reads back right)."""
+    root = _root(tmp_path)
+    (root / "logs").mkdir()
+    big = root / "logs" / "a.log"
+    big.write_bytes(b"x" * 600_000)
+    (root / "logs" / "b.txt").write_text("after\n")
+    ar = BackupArchive(AgentRoot(root))
+    snap = ar.capture("t")
+    with open(big, "r+b") as f:  # copytruncate: the content moved away, the file emptied...
+        f.truncate(0)
+    big.write_bytes(b"y" * 1000)  # ...and the writer goes on
+    path = ar.write(snap)
+    with tarfile.open(path) as tar:
+        member = tar.getmember("logs/a.log")
+        assert member.size == 1000
+        assert tar.extractfile(member).read() == b"y" * 1000  # type: ignore[union-attr]
+        assert tar.extractfile("logs/b.txt").read() == b"after\n"  # type: ignore[union-attr]
+
+
+def test_backup_of_thousands_of_large_files_holds_few_open_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2000 'large' files (SMALL_FILE lowered to 1 KiB for speed) under an open-file limit of
+    256: a capture that held one descriptor per large file failed with EMFILE."""
+    import resource
+
+    import server_agent.backup as backup
+
+    monkeypatch.setattr(backup, "SMALL_FILE", 1024)
+    root = _root(tmp_path)
+    logs = root / "logs"
+    for d in range(20):
+        (logs / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (logs / f"d{d}" / f"f{i}.log").write_bytes(f"{d}-{i}\n".encode() * 400)  # ~3 KiB
+    ar = BackupArchive(AgentRoot(root))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        snap = ar.capture("t")
+        assert snap.held <= 64
+        path = ar.write(snap)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with tarfile.open(path) as tar:
+        names = {m.name for m in tar.getmembers() if m.isreg()}
+        assert len([n for n in names if n.startswith("logs/")]) == 2000
+        assert tar.extractfile("logs/d19/f99.log").read() == b"19-99\n" * 400  # type: ignore[union-attr]
+
+
+def test_backup_capture_memory_stays_flat(tmp_path: Path) -> None:
+    """300 small files of 200 KiB (60 MB): the capture copies them into a spool file, it does
+    not hold them in memory until the archive is written."""
+    import tracemalloc
+
+    root = _root(tmp_path)
+    (root / "config").mkdir()
+    for i in range(300):
+        (root / "config" / f"c{i}.json").write_bytes(bytes([i % 256]) * 200 * 1024)
+    ar = BackupArchive(AgentRoot(root))
+    tracemalloc.start()
+    try:
+        snap = ar.capture("t")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, peak
+    path = ar.write(snap)
+    with tarfile.open(path) as tar:
+        assert tar.extractfile("config/c299.json").read() == bytes([299 % 256]) * 200 * 1024  # type: ignore[union-attr]
