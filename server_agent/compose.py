@@ -61,6 +61,7 @@ class ServiceSpec:
     published_ports: list[str]  # fixed host ports ("127.0.0.1:8000"); ephemeral ones are not listed
     container_ports: list[str]  # every port the service publishes, as "target/protocol"
     depends_on: list[str]
+    user: str | None = None  # compose's `user:`, e.g. "1000:1000"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def _service_spec(name: str, svc: dict[str, Any], template: str) -> ServiceSpec:
         ],
         container_ports=[f"{p.get('target')}/{p.get('protocol') or 'tcp'}" for p in ports],
         depends_on=sorted((svc.get("depends_on") or {}).keys()),
+        user=str(svc["user"]) if svc.get("user") not in (None, "") else None,
     )
 
 

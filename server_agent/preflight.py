@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compose import ComposeConfig, ComposeProject
+from .compose import ComposeConfig, ComposeProject, ServiceSpec
 from .engine import Engine, socket_denied
 from .errors import CommandError, ObsError
 from .plan import RolloutPlan, build_plan, contract_services
@@ -249,19 +249,62 @@ def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
             report.add("mounts.mismatch",
                        f"service {svc.name} does not mount the path contract exactly: "
                        + "; ".join(detail))
+    owner = _contract_owner(mounting, report)
     for host in root.settings.mounts:
         path = (root.path / host).resolve()
         if not path.exists():
             try:
                 path.mkdir(parents=True)
-                report.notes.append(f"created missing host directory {path}")
+                if owner is not None:
+                    os.chown(path, owner[0], owner[1])
+                report.notes.append(f"created missing host directory {path}"
+                                    + (f" owned by {owner[0]}:{owner[1]}" if owner else ""))
             except OSError as exc:
                 report.add("mounts.create", f"cannot create {path}: {exc.strerror}")
                 continue
         if not path.is_dir():
             report.add("mounts.not_dir", f"{path} is not a directory")
-        elif not os.access(path, os.W_OK):
-            report.add("mounts.not_writable", f"{path} is not writable by uid {os.getuid()}")
+            continue
+        if owner is None:
+            if not os.access(path, os.W_OK):
+                report.add("mounts.not_writable", f"{path} is not writable by uid {os.getuid()}")
+        elif not _writable_by(path, *owner):
+            report.add("mounts.not_writable",
+                       f"{path} is not writable by uid {owner[0]} (the `user` the service runs "
+                       f"as); e.g. chown -R {owner[0]}:{owner[1]} {path}")
+
+
+def _contract_owner(services: list[ServiceSpec], report: PreflightReport) -> tuple[int, int] | None:
+    """The uid:gid the contract services run as (compose `user:`), when it is numeric; None
+    when they run as the image's default user (the agent cannot know it without running
+    the image, and root-run containers write anywhere)."""
+    users = {s.user for s in services if s.user}
+    if not users:
+        return None
+    if len(users) > 1:
+        report.add("mounts.users", "the services that carry the path contract run as different "
+                   f"users ({', '.join(sorted(users))}); they share the same directories")
+        return None
+    user = users.pop()
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        report.notes.append(f"user {user!r} is not numeric: the contract directories are "
+                            "checked as the agent's own uid")
+        return None
+    return int(uid), int(gid or uid)
+
+
+def _writable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether uid:gid may create files in `path`, from its owner and mode bits (root may
+    always). Supplementary groups and ACLs are not considered."""
+    if uid == 0:
+        return True
+    st = path.stat()
+    if st.st_uid == uid:
+        return st.st_mode & 0o300 == 0o300
+    if st.st_gid == gid:
+        return st.st_mode & 0o030 == 0o030
+    return st.st_mode & 0o003 == 0o003
 
 
 def _rel(root: AgentRoot, host: str) -> str:

@@ -81,10 +81,37 @@ def test_deployment_config_agent_section_is_accepted_as_is() -> None:
 
 def test_agent_preflight_accepts_the_templates(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
     code, report = check(root, agent_env(root, **SECRETS))
-    assert (code, report["ok"], report["problems"]) == (0, True, [])
-    assert all(n.startswith("created missing host directory") for n in report["notes"]), report
-    for d in ("data", "logs", "config"):  # created by preflight (the path contract)
+    assert (code, report["ok"], report["problems"]) == (0, True, []), report
+    # Created by preflight (the path contract), and said so.
+    assert report["notes"] == [f"created missing host directory {root.resolve() / d} owned by 1000:1000"
+                               for d in ("data", "logs", "config")]
+    for d in ("data", "logs", "config"):
         assert (root / d).is_dir()
+
+
+def test_preflight_creates_the_contract_dirs_for_the_services_user(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
+    """The template runs as 1000:1000: the directories preflight creates are that user's, so
+    the observer can write its archive at the first start."""
+    code, report = check(root, agent_env(root, **SECRETS))
+    assert code == 0, report
+    for d in ("data", "logs", "config"):
+        st = (root / d).stat()
+        assert (st.st_uid, st.st_gid) == (1000, 1000), d
+
+
+def test_preflight_checks_writability_as_the_services_user(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
+    """A root-owned 0755 logs/ is writable by the agent (root) but not by uid 1000."""
+    for d in ("data", "config"):
+        (root / d).mkdir()
+        os.chown(root / d, 1000, 1000)
+    (root / "logs").mkdir(mode=0o755)
+    code, report = check(root, agent_env(root, **SECRETS))
+    assert code == 10, report
+    (problem,) = [p for p in report["problems"] if p["code"] == "mounts.not_writable"]
+    assert str(root / "logs") in problem["message"] and "uid 1000" in problem["message"]
+    assert "chown -R 1000:1000" in problem["message"]
+    os.chown(root / "logs", 1000, 1000)
+    assert check(root, agent_env(root, **SECRETS))[0] == 0
 
 
 def test_agent_preflight_accepts_secrets_from_a_0600_env_file(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
