@@ -278,9 +278,12 @@ class Engine:
                 return False
             raise
 
+    def version(self) -> dict[str, Any]:
+        return dict(self._get("/version"))
+
     def platform(self) -> str:
         """The engine's own platform, `os/arch` as images name it (linux/amd64)."""
-        v = self._get("/version")
+        v = self.version()
         return f"{v.get('Os', 'linux')}/{v.get('Arch', 'unknown')}"
 
     def check_platform(self, refs: list[str]) -> None:

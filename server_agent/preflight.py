@@ -70,6 +70,8 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
                                     f"docker compose up -d {a.name} when you mean to)")
         _check_mounts(root, report.config, report.plan, report)
         _check_aliases_in_compose(root, report.config, report)
+        if docker_ok:
+            _note_start_interval(engine, report.config, report)
     _check_disk(root, engine if docker_ok else None, report)
     return report
 
@@ -177,6 +179,29 @@ def docker_socket_problem() -> Problem | None:
         return None
     denied = socket_denied(host.removeprefix("unix://"))
     return Problem("docker.permission", denied) if denied else None
+
+
+# Docker Engine 25 (API 1.44) is the first to honour a healthcheck's start_interval.
+START_INTERVAL_API = (1, 44)
+
+
+def _note_start_interval(engine: Engine, cfg: ComposeConfig, report: PreflightReport) -> None:
+    """Say when the engine ignores `start_interval`: every deploy's gate then waits a full
+    `interval` for Docker's first health check."""
+    using = [name for name, svc in cfg.raw.get("services", {}).items()
+             if (svc.get("healthcheck") or {}).get("start_interval")]
+    if not using:
+        return
+    try:
+        api = str(engine.version().get("ApiVersion", "0.0"))
+        if tuple(int(x) for x in api.split(".")[:2]) >= START_INTERVAL_API:
+            return
+    except (ObsError, ValueError):
+        return
+    report.notes.append(
+        f"this Docker engine (API {api}) ignores healthcheck start_interval ({', '.join(using)}): "
+        "the first health check runs after the full interval, and the gate waits for it "
+        "(Docker Engine 25+ honours it)")
 
 
 def _check_docker(engine: Engine, report: PreflightReport) -> bool:

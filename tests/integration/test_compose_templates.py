@@ -83,8 +83,12 @@ def test_agent_preflight_accepts_the_templates(docker_client, root: Path) -> Non
     code, report = check(root, agent_env(root, **SECRETS))
     assert (code, report["ok"], report["problems"]) == (0, True, []), report
     # Created by preflight (the path contract), and said so.
-    assert report["notes"] == [f"created missing host directory {root.resolve() / d} owned by 1000:1000"
-                               for d in ("data", "logs", "config")]
+    assert report["notes"][:3] == [f"created missing host directory {root.resolve() / d} owned by 1000:1000"
+                                   for d in ("data", "logs", "config")]
+    api = tuple(int(x) for x in docker_client.version()["ApiVersion"].split("."))
+    # The template's start_interval: an engine older than 25 (API 1.44) ignores it, and says so.
+    assert [n for n in report["notes"][3:] if "start_interval" in n] == (
+        [] if api >= (1, 44) else [report["notes"][3]]), report["notes"]
     for d in ("data", "logs", "config"):
         assert (root / d).is_dir()
 
@@ -112,6 +116,30 @@ def test_preflight_checks_writability_as_the_services_user(docker_client, root: 
     assert "chown -R 1000:1000" in problem["message"]
     os.chown(root / "logs", 1000, 1000)
     assert check(root, agent_env(root, **SECRETS))[0] == 0
+
+
+def test_deployment_config_keeps_the_seed_structure() -> None:
+    """The seed's deployment_config.json, whole: its `deployment` and `paths` sections and its
+    environment (PYTHONPATH /app/src:/app), with the standard standalone name."""
+    data = json.loads((COMPOSE_DIR / "deployment_config.json").read_text())
+    assert data["deployment"] == {"version": "1.0.0", "created": "2026-01-11T08:08:07+09:00",
+                                  "structure": "/app", "mode": "standalone"}
+    assert {k: data["paths"][k] for k in ("data_dir", "log_dir", "config_dir")} == {
+        "data_dir": "/app/data/observer", "log_dir": "/app/logs", "config_dir": "/app/config"}
+    env = data["environment"]
+    assert env["PYTHONPATH"] == "/app/src:/app"
+    assert env["QTS_OBSERVER_STANDALONE"] == "1" and "OBSERVER_STANDALONE" not in env
+    assert env["OBSERVER_DATA_DIR"] == "/app/data/observer" and env["OBSERVER_LOG_DIR"] == "/app/logs"
+    # The example image agrees with the contract.
+    assert "PYTHONPATH=/app/src:/app" in (REPO / "examples" / "observer" / "Dockerfile").read_text()
+
+
+def test_the_template_healthcheck_checks_often_while_starting() -> None:
+    from ruamel.yaml import YAML
+
+    svc = YAML(typ="safe", pure=True).load((COMPOSE_DIR / TEMPLATES[0]).read_text())["services"]["observer"]
+    hc = svc["healthcheck"]
+    assert hc["start_interval"] == "1s" and hc["interval"] == "10s" and hc["start_period"]
 
 
 def test_agent_preflight_accepts_secrets_from_a_0600_env_file(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
