@@ -19,6 +19,8 @@ command -v sudo >/dev/null || need_pkgs+=(sudo)  # obsdeploy setup --sudo, as a 
 # instances on loopback (policy-rc.d below keeps the packages' services from starting).
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-exporter)
+# debootstrap: the end-to-end test of examples/observer builds its python base image locally.
+command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The system python3 too: SSH sessions of a test deploy user (and obsdeploy setup) use it.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
