@@ -149,14 +149,13 @@ class SshSession:
         conn = Connection(self.host.host, user=self.host.user, port=self.host.port,
                           connect_timeout=int(self.opts.connect_timeout),
                           connect_kwargs=connect_kwargs)
-        # Fabric trusts any key by default (AutoAddPolicy); we never do.
-        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        if self.opts.known_hosts:
-            conn.client.load_host_keys(str(Path(self.opts.known_hosts).expanduser()))
-        else:
-            conn.client.load_system_host_keys()
-            if Path("/etc/ssh/ssh_known_hosts").is_file():
-                conn.client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+        # Fabric trusts any key by default (AutoAddPolicy); we never do: neither for the host
+        # nor for the ProxyJump bastions fabric builds from ~/.ssh/config (each its own
+        # Connection, each with fabric's default policy until set here).
+        hop: Any = conn
+        while isinstance(hop, Connection):
+            self._verify_host_keys(hop.client)
+            hop = hop.gateway
         try:
             conn.open()
         except paramiko.BadHostKeyException as exc:
@@ -171,8 +170,12 @@ class SshSession:
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
                 where = self.opts.known_hosts or "~/.ssh/known_hosts"
+                server = re.search(r"Server '([^']+)'", str(exc))
+                whose = f" of {server.group(1)}" if server else ""
+                if isinstance(conn.gateway, Connection) and server and server.group(1) != _key_name(conn):
+                    whose += " (a ProxyJump bastion)"
                 raise SSHError(
-                    f"{self.host.label}: unknown host key (not in {where}); refusing to connect",
+                    f"{self.host.label}: unknown host key{whose} (not in {where}); refusing to connect",
                     hint="verify the server's fingerprint, then add its line to known_hosts "
                          "(--known-hosts FILE, env OBSDEPLOY_KNOWN_HOSTS)",
                 ) from None
@@ -182,9 +185,21 @@ class SshSession:
         self.conn = conn
         return self
 
+    def _verify_host_keys(self, client: Any) -> None:
+        import paramiko
+
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if self.opts.known_hosts:
+            client.load_host_keys(str(Path(self.opts.known_hosts).expanduser()))
+        else:
+            client.load_system_host_keys()
+            if Path("/etc/ssh/ssh_known_hosts").is_file():
+                client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+
     def __exit__(self, *exc: object) -> None:
         if self.conn is not None:
             self.conn.close()
+
 
     def run(self, command: str, *, out: IO[str] | None = None,
             err: IO[str] | None = None) -> tuple[int, str]:
@@ -352,3 +367,8 @@ def render_report(report: RolloutReport, console: Any) -> None:
                       "-" if r.exit_code is None else str(r.exit_code),
                       "-" if r.seconds is None else f"{r.seconds:.1f}", _note(r.message))
     console.print(table)
+
+
+def _key_name(conn: Any) -> str:
+    """How known_hosts names a connection's server: host, or [host]:port off port 22."""
+    return conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"

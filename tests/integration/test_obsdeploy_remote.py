@@ -161,3 +161,46 @@ def test_three_hosts_batch_1_stop_after_the_first_failed_host(
     st = obsdeploy("status", "--json", env=env)
     assert st.returncode == 0, st.stderr
     assert [h["status"]["current_tag"] for h in json.loads(st.stdout)["hosts"]] == ["v1.0.0"] * 3
+
+
+def test_a_proxyjump_bastions_host_key_is_verified_too(
+    make_server: Callable[[str], Server], tmp_path: Path  # noqa: F811
+) -> None:
+    """~/.ssh/config reaches the VM through a ProxyJump bastion. A bastion whose key is not
+    in known_hosts is refused (exit 30, naming it), like the VM itself; with both keys
+    known, the deploy goes through the bastion."""
+    from tests.parts_ssh import Sshd
+
+    server = make_server("vm1")
+    bastion = Sshd(tmp_path / "bastion").start()
+    try:
+        (bastion.workdir / "authorized_keys").write_text(
+            server.sshd.client_key.with_suffix(".pub").read_text())
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        # The VM as "localhost": fabric drops a ProxyJump whose host equals the target's.
+        (home / ".ssh" / "config").write_text(
+            f"Host vm1\n  HostName localhost\n  Port {server.sshd.port}\n  User root\n"
+            f"  ProxyJump root@127.0.0.1:{bastion.port}\n"
+            f"Host *\n  IdentityFile {server.sshd.client_key}\n")
+        env = clean_env(HOME=str(home))
+        args = server.ssh_args()
+        args[args.index("--host") + 1] = "vm1"
+        vm_only = tmp_path / "vm_known_hosts"
+        vm_only.write_text(server.sshd.known_hosts_line.replace("[127.0.0.1]", "[localhost]"))
+        args[args.index("--known-hosts") + 1] = str(vm_only)
+        res = obsdeploy("deploy", "v1.0.0", *args, env=env)
+        assert res.returncode == 30, res.stdout + res.stderr
+        assert f"unknown host key of [127.0.0.1]:{bastion.port} (a ProxyJump bastion)" in res.stderr
+        assert not (server.root.path / "state" / "history.jsonl").exists()
+        assert "Accepted publickey" not in bastion.log()  # refused before authenticating
+
+        both = tmp_path / "both_known_hosts"
+        both.write_text(vm_only.read_text() + bastion.known_hosts_line)
+        args[args.index("--known-hosts") + 1] = str(both)
+        res = obsdeploy("deploy", "v1.0.0", *args, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert server.root.last_good() == "v1.0.0"
+        assert "Accepted publickey" in bastion.log()  # it did go through the bastion
+    finally:
+        bastion.stop()
