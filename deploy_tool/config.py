@@ -67,6 +67,9 @@ class ObsdeployConfig(BaseModel):
     context: str = "."
     git_remote: str = "origin"
     build_args: dict[str, str] = Field(default_factory=dict)
+    # What `release` builds for (docker buildx --platform); the first is the one a
+    # multi-platform index is read for.
+    platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"], min_length=1)
     # The OCI `source` label; default: the git remote's URL without credentials.
     source: str | None = None
     # Off a terminal, one progress line per this many seconds of a build or a push.
@@ -74,6 +77,14 @@ class ObsdeployConfig(BaseModel):
     deploy: DeployConfig = Field(default_factory=lambda: DeployConfig())
     # Where the file was read from (not a key): relative paths are resolved against it.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platform_names(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", p):
+                raise ValueError(f"{p!r} is not a platform; write OS/ARCH[/VARIANT], e.g. linux/amd64")
+        return v
 
     @field_validator("image")
     @classmethod
@@ -114,6 +125,7 @@ class _EnvOverrides(BaseSettings):
     context: str | None = None
     git_remote: str | None = None
     build_args: dict[str, str] | None = None
+    platforms: Annotated[list[str] | None, NoDecode] = None
     source: str | None = None
     progress_seconds: float | None = None
     hosts: Annotated[list[str] | None, NoDecode] = None
@@ -126,7 +138,7 @@ class _EnvOverrides(BaseSettings):
     batch: int | None = None
     connect_timeout: float | None = None
 
-    @field_validator("hosts", mode="before")
+    @field_validator("hosts", "platforms", mode="before")
     @classmethod
     def _comma_separated(cls, v: Any) -> Any:
         return _split_hosts(v)

@@ -109,9 +109,11 @@ class ReleaseActions:
         self.registry, _ = docker.auth.resolve_repository_name(self.image)
         self.client = client if client is not None else docker.from_env()
         self.progress = progress
+        self.creds: Credentials | None = None
 
     # --- read-only inspection ----------------------------------------------------------------
     def login(self, creds: Credentials) -> None:
+        self.creds = creds
         try:
             self.client.login(username=creds.username, password=creds.token,
                               registry=self.registry, reauth=True)
@@ -123,33 +125,16 @@ class ReleaseActions:
             ) from None
 
     def remote_revision(self, reference: str) -> str | None:
-        """None when the registry lacks the tag; else the revision label of what it holds
-        (pulled by digest, so the local `image:VERSION` tag is not touched)."""
-        import docker.errors
+        """None when the registry lacks the tag; else the revision label of what it holds,
+        read from the manifest and config blob (a few KiB), never by pulling the image."""
+        from .registry import RegistryReader
 
-        try:
-            dist = self.client.api.inspect_distribution(reference)
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.APIError as exc:
-            msg = _docker_message(exc)
-            if "manifest unknown" in msg or "not found" in msg.lower():
-                return None
-            auth_words = ("unauthorized", "no basic auth credentials", "authentication required",
-                          "denied")
-            if exc.status_code in (401, 403) or any(w in msg.lower() for w in auth_words):
-                raise ImageError(
-                    f"registry {self.registry} refused access to {self.image}: {msg}",
-                    hint=f"set {USERNAME_ENV} and {TOKEN_ENV}, or log in with docker",
-                ) from None
-            raise ImageError(f"cannot read {reference} from the registry: {msg}",
-                             hint="check the registry address in `image` and that it is up") from None
-        digest = dist["Descriptor"]["digest"]
-        try:
-            img = self.client.images.pull(f"{self.image}@{digest}")
-        except docker.errors.APIError as exc:
-            raise ImageError(f"cannot pull {self.image}@{digest}: {_docker_message(exc)}") from None
-        return str((img.labels or {}).get(LABEL + "revision", ""))
+        creds = self.creds
+        reader = RegistryReader(self.image, creds.username if creds else None,
+                                creds.token if creds else None)
+        tag = reference.rsplit(":", 1)[1]
+        labels = reader.config_labels(tag, self.cfg.platforms[0])
+        return None if labels is None else str(labels.get(LABEL + "revision", ""))
 
     def local_revision(self, reference: str) -> str | None:
         import docker.errors

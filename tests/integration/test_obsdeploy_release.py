@@ -128,6 +128,29 @@ def test_dry_run_changes_nothing(app_repo: AppRepo, docker_client) -> None:  # n
     assert annotated_tag_commit(app_repo, "v1.2.3", remote=False) is None
 
 
+def test_dry_run_reads_the_revision_from_the_registry_without_pulling(
+    app_repo: AppRepo, docker_client  # noqa: F811
+) -> None:
+    """After a release, the engine forgets the image; a dry run must still see that the
+    registry holds this revision (build and push already done) by reading the manifest and
+    config, and the engine has no image of the repository afterwards (nothing was pulled)."""
+    assert app_repo.release("v1.2.3", **CREDS).returncode == 0
+
+    def local_images() -> list[str]:
+        return [i.id for i in docker_client.images.list(name=app_repo.image)] + [
+            i.id for i in docker_client.images.list(filters={"reference": f"{app_repo.image}@*"})]
+
+    for image_id in set(local_images()):
+        docker_client.images.remove(image_id, force=True)
+    assert local_images() == []
+    dry = app_repo.release("v1.2.3", "--dry-run", "--json", **CREDS)
+    assert dry.returncode == 0, dry.stderr
+    states = {s["name"]: s["state"] for s in json.loads(dry.stdout)["steps"]}
+    assert states["build"] == states["push"] == "already-done", states
+    assert local_images() == []
+    no_secret(dry)
+
+
 def test_tag_on_another_commit_is_refused(app_repo: AppRepo) -> None:  # noqa: F811
     app_repo.git("tag", "-a", "-m", "old", "v1.2.3")
     app_repo.commit("app.txt", "newer\n")
