@@ -139,7 +139,8 @@ def test_restart_policy_held_during_the_gate_is_restored_after_a_kill(agent_root
     assert agent_root.agent("deploy", "v1.0.0").returncode == 0
     res = agent_root.agent("deploy", "v1.1.0", env=agent_root.env(OBS_AGENT_DIE_AT="gated"))
     assert res.returncode == -9
-    # Killed on trial: the new release runs without a restart policy, the old one is kept.
-    assert restart_policies(agent_root) == {"running": ["no"], "exited": ["unless-stopped"]}
+    # Killed on trial: the new release runs without a restart policy; the old one is kept,
+    # with `always`, so a reboot before the next run starts it and not the one on trial.
+    assert restart_policies(agent_root) == {"running": ["no"], "exited": ["always"]}
     assert agent_root.agent("deploy", "v1.2.0").returncode == 0
     assert restart_policies(agent_root) == {"running": ["unless-stopped"], "exited": ["unless-stopped"]}
