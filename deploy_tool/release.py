@@ -147,13 +147,41 @@ class ReleaseActions:
 
     # --- changes -------------------------------------------------------------------------------
     def build(self, plan: ReleasePlan) -> None:
+        """BuildKit (`docker buildx build`) when the docker CLI has it, for `platforms`;
+        else the engine's legacy builder through the SDK, said so (one platform only)."""
         ctx = self.cfg.context_dir
         if not ctx.is_dir():
             raise UsageError(f"build context {ctx} does not exist", hint="check `context`")
+        platforms = self.cfg.platforms
+        if buildx_available():
+            self.progress(f"building with BuildKit (docker buildx) for {', '.join(platforms)}")
+            self._build_buildx(plan)
+            return
+        if len(platforms) > 1:
+            raise UsageError(
+                f"building for {len(platforms)} platforms ({', '.join(platforms)}) needs BuildKit, "
+                "and `docker buildx` is not available here",
+                hint="install the docker buildx plugin, or set platforms to one platform")
+        self.progress(f"docker buildx is not available: building with the legacy builder "
+                      f"for {platforms[0]}")
+        self._build_legacy(plan, platforms[0])
+
+    def _build_buildx(self, plan: ReleasePlan) -> None:
+        from server_agent.runner import run
+
+        res = run(buildx_argv(plan, self.cfg), check=False, timeout=3600)
+        for line in (res.stdout + res.stderr).splitlines()[-40:]:
+            self.progress(line)
+        if res.returncode != 0:
+            raise ImageError(f"docker buildx build of {plan.reference} failed (exit {res.returncode})",
+                             hint="the build's last lines are above")
+
+    def _build_legacy(self, plan: ReleasePlan, platform: str) -> None:
         try:
             stream = self.client.api.build(
-                path=str(ctx), dockerfile=self.cfg.dockerfile, tag=plan.reference,
+                path=str(self.cfg.context_dir), dockerfile=self.cfg.dockerfile, tag=plan.reference,
                 labels=plan.labels, buildargs=self.cfg.build_args, rm=True, decode=True,
+                platform=platform,
             )
             with track(f"build {plan.reference}", unit="step") as tracker:
                 for chunk in stream:
@@ -172,6 +200,10 @@ class ReleaseActions:
             raise ImageError(f"build of {plan.reference} failed: {_docker_message(exc)}") from None
 
     def push(self, plan: ReleasePlan) -> None:
+        if len(self.cfg.platforms) > 1:  # the buildx build pushed the image index itself
+            self.progress(f"{plan.reference} was pushed by the build "
+                          f"({', '.join(self.cfg.platforms)})")
+            return
         seen: dict[str, str] = {}
         try:
             with track(f"push {plan.reference}") as tracker:
@@ -201,6 +233,36 @@ class ReleaseActions:
 
     def push_tag(self, plan: ReleasePlan) -> None:
         self.git.push_tag(plan.git_remote, plan.version)
+
+
+def buildx_available() -> bool:
+    """The docker CLI has the buildx plugin (`docker buildx version` answers)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "buildx", "version"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def buildx_argv(plan: ReleasePlan, cfg: ObsdeployConfig) -> list[str]:
+    """`docker buildx build` for the release: its labels and build args, for `platforms`.
+    One platform is loaded into the local engine (the push step pushes it, as with the
+    legacy builder); several can only live in a registry, so they are pushed by the build
+    itself (an image index), and the push step then finds them there."""
+    argv = ["docker", "buildx", "build", "--platform", ",".join(cfg.platforms),
+            "-f", str(cfg.context_dir / cfg.dockerfile), "-t", plan.reference]
+    for key, value in plan.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in cfg.build_args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    argv.append("--load" if len(cfg.platforms) == 1 else "--push")
+    argv.append(str(cfg.context_dir))
+    return argv
 
 
 def plan_release(cfg: ObsdeployConfig, version: str, actions: ReleaseActions, *,

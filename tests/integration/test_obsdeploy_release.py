@@ -58,6 +58,9 @@ def test_release_pushes_labelled_image_and_tag_then_is_a_no_op(
     res = app_repo.release("v1.2.3", "--json", **CREDS)
     assert res.returncode == 0, res.stderr
     no_secret(res)
+    # This machine's docker CLI has no buildx: the release says it falls back.
+    assert ("docker buildx is not available: building with the legacy builder for linux/amd64"
+            in res.stderr) != buildx_on_path(), res.stderr
     plan = json.loads(res.stdout)
     assert [s["state"] for s in plan["steps"]] == ["done"] * 5
     digest, labels = registry_image(docker_client, app_repo, "v1.2.3")
@@ -75,6 +78,10 @@ def test_release_pushes_labelled_image_and_tag_then_is_a_no_op(
     assert steps == {"login": "done", "build": "already-done", "push": "already-done",
                      "tag": "already-done", "push-tag": "already-done"}
     assert registry_image(docker_client, app_repo, "v1.2.3")[0] == digest
+
+
+def buildx_on_path() -> bool:
+    return subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0
 
 
 def test_release_killed_after_push_completes_the_tag_on_rerun(
