@@ -456,7 +456,9 @@ def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
     good = run_deploy_job(tmp_path / "good", event="push", ref_name="v1.0.0",
                           secrets=secrets, variables=variables)
     assert good.ok, good.log()
-    bad = run_deploy_job(tmp_path / "bad", event="push", ref_name="v2.0.0-error",
+    # A prerelease tag deploys only on dispatch (test_a_pushed_prerelease_tag_is_not_deployed).
+    bad = run_deploy_job(tmp_path / "bad", event="workflow_dispatch", ref_name="main",
+                         inputs={"action": "deploy", "version": "v2.0.0-error"},
                          secrets=secrets, variables=variables)
     assert bad.step("Run obsdeploy").code == 20, bad.log()
     assert not bad.ok
@@ -469,6 +471,38 @@ def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
     assert row[3] == "rolled_back (exit 20)", row
     assert "obsdeploy deploy v2.0.0-error" in bad.summary
     assert agent_root.last_good() == "v1.0.0"
+
+
+@pytest.mark.integration
+def test_a_pushed_prerelease_tag_is_not_deployed_a_dispatched_one_is(
+    tmp_path: Path, ssh_host, agent_root  # type: ignore[no-untyped-def]
+) -> None:
+    """Prerelease tags never reach production on push (the job runs in the `prerelease`
+    environment and deploys nothing, saying so); a manual dispatch deploys one."""
+    env_expr = load(DEPLOY)["jobs"]["deploy"]["environment"]
+    assert "'prerelease'" in env_expr and "'production'" in env_expr
+    secrets = _ssh_secrets(ssh_host)
+    variables = _agent_variables(agent_root)
+    assert run_deploy_job(tmp_path / "good", event="push", ref_name="v1.0.0",
+                          secrets=secrets, variables=variables).ok
+    history = (agent_root.path / "state" / "history.jsonl").read_text()
+    pushed = run_deploy_job(tmp_path / "rc", event="push", ref_name="v1.1.0-rc.1",
+                            secrets=secrets, variables=variables)
+    assert pushed.ok, pushed.log()
+    assert "is a prerelease tag: not deployed on push" in pushed.step("Resolve").output
+    assert "nothing to deploy" in pushed.step("Run obsdeploy").output
+    assert "prerelease, not deployed" in pushed.summary
+    assert not (tmp_path / "rc" / "runner-temp" / "obsdeploy-ssh").exists()  # no key written
+    assert (agent_root.path / "state" / "history.jsonl").read_text() == history
+    assert agent_root.last_good() == "v1.0.0"
+
+    dispatched = run_deploy_job(tmp_path / "dispatch", event="workflow_dispatch", ref_name="main",
+                                inputs={"action": "deploy", "version": "v2.0.0-slow"},
+                                secrets=secrets, variables=variables)
+    assert dispatched.ok, dispatched.log()
+    assert agent_root.last_good() == "v2.0.0-slow"
+    (row,) = summary_rows(dispatched.summary)
+    assert row[1:4] == ["v1.0.0", "v2.0.0-slow", OK]
 
 
 @pytest.mark.integration
