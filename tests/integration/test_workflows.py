@@ -216,22 +216,43 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def _assert_venv_has_what_the_install_step_installs(script: str) -> None:
-    """The emulator skips the install step because the venv leading PATH already holds what
-    it installs: obsdeploy from this checkout (the step's `pip install .`, run in the
-    workspace). Checked, not assumed: a venv holding another obsdeploy would make every run of
-    the emulated job test that one instead."""
-    assert re.search(r"\bpip install\b[^\n]* \.(\s|$)", script), script
-    res = subprocess.run([str(VENV_BIN / "python"), "-c",
-                          "import deploy_tool, server_agent; "
-                          "print(deploy_tool.__file__); print(server_agent.__file__)"],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    for module in res.stdout.split():
-        assert Path(module).resolve().is_relative_to(REPO.resolve()), module
-    res = subprocess.run([str(VENV_BIN / "obsdeploy"), "--help"], capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == 0 and "release" in res.stdout, res.stdout + res.stderr
+RUNNER_PYTHON: list[Path] = []  # the emulated setup-python's interpreter, made once a session
+
+
+def runner_python(base: Path) -> Path:
+    """actions/setup-python, emulated: a Python 3.11 with nothing installed (a fresh venv of
+    this machine's 3.11, made once per session; the install step then installs into it for
+    real, and re-runs find everything already satisfied)."""
+    if not RUNNER_PYTHON:
+        import atexit
+        import shutil
+
+        venv = base / "setup-python"
+        subprocess.run(["python3", "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        RUNNER_PYTHON.append(venv / "bin")
+    return RUNNER_PYTHON[0]
+
+
+def _checkout(step: dict[str, Any], workspace: Path, wf: dict[str, Any]) -> str:
+    """actions/checkout, emulated: the pinned obsdeploy is this checkout (the one under test),
+    copied into the workspace path the step names. The pin must name a commit of it."""
+    with_ = step.get("with") or {}
+    env = wf.get("env") or {}
+    assert with_.get("repository") == "${{ env.DEPLOY_TOOL_REPOSITORY }}", with_
+    assert with_.get("ref") == "${{ env.DEPLOY_TOOL_REF }}", with_
+    ref = str(env["DEPLOY_TOOL_REF"])
+    assert re.fullmatch(r"[0-9a-f]{40}", ref), f"DEPLOY_TOOL_REF must be a full commit SHA, not {ref!r}"
+    known = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{ref}^{{commit}}"],
+                           capture_output=True, timeout=60)
+    assert known.returncode == 0, f"DEPLOY_TOOL_REF {ref} is not a commit of obsdeploy"
+    dest = workspace / str(with_["path"])
+    if not dest.exists():
+        import shutil
+
+        shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", ".*_cache", "*.egg-info", "build", "dist"))
+    return f"checked out {with_['path']} (this checkout, standing in for {ref[:12]})"
 
 
 def run_deploy_job(
@@ -241,9 +262,10 @@ def run_deploy_job(
 ) -> JobRun:
     """Run the deploy job's `run:` steps in order with what a GitHub runner provides.
 
-    `uses:` steps are skipped (checkout: the workspace is this checkout; setup-python: the
-    venv's Python is on PATH). The install step is detected and skipped: obsdeploy is already
-    installed in the venv, whose bin/ leads PATH. `if:` is honoured for success()/always().
+    `uses:` steps are emulated: actions/checkout of the pinned obsdeploy copies this checkout
+    into the workspace, actions/setup-python puts a fresh Python 3.11 first on PATH (once a
+    session). Every `run:` step runs for real, the install step included. `if:` is honoured
+    for success()/always().
     """
     wf = load(DEPLOY)
     job = wf["jobs"]["deploy"]
@@ -251,6 +273,9 @@ def run_deploy_job(
     assert shell == "bash"
     temp = tmp / "runner-temp"
     temp.mkdir(parents=True, exist_ok=True)
+    workspace = tmp / "workspace"  # the app's repository, which holds the workflow
+    workspace.mkdir(exist_ok=True)
+    python_bin = runner_python(Path(os.environ.get("TMPDIR", "/tmp")) / f"obs-runner-{os.getpid()}")
     summary = tmp / "step-summary.md"
     summary.write_text("")
     is_tag = event == "push"
@@ -270,12 +295,12 @@ def run_deploy_job(
         "GITHUB_REF_TYPE": "tag" if is_tag else "branch",
         "GITHUB_REPOSITORY": "tawbury/observer",
         "GITHUB_WORKFLOW": str(wf.get("name", "deploy")),
-        "GITHUB_WORKSPACE": str(REPO),
+        "GITHUB_WORKSPACE": str(workspace),
         "GITHUB_STEP_SUMMARY": str(summary),
         "RUNNER_TEMP": str(temp),
         "RUNNER_OS": "Linux",
-        # setup-python + the install step: the venv's python and obsdeploy come first.
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # setup-python: its Python (and what the install step puts beside it) comes first.
+        "PATH": f"{python_bin}{os.pathsep}{os.environ.get('PATH', '')}",
     })
     for scope in (wf.get("env") or {}, job.get("env") or {}):
         base.update({k: _expression(v, contexts) for k, v in scope.items()})
@@ -289,15 +314,20 @@ def run_deploy_job(
             not cond and not failed)
         if cond and not wants and "always()" not in cond and "failure()" not in cond:
             raise AssertionError(f"the emulated runner does not understand if: {cond!r}")
-        if "uses" in step or not wants:
-            reason = "uses:" if "uses" in step else f"if: {cond or 'success()'}"
-            run.steps.append(StepResult(name, False, skipped_reason=reason))
+        if not wants:
+            run.steps.append(StepResult(name, False, skipped_reason=f"if: {cond or 'success()'}"))
+            continue
+        if "uses" in step:
+            action = str(step["uses"]).split("@")[0]
+            if action == "actions/checkout":
+                run.steps.append(StepResult(name, True, 0, _checkout(step, workspace, wf)))
+            elif action == "actions/setup-python":
+                assert str((step.get("with") or {}).get("python-version")) == "3.11", step
+                run.steps.append(StepResult(name, True, 0, f"python at {python_bin}"))
+            else:
+                raise AssertionError(f"the emulated runner does not know {action}")
             continue
         script = str(step["run"])
-        if re.search(r"\bpip install\b", script):
-            _assert_venv_has_what_the_install_step_installs(script)
-            run.steps.append(StepResult(name, False, skipped_reason="install (venv has it)"))
-            continue
         env_file, path_file = temp / f"env-{i}", temp / f"path-{i}"
         env = {**base, **exported,
                **{k: _expression(v, contexts) for k, v in (step.get("env") or {}).items()},
@@ -307,7 +337,7 @@ def run_deploy_job(
         script_file.write_text(script)
         # How the runner starts `shell: bash`.
         res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script_file)],
-                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+                             env=env, cwd=workspace, capture_output=True, text=True, timeout=900)
         run.steps.append(StepResult(name, True, res.returncode, res.stdout + res.stderr))
         exported.update(_read_env_file(env_file))
         if path_file.exists():
@@ -418,6 +448,14 @@ def test_tag_push_deploys_and_dispatch_rolls_back_over_ssh(
     first = run_deploy_job(tmp_path / "run1", event="push", ref_name="v1.0.0",
                            secrets=secrets, variables=variables, after_step=watch_key_files)
     assert first.ok, first.log()
+    # The install step ran, into the runner's Python: obsdeploy from the pinned checkout, not
+    # this repository's editable install.
+    install = first.step("Install obsdeploy")
+    assert install.ran and install.code == 0, install.output
+    where = subprocess.run([str(RUNNER_PYTHON[0] / "python"), "-c",
+                            "import deploy_tool; print(deploy_tool.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "site-packages" in where.stdout and not Path(where.stdout.strip()).is_relative_to(REPO), where
     assert modes == {"id_deploy": 0o600, "known_hosts": 0o600, "dir": 0o700}
     assert not (tmp_path / "run1" / "runner-temp" / "obsdeploy-ssh").exists()  # removed
     assert agent_root.last_good() == "v1.0.0"
@@ -471,6 +509,29 @@ def test_a_failed_release_fails_the_job_and_still_writes_the_summary(
     assert row[3] == "rolled_back (exit 20)", row
     assert "obsdeploy deploy v2.0.0-error" in bad.summary
     assert agent_root.last_good() == "v1.0.0"
+
+
+def test_the_install_step_refuses_a_dependency_whose_hash_does_not_match(tmp_path: Path) -> None:
+    """requirements/deploy.txt is enforced (pip --require-hashes): a pinned file that does not
+    match fails the install, and the job stops before any host is touched."""
+    import shutil
+
+    pinned = tmp_path / "workspace" / "obsdeploy"
+    shutil.copytree(REPO, pinned, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".*_cache", "*.egg-info", "build", "dist"))
+    lock = pinned / "requirements" / "deploy.txt"
+    text = lock.read_text()
+    m = re.search(r"^tenacity==(\S+) \\", text, re.M)
+    assert m, "tenacity is pinned in requirements/deploy.txt"
+    # Another version of tenacity under the pinned version's hashes: not installed yet, so pip
+    # downloads it and must refuse it.
+    lock.write_text(text.replace(f"tenacity=={m.group(1)} ", "tenacity==8.2.3 ", 1))
+    job = run_deploy_job(tmp_path, event="push", ref_name="v1.0.0",
+                         secrets={"DEPLOY_HOSTS": "127.0.0.1:1"})
+    install = job.step("Install obsdeploy")
+    assert install.code not in (None, 0), install.output
+    assert "do not match the hashes" in install.output.lower(), install.output
+    assert not job.step("Run obsdeploy").ran
 
 
 @pytest.mark.integration
