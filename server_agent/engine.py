@@ -294,7 +294,9 @@ class Engine:
         wrong = []
         for ref in refs:
             img = self._get(f"/images/{quote(ref, safe='')}/json")
-            built = f"{img.get('Os') or 'linux'}/{img.get('Architecture') or 'unknown'}"
+            if not img.get("Architecture"):  # an image that does not say: not ours to refuse
+                continue
+            built = f"{img.get('Os') or 'linux'}/{img['Architecture']}"
             if built != host:
                 wrong.append(f"{ref} is built for {built}")
         if wrong:
