@@ -125,3 +125,20 @@ def test_platforms_are_validated() -> None:
     assert ObsdeployConfig().platforms == ["linux/amd64"]
     with pytest.raises(ValidationError, match="OS/ARCH"):
         ObsdeployConfig(platforms=["amd64"])
+
+
+def test_the_deploy_lock_pins_every_dependency_of_pyproject_with_hashes() -> None:
+    """requirements/deploy.txt (what the deploy workflow installs with --require-hashes) must
+    follow pyproject.toml: a dependency added there and not locked fails the workflow's
+    `pip check`. Regenerate it with scripts/lock-deploy-requirements."""
+    import re
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+              for d in deps} | {"hatchling"}
+    lock = (repo / "requirements" / "deploy.txt").read_text()
+    pinned = re.findall(r"^([a-z0-9][a-z0-9._-]*)==\S+ \\\n(\s+--hash=sha256:[0-9a-f]{64})?", lock, re.M)
+    assert wanted <= {name for name, _ in pinned}, f"not locked: {sorted(wanted - {n for n, _ in pinned})}"
+    assert all(first_hash for _, first_hash in pinned), [n for n, h in pinned if not h]
