@@ -57,6 +57,13 @@ def template_root(tmp_path: Path, example_images: dict[str, str]) -> Iterator[Ag
     config = json.loads((REPO / "compose" / "deployment_config.json").read_text())
     config["agent"].update(project_name=project, health_url=f"http://127.0.0.1:{port}/health",
                            min_free_mb=10, stabilize_seconds=1)
+    # The template's probation (the seed's smoke test) runs too, on the test's port and for
+    # 3 s instead of 5 minutes.
+    watch = config["agent"]["watch"]
+    for check in watch["checks"]:
+        if "url" in check:
+            check["url"] = check["url"].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    watch.update(seconds=3, interval=1)
     (path / "deployment_config.json").write_text(json.dumps(config, indent=2))
     env_file = path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
@@ -111,4 +118,7 @@ def test_the_templates_deploy_the_example_observer_end_to_end(template_root: Age
     assert {r.get("version") for r in records} >= {"v1.0.0", "v1.1.0"}, records[-3:]
     st = status(root)
     assert st["current_tag"] == "v1.1.0" and st["healthy"] is True
-    assert [r["result"] for r in history(root)] == ["success", "success"]
+    records = history(root)
+    assert [r["result"] for r in records] == ["success", "success"]
+    watched = records[0]["watch"]
+    assert watched["result"] == "passed" and watched["rounds"] >= 2, watched
