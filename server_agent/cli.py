@@ -115,7 +115,7 @@ def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
     assert valid is not None
     root = ctx.load_root(preflight=True)
     engine = Engine(timeout=root.settings.pull_timeout)
-    _finish(Deployer(root, engine).deploy(valid), root, engine, as_json)
+    _finish(Deployer.for_root(root, engine).deploy(valid), root, engine, as_json)
 
 
 @cli.command()
@@ -129,7 +129,7 @@ def rollback(ctx: Ctx, tag: str | None, as_json: bool) -> None:
 
     root = ctx.load_root(preflight=True)
     engine = Engine(timeout=root.settings.pull_timeout)
-    _finish(Deployer(root, engine).rollback(_tag(tag)), root, engine, as_json)
+    _finish(Deployer.for_root(root, engine).rollback(_tag(tag)), root, engine, as_json)
 
 
 def _finish(outcome: Any, root: AgentRoot, engine: Any, as_json: bool) -> None:

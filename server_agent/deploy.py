@@ -67,6 +67,19 @@ class Deployer:
         self._held: dict[str, dict[str, Any]] = {}
         self._writing: Future[Path] | None = None  # the backup being written, if any
 
+    @staticmethod
+    def for_root(root: AgentRoot, engine: Engine) -> Deployer:
+        """The one place that picks the engine's backend (agent.engine, SPEC §17)."""
+        if root.settings.engine == "swarm":
+            from .swarm_deploy import SwarmDeployer
+
+            return SwarmDeployer(root, engine)
+        return Deployer(root, engine)
+
+    def running_tag(self) -> str | None:
+        """The release that runs now, by its obsdeploy.release label."""
+        return running_tag(self.engine.project_containers(self.root.project))
+
     # --- the public steps ------------------------------------------------------------------
     def deploy(self, tag: str) -> Outcome:
         return self._attempt("deploy", tag)
@@ -100,8 +113,7 @@ class Deployer:
                 self.state.discard()
                 raise
             checkpoint("pulled")
-            record["from_tag"] = (running_tag(self.engine.project_containers(self.root.project))
-                                  or self.state.last_good_tag())
+            record["from_tag"] = self.running_tag() or self.state.last_good_tag()
             self.state.begin(record)
             checkpoint("journaled")
             try:
@@ -484,8 +496,7 @@ class Deployer:
         if interrupted is not None:
             if interrupted.get("action") == "rollback" and isinstance(interrupted.get("tag"), str):
                 return str(interrupted["tag"])
-            running = self.engine.project_containers(self.root.project)
-            if current and running_tag(running) != current:
+            if current and self.running_tag() != current:
                 return current
         line = self.state.release_line()
         if current in line:

@@ -142,6 +142,8 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     compose_file: str = "docker-compose.server.yml"
+    # compose: a compose project on this host; swarm: a stack on the swarm this node manages.
+    engine: Literal["compose", "swarm"] = "compose"
     project_name: str | None = None
     health_timeout: float = Field(60, gt=0)
     stabilize_seconds: float = Field(2, ge=0)

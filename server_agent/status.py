@@ -15,6 +15,10 @@ HISTORY_KEYS = ("action", "tag", "from_tag", "result", "started_at", "finished_a
 
 
 def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
+    if root.raw_setting("engine") == "swarm":
+        from .swarm_deploy import swarm_status
+
+        return swarm_status(root, engine)
     state = ReleaseState(root.state_dir)
     containers = engine.project_containers(root.project)
     running = [c for c in containers if c.running]

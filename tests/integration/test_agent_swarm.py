@@ -1,0 +1,267 @@
+"""SPEC §17 on a real two-node Docker Swarm (issue 16).
+
+The module builds the swarm itself (tests/parts_swarm.py: two dockerds, each in a network
+namespace of its own, joined into one swarm, a registry both reach) and removes all of it at
+the end, even on failure. The agent runs as it would on the manager: inside the manager's
+network namespace, talking to the manager's engine.
+
+The release service runs 2 replicas, one per node (its port is published in host mode on
+each node: this kernel has no IPVS, so no routing mesh; see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import parts
+from tests.conftest import ENGINE_USED, missing
+from tests.parts import VENV_BIN, AgentRootDir, no_traceback
+from tests.parts_swarm import SwarmLab
+
+SWARM_COMPOSE = """\
+services:
+  observer:
+    image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
+    stop_grace_period: 5s
+{ports}    environment:
+      QTS_OBSERVER_STANDALONE: ${{QTS_OBSERVER_STANDALONE}}
+      PYTHONPATH: ${{PYTHONPATH}}
+      KIS_API_KEY: ${{KIS_API_KEY}}
+      KIS_API_SECRET: ${{KIS_API_SECRET}}
+    volumes:
+      - ./data:/app/data/observer
+      - ./logs:/app/logs
+      - ./config:/app/config
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
+      interval: 1s
+      timeout: 1s
+      retries: 3
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+"""
+HOST_PORT = """\
+    ports:
+      - target: 8000
+        published: {port}
+        mode: host
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[SwarmLab]:
+    if os.geteuid() != 0:
+        missing("root (network namespaces for the swarm lab)")
+    for tool in ("dockerd", "docker-registry", "nsenter", "curl", "ip"):
+        if not shutil.which(tool):
+            missing(tool)
+    lab = SwarmLab()
+    try:
+        lab.start()
+        lab.push_fixture_images()
+        ENGINE_USED.append(parts.FIXTURE_BASE) if not ENGINE_USED else None
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@dataclass
+class SwarmRoot(AgentRootDir):
+    lab: SwarmLab | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        assert self.lab is not None
+        return super().env(**{"DOCKER_HOST": self.lab.manager.host, **extra})
+
+    def argv(self, *args: str) -> list[str]:
+        assert self.lab is not None
+        return self.lab.manager.netns_argv(str(VENV_BIN / "obs-agent"), *args)
+
+    def agent(self, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(self.argv(*args), env=env or self.env(), capture_output=True,
+                             text=True, timeout=timeout)
+        parts.OUTPUTS.append(res.stdout + res.stderr)
+        return res
+
+    def down(self) -> None:
+        assert self.lab is not None
+        self.lab.manager.docker("stack", "rm", self.project, check=False)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """status --json's release tasks."""
+        res = self.agent("status", "--json")
+        no_traceback(res)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return [s for s in json.loads(res.stdout)["services"] if s["role"] == "release"]
+
+    def answers(self) -> dict[str, str | None]:
+        """The version each node's task answers on the published port."""
+        assert self.lab is not None
+        out: dict[str, str | None] = {}
+        for node in self.lab.nodes:
+            code, body = self.lab.http_get(f"http://{node.address}:{self.port}/health")
+            out[node.address] = json.loads(body)["version"] if code == 200 else None
+        return out
+
+
+@pytest.fixture
+def swarm_root(tmp_path: Path, lab: SwarmLab) -> Iterator[SwarmRoot]:
+    root = make_swarm_root(tmp_path / "observer", lab)
+    yield root
+    root.down()
+    leaks = root.secret_leaks()
+    assert not leaks, f"secret values leaked into: {leaks}"
+
+
+def make_swarm_root(path: Path, lab: SwarmLab, *, published: bool = True, **agent: object) -> SwarmRoot:
+    project = f"obsw-{uuid.uuid4().hex[:8]}"
+    base = parts.make_agent_root(path, lab.registry, project)
+    port = base.port
+    (path / "docker-compose.server.yml").write_text(SWARM_COMPOSE.format(
+        registry=lab.registry, repository=parts.REPOSITORY,
+        ports=HOST_PORT.format(port=port) if published else ""))
+    for d in ("data", "logs", "config/observer"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((path / "deployment_config.json").read_text())
+    cfg["agent"].update({"engine": "swarm", "health_timeout": 60, "stabilize_seconds": 0.5, **agent})
+    if not published:
+        cfg["agent"].pop("health_url")
+    (path / "deployment_config.json").write_text(json.dumps(cfg, indent=2))
+    return SwarmRoot(path, port, lab.registry, project, lab)
+
+
+def deploy(root: SwarmRoot, tag: str, **env: str) -> subprocess.CompletedProcess[str]:
+    res = root.agent("deploy", tag, env=root.env(**env))
+    no_traceback(res)
+    return res
+
+
+def by_node(tasks: list[dict[str, Any]]) -> dict[str, str | None]:
+    running = [t for t in tasks if t["state"] == "running"]
+    return {t["node_address"]: t["tag"] for t in running}
+
+
+def assert_on_every_node(root: SwarmRoot, tag: str) -> None:
+    assert root.lab is not None
+    tasks = root.tasks()
+    assert by_node(tasks) == {n.address: tag for n in root.lab.nodes}, tasks
+    assert len([t for t in tasks if t["state"] == "running"]) == 2, tasks
+    assert root.answers() == {n.address: tag for n in root.lab.nodes}
+
+
+# --- the tests ----------------------------------------------------------------------------------
+def test_swarm_deploy_spreads_over_both_nodes_and_failed_releases_roll_back_everywhere(
+        swarm_root: SwarmRoot) -> None:
+    first = deploy(swarm_root, "v1.0.0")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert_on_every_node(swarm_root, "v1.0.0")
+
+    good = deploy(swarm_root, "v1.1.0")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert_on_every_node(swarm_root, "v1.1.0")
+    assert swarm_root.last_good() == "v1.1.0"
+
+    # A release that crashes at start: Swarm's task fails, the agent fails the release at
+    # once and every task is back on v1.1.0 on both nodes.
+    t = time.monotonic()
+    crash = deploy(swarm_root, "v2.0.0-crash")
+    crash_s = time.monotonic() - t
+    assert crash.returncode == 20, crash.stdout + crash.stderr
+    assert_on_every_node(swarm_root, "v1.1.0")
+    assert crash_s < 50, f"the crash was not caught fast: {crash_s:.1f}s"
+
+    # A release whose tasks run and pass Docker's healthcheck but answer health_url with an
+    # error: Swarm alone would call it good; the agent's gate does not.
+    error = deploy(swarm_root, "v2.0.0-error")
+    assert error.returncode == 20, error.stdout + error.stderr
+    assert_on_every_node(swarm_root, "v1.1.0")
+    assert swarm_root.last_good() == "v1.1.0"
+
+    history = parts.history(swarm_root)
+    assert [(h["action"], h["tag"], h["result"]) for h in history[:4]] == [
+        ("deploy", "v2.0.0-error", "rolled_back"), ("deploy", "v2.0.0-crash", "rolled_back"),
+        ("deploy", "v1.1.0", "success"), ("deploy", "v1.0.0", "success")]
+    assert history[0]["from_tag"] == "v1.1.0"
+    assert "health_url answered a failure" in history[0]["failure"]["reason"]
+    assert "exit code 3" in history[1]["failure"]["reason"], history[1]["failure"]
+    assert history[1]["failure"]["tasks"], history[1]["failure"]
+    assert history[2]["backup"], history[2]
+    status = parts.status(swarm_root)
+    assert status["current_tag"] == "v1.1.0" and status["healthy"] is True, status
+    assert {n["state"] for n in status["nodes"]} == {"ready"} and len(status["nodes"]) == 2
+
+
+def test_swarm_rollback_command_goes_back_on_every_node(swarm_root: SwarmRoot) -> None:
+    for tag in ("v1.0.0", "v1.1.0"):
+        res = deploy(swarm_root, tag)
+        assert res.returncode == 0, res.stdout + res.stderr
+    back = swarm_root.agent("rollback")
+    no_traceback(back)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert_on_every_node(swarm_root, "v1.0.0")
+    assert swarm_root.last_good() == "v1.0.0"
+
+
+def test_swarm_preflight_refuses_a_worker_and_a_missing_image(swarm_root: SwarmRoot, lab: SwarmLab) -> None:
+    worker = swarm_root.agent("deploy", "v1.0.0", env=swarm_root.env(DOCKER_HOST=lab.nodes[1].host))
+    no_traceback(worker)
+    assert worker.returncode == 10, worker.stdout + worker.stderr
+    assert "swarm.not_manager" in worker.stdout + worker.stderr
+    absent = deploy(swarm_root, "v9.9.9")
+    assert absent.returncode == 11, absent.stdout + absent.stderr
+    assert "does not resolve" in absent.stdout + absent.stderr
+    assert swarm_root.tasks() == []  # nothing was deployed
+
+
+def test_swarm_kill_9_mid_deploy_then_the_next_deploy_works(swarm_root: SwarmRoot) -> None:
+    res = deploy(swarm_root, "v1.0.0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    killed = swarm_root.agent("deploy", "v1.1.0", env=swarm_root.env(OBS_AGENT_DIE_AT="started"))
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert swarm_root.last_good() == "v1.0.0"
+    status = parts.status(swarm_root)
+    assert status["last_action"]["result"] == "interrupted", status
+    again = deploy(swarm_root, "v1.2.0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_on_every_node(swarm_root, "v1.2.0")
+    assert [h["result"] for h in parts.history(swarm_root)[:2]] == ["success", "interrupted"]
+
+
+def test_swarm_node_down_during_the_gate_is_rescheduled_and_gated(tmp_path: Path, lab: SwarmLab) -> None:
+    """The worker drops off the network while v1.1.0 is being gated: Swarm reschedules its
+    task on the manager, and the gate judges the rescheduled task (every task of the release,
+    on the nodes that are up) instead of a task on a dead node."""
+    root = make_swarm_root(tmp_path / "observer", lab, published=False, health_timeout=90)
+    worker = lab.nodes[1]
+    try:
+        res = deploy(root, "v1.0.0")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert sorted(by_node(root.tasks()).values()) == ["v1.0.0", "v1.0.0"]
+        proc = subprocess.Popen(root.argv("deploy", "v1.1.0"), env=root.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.5)
+        lab.node_down(worker)
+        out, _ = proc.communicate(timeout=240)
+        parts.OUTPUTS.append(out)
+        assert proc.returncode == 0, out
+        tasks = root.tasks()
+        running = [t for t in tasks if t["state"] == "running"]
+        assert [t["tag"] for t in running] == ["v1.1.0", "v1.1.0"], tasks
+        assert {t["node_address"] for t in running} == {lab.manager.address}, tasks
+        assert root.last_good() == "v1.1.0"
+    finally:
+        lab.node_up(worker)
+        root.down()
