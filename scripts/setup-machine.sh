@@ -21,6 +21,11 @@ command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-exporter)
 # debootstrap: the end-to-end test of examples/observer builds its python base image locally.
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+# The swarm suite (issue 16): network namespaces and veths (ip), engines entered into them
+# (nsenter), HTTP from inside them (curl).
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
+command -v curl >/dev/null || need_pkgs+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The system python3 too: SSH sessions of a test deploy user (and obsdeploy setup) use it.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \

@@ -115,7 +115,8 @@ def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
     assert valid is not None
     root = ctx.load_root(preflight=True)
     engine = Engine(timeout=root.settings.pull_timeout)
-    _finish(Deployer.for_root(root, engine).deploy(valid), root, engine, as_json)
+    deployer = Deployer.for_root(root, engine)
+    _finish(deployer.deploy(valid), deployer, as_json)
 
 
 @cli.command()
@@ -129,13 +130,13 @@ def rollback(ctx: Ctx, tag: str | None, as_json: bool) -> None:
 
     root = ctx.load_root(preflight=True)
     engine = Engine(timeout=root.settings.pull_timeout)
-    _finish(Deployer.for_root(root, engine).rollback(_tag(tag)), root, engine, as_json)
+    deployer = Deployer.for_root(root, engine)
+    _finish(deployer.rollback(_tag(tag)), deployer, as_json)
 
 
-def _finish(outcome: Any, root: AgentRoot, engine: Any, as_json: bool) -> None:
+def _finish(outcome: Any, deployer: Any, as_json: bool) -> None:
     """Print the outcome; with --json, one object a caller (obsdeploy) can report from
     without asking `status` again."""
-    from .engine import running_tag
     from .redact import REDACTOR
 
     if as_json:
@@ -143,7 +144,7 @@ def _finish(outcome: Any, root: AgentRoot, engine: Any, as_json: bool) -> None:
         print_json({
             **{k: r.get(k) for k in ("action", "tag", "from_tag", "result", "duration_s", "backup")},
             "exit_code": int(outcome.exit_code),
-            "current_tag": running_tag(engine.project_containers(root.project)),
+            "current_tag": deployer.running_tag(),
             "message": outcome.message,
         })
     else:

@@ -252,7 +252,12 @@ def test_swarm_node_down_during_the_gate_is_rescheduled_and_gated(tmp_path: Path
         assert sorted(by_node(root.tasks()).values()) == ["v1.0.0", "v1.0.0"]
         proc = subprocess.Popen(root.argv("deploy", "v1.1.0"), env=root.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(1.5)
+        # Down once the agent has deployed v1.1.0 (a task of it exists): mid-gate.
+        deadline = time.monotonic() + 60
+        while "v1.1.0" not in lab.manager.docker("service", "ps", f"{root.project}_observer",
+                                                 "--format", "{{.Image}}").stdout:
+            assert proc.poll() is None and time.monotonic() < deadline, "v1.1.0 was never deployed"
+            time.sleep(0.1)
         lab.node_down(worker)
         out, _ = proc.communicate(timeout=240)
         parts.OUTPUTS.append(out)
