@@ -103,6 +103,19 @@ def stack_document(config: ComposeConfig, services: Iterable[str], *, tag: str |
     return doc
 
 
+def job_document(config: ComposeConfig, job: str, tag: str) -> dict[str, Any]:
+    """A job (SPEC §14) as a one-shot service of the stack: one task, never restarted, on the
+    stack's networks with the stack's environment. Swarm of Docker 20.10 has no job mode."""
+    doc = stack_document(config, [job], tag=None, release={}, monitor_s=0)
+    svc = doc["services"][job]
+    svc["labels"] = {**_labels(svc.get("labels")), RELEASE_LABEL: tag, ROLE_LABEL: "job"}
+    deploy = svc["deploy"]
+    deploy["labels"].update({RELEASE_LABEL: tag, ROLE_LABEL: "job"})
+    deploy.update(mode="replicated", replicas=1, restart_policy={"condition": "none"})
+    svc.pop("healthcheck", None)
+    return doc
+
+
 def _labels(labels: Any) -> dict[str, str]:
     if isinstance(labels, list):  # ["a=b", ...]
         return {str(x).partition("=")[0]: str(x).partition("=")[2] for x in labels}
@@ -120,6 +133,16 @@ def stack_deploy_argv(stack: str, stack_file: str) -> list[str]:
 def service_rollback_argv(stack: str, service: str) -> list[str]:
     """Swarm's previous spec of the service: exactly what ran before this attempt's update."""
     return ["docker", "service", "rollback", "--detach", "--quiet", service_name(stack, service)]
+
+
+def service_resume_argv(stack: str, service: str) -> list[str]:
+    """Resume an update Swarm paused (Docker's documented way: update the service again)."""
+    return ["docker", "service", "update", "--detach", "--quiet", service_name(stack, service)]
+
+
+def service_logs_argv(stack: str, service: str, lines: int) -> list[str]:
+    return ["docker", "service", "logs", "--raw", "--no-task-ids", "--tail", str(lines),
+            service_name(stack, service)]
 
 
 def service_rm_argv(stack: str, services: Iterable[str]) -> list[str]:

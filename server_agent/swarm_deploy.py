@@ -41,8 +41,11 @@ from .swarm import (
     STACK_LABEL,
     NodeInfo,
     TaskInfo,
+    job_document,
     judge_tasks,
     node_urls,
+    service_logs_argv,
+    service_resume_argv,
     service_rm_argv,
     service_rollback_argv,
     stack_deploy_argv,
@@ -52,6 +55,7 @@ from .swarm import (
 log = logging.getLogger("obs.swarm")
 
 POLL_S = 0.25
+RESUME_LIMIT = 3  # paused updates resumed per gate (see SwarmGate._resume_paused)
 
 
 class Swarm:
@@ -78,9 +82,11 @@ class Swarm:
                 for s in self.api.services(filters={"label": f"{STACK_LABEL}={self.stack}"})
                 if s["Spec"]["Name"].startswith(prefix)}
 
-    def version(self, service: str) -> int | None:
+    def spec(self, service: str) -> dict[str, Any] | None:
+        """The service's spec (None: no such service). Not its version index: Swarm bumps that
+        for its own bookkeeping too (an update's or rollback's status), not only for a new spec."""
         svc = self.services().get(service)
-        return None if svc is None else int(svc["Version"]["Index"])
+        return None if svc is None else dict(svc["Spec"])
 
     def tasks(self, services: Collection[str]) -> list[TaskInfo]:
         by_id = {s["ID"]: name for name, s in self.services().items() if name in services}
@@ -104,8 +110,21 @@ class Swarm:
         run(stack_deploy_argv(self.stack, "-"), env=root.compose_env(tag), cwd=root.path,
             input=json.dumps(doc))
 
+    def paused(self, services: Collection[str]) -> dict[str, str]:
+        """The services whose update Swarm paused, with Swarm's message."""
+        return {name: str((s.get("UpdateStatus") or {}).get("Message", ""))
+                for name, s in self.services().items()
+                if name in services and (s.get("UpdateStatus") or {}).get("State") == "paused"}
+
+    def resume(self, service: str) -> None:
+        run(service_resume_argv(self.stack, service))
+
     def rollback(self, service: str) -> None:
         run(service_rollback_argv(self.stack, service))
+
+    def logs_tail(self, service: str, lines: int) -> str:
+        res = run(service_logs_argv(self.stack, service, lines), check=False, timeout=30)
+        return REDACTOR("\n".join((res.stdout + res.stderr).splitlines()[-lines:]))
 
     def remove(self, services: list[str]) -> None:
         if services:
@@ -132,6 +151,7 @@ class SwarmGate:
         fails: dict[str, int] = {}
         answered: set[str] = set()
         answers: list[str] = []
+        resumed: dict[str, int] = {}
         waiting_on = "tasks"
         s = self.root.settings
         while True:
@@ -148,6 +168,9 @@ class SwarmGate:
             verdict = judge_tasks(tasks, replicas, tag, nodes, seen_before)
             if verdict.kind == "fail":
                 return GateResult(False, REDACTOR(verdict.reason), _since(started), answers[-5:])
+            stuck = self._resume_paused(replicas, resumed)
+            if stuck is not None:
+                return GateResult(False, REDACTOR(stuck), _since(started), answers[-5:])
             ok = verdict.kind == "pass"
             if not ok:
                 waiting_on = verdict.reason
@@ -196,6 +219,25 @@ class SwarmGate:
             time.sleep(POLL_S)
 
 
+    def _resume_paused(self, services: Collection[str], resumed: dict[str, int]) -> str | None:
+        """Swarm pauses an update (failure_action: pause) when a task ends early, which a
+        node going down also causes. A failed task of the release has already failed the gate
+        (judge_tasks); any other pause is a lost node's, not the release's: the update is
+        resumed, up to RESUME_LIMIT times. Returns the reason to fail when it keeps pausing."""
+        try:
+            paused = self.swarm.paused(services)
+        except EngineUnreachable:
+            return None
+        for name, message in paused.items():
+            if resumed.get(name, 0) >= RESUME_LIMIT:
+                return f"Swarm paused the update of {name} {RESUME_LIMIT + 1} times: {message}"
+            log.warning("Swarm paused the update of %s (%s) though no task of the release failed "
+                        "(a node went down?): resuming it", name, message)
+            self.swarm.resume(name)
+            resumed[name] = resumed.get(name, 0) + 1
+        return None
+
+
 class SwarmDeployer(Deployer):
     def __init__(self, root: AgentRoot, engine: Engine) -> None:
         super().__init__(root, engine)
@@ -240,8 +282,6 @@ class SwarmDeployer(Deployer):
                 raise ImageError(f"{image} does not resolve in its registry ({why})",
                                  hint="push the release first (obsdeploy release), and log the "
                                       "manager in to the registry (docker login)")
-        if plan.jobs:  # jobs run on the manager itself (compose run --rm)
-            self.engine.pull(sorted({config.service(j).image for j in plan.jobs}))
         steps["pull"] = _since(t)
         return plan, config
 
@@ -261,6 +301,43 @@ class SwarmDeployer(Deployer):
             raise PreSwitchFailure(f"accessory {', '.join(names)} did not start: {verdict.reason}",
                                    {"accessories": names})
 
+    def _run_jobs(self, plan: RolloutPlan, root: AgentRoot, tag: str, steps: dict[str, float]) -> None:
+        """Each job once, with the new tag, as a one-shot service of the stack (so it reaches
+        the stack's networks); its one task must complete with exit 0 within job_timeout.
+        The job's service is removed afterwards, whatever happened."""
+        config = root_config(root, tag)
+        timeout = root.settings.job_timeout
+        for job in plan.jobs:
+            t = time.monotonic()
+            self.swarm.remove([job])  # a killed run's leftover
+            log.info("running job %s with %s", job, tag)
+            self.swarm.deploy(root, job_document(config, job, tag), tag)
+            try:
+                failure = self._job_outcome(job, t + timeout)
+                tail = self.swarm.logs_tail(job, 50) if failure else ""
+            finally:
+                self.swarm.remove([job])
+            steps[f"job:{job}"] = _since(t)
+            if failure is not None:
+                message, code = failure
+                raise PreSwitchFailure(f"job {job} {message}", {"job": {
+                    "name": job, "exit_code": code, "log_tail": tail}})
+            log.info("job %s done (%.2fs)", job, steps[f"job:{job}"])
+
+    def _job_outcome(self, job: str, deadline: float) -> tuple[str, int | None] | None:
+        """None when the job's task completed; else (what happened, its exit code)."""
+        while True:
+            tasks = self.swarm.tasks([job])
+            for task in tasks:
+                if task.state == "complete":
+                    return None
+                if task.state in ("failed", "rejected", "orphaned"):
+                    return (f"exited with code {task.exit_code}" if task.exit_code is not None
+                            else f"{task.state}: {task.error}"), task.exit_code
+            if time.monotonic() > deadline:
+                return f"did not finish within job_timeout={self.root.settings.job_timeout:g}s", None
+            time.sleep(POLL_S)
+
     # --- the switch, step by step -----------------------------------------------------------
     def _roll_out(self, record: dict[str, Any], plan: RolloutPlan, root: AgentRoot,
                   config: ComposeConfig, steps: dict[str, float], t0: float) -> Outcome:
@@ -268,10 +345,10 @@ class SwarmDeployer(Deployer):
         release = {s.name: s for s in plan.release_services}
         capture_at = next((st for st in plan.steps if st.contract), plan.steps[0])
         gate = SwarmGate(root, self.swarm)
-        switched: list[tuple[Step, dict[str, int | None]]] = []
+        switched: list[tuple[Step, dict[str, dict[str, Any] | None]]] = []
         verdict = GateResult(True, "healthy", 0.0)
         for n, step in enumerate(plan.steps, 1):
-            before = {s: self.swarm.version(s) for s in step.names}
+            before = {s: self.swarm.spec(s) for s in step.names}
             seen = {t.id for t in self.swarm.tasks(step.names)}
             if step is capture_at:
                 self._start_backup(record, tag)
@@ -321,7 +398,7 @@ class SwarmDeployer(Deployer):
         pool.shutdown(wait=False)
 
     def _swarm_recover(self, record: dict[str, Any], verdict: GateResult,
-                       switched: list[tuple[Step, dict[str, int | None]]], plan: RolloutPlan,
+                       switched: list[tuple[Step, dict[str, dict[str, Any] | None]]], plan: RolloutPlan,
                        steps: dict[str, float], t0: float) -> Outcome:
         tag = record["tag"]
         t_fail = time.monotonic()
@@ -337,7 +414,7 @@ class SwarmDeployer(Deployer):
                 for svc in step.services:
                     if before[svc.name] is None:
                         removed.append(svc.name)
-                    elif self.swarm.version(svc.name) != before[svc.name]:
+                    elif self.swarm.spec(svc.name) != before[svc.name]:
                         log.warning("rolling %s back to its previous spec", svc.name)
                         self.swarm.rollback(svc.name)
                         back.append(svc)

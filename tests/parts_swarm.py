@@ -58,6 +58,10 @@ class Node:
             raise RuntimeError(f"docker {' '.join(args)} on {self.name}: {res.stderr.strip()[-2000:]}")
         return res
 
+    @property
+    def hostname(self) -> str:
+        return "node" + self.name[-1]  # node1 (the manager), node2
+
     def netns_argv(self, *argv: str) -> list[str]:
         """`argv` in the node's network namespace. nsenter, not `ip netns exec`: that one also
         makes a mount namespace with a fresh /sys, where dockerd finds no cgroup mounted."""
@@ -170,7 +174,9 @@ class SwarmLab:
     def _dockerd(self, node: Node) -> None:
         log = open(node.base / "dockerd.log", "ab")  # noqa: SIM115 (lives with the process)
         node.proc = subprocess.Popen(
-            node.netns_argv("dockerd", "--data-root", str(node.base / "data"),
+            # A UTS namespace of its own too, so each node has its own hostname in the swarm.
+            node.netns_argv("unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', node.hostname,
+                            "dockerd", "--data-root", str(node.base / "data"),
                             "--exec-root", str(node.base / "x"), "--pidfile", str(node.base / "d.pid"),
                             "-H", node.host, "--insecure-registry", self.registry),
             stdout=log, stderr=log, start_new_session=True)

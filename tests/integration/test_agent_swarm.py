@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -269,4 +270,112 @@ def test_swarm_node_down_during_the_gate_is_rescheduled_and_gated(tmp_path: Path
         assert root.last_good() == "v1.1.0"
     finally:
         lab.node_up(worker)
+        root.down()
+        deadline = time.monotonic() + 60
+        while lab.ready_nodes() != len(lab.nodes) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+# --- a seed-like project on the swarm: accessory, job, ordered steps, start-first ---------------
+@pytest.fixture(scope="module")
+def project_images(lab: SwarmLab) -> None:
+    import docker
+
+    from tests.parts_project import build_project_images
+
+    client = docker.DockerClient(base_url=lab.manager.host, timeout=300)
+    try:
+        build_project_images(client, lab.registry)
+    finally:
+        client.close()
+
+
+def make_swarm_project(path: Path, lab: SwarmLab) -> SwarmRoot:
+    from tests.parts_project import KV_REPOSITORY, KV_TAG, PROJECT_TEMPLATE
+
+    root = make_swarm_root(path, lab)
+    text = PROJECT_TEMPLATE.format(registry=lab.registry, repository=parts.REPOSITORY, kv=KV_REPOSITORY,
+                                   kv_tag=KV_TAG, project=root.project, port=root.port)
+    # Swarm publishes in host mode (no IPVS here) and places tasks anywhere: a fixed loopback
+    # address means nothing to it.
+    text = text.replace(f'    ports:\n      - "127.0.0.1:{root.port}:8000"\n',
+                        f"    ports:\n      - target: 8000\n        published: {root.port}\n        mode: host\n")
+    (path / "docker-compose.server.yml").write_text(text)
+    return root
+
+
+def service_specs(lab: SwarmLab, project: str) -> dict[str, Any]:
+    out = lab.manager.docker("service", "ls", "--filter", f"label=com.docker.stack.namespace={project}",
+                             "--format", "{{.Name}}").stdout.split()
+    res = {}
+    for name in out:
+        spec = json.loads(lab.manager.docker("service", "inspect", name).stdout)[0]
+        res[name[len(project) + 1:]] = spec["Spec"]
+    return res
+
+
+def when(stamp: str) -> datetime:
+    """Docker's RFC 3339 time with nanoseconds, to the microsecond."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def release_tags(root: SwarmRoot) -> dict[str, list[str | None]]:
+    out: dict[str, list[str | None]] = {}
+    for t in root.tasks():
+        if t["state"] == "running":
+            out.setdefault(t["name"], []).append(t["tag"])
+    return {k: sorted(v, key=str) for k, v in sorted(out.items())}
+
+
+def test_swarm_project_order_accessory_job_and_walk_back(tmp_path: Path, lab: SwarmLab,
+                                                         project_images: None) -> None:
+    root = make_swarm_project(tmp_path / "observer", lab)
+    migrations = root.path / "data" / "migrations.log"
+    try:
+        first = deploy(root, "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert release_tags(root) == {"gateway": ["v1.0.0"], "scanner": ["v1.0.0"],
+                                      "worker": ["v1.0.0", "v1.0.0"]}
+        before = service_specs(lab, root.project)
+        assert set(before) == {"kv", "gateway", "scanner", "worker"}  # the job's service is gone
+        worker = json.loads(lab.manager.docker("service", "inspect", f"{root.project}_worker").stdout)[0]
+        assert worker["Spec"]["UpdateConfig"]["Order"] == "start-first"
+        assert migrations.read_text().split() == ["v1.0.0"]
+
+        # Step 2 (scanner) crashes: the gateway, switched and gated in step 1, goes back too;
+        # the worker (step 3) and the accessory are never touched; the job ran once.
+        crash = deploy(root, "v3.0.0-scannercrash")
+        assert crash.returncode == 20, crash.stdout + crash.stderr
+        assert release_tags(root) == {"gateway": ["v1.0.0"], "scanner": ["v1.0.0"],
+                                      "worker": ["v1.0.0", "v1.0.0"]}
+        after = service_specs(lab, root.project)
+        assert after["kv"] == before["kv"] and after["worker"] == before["worker"], (before, after)
+        gateway = json.loads(lab.manager.docker("service", "inspect", f"{root.project}_gateway").stdout)[0]
+        # It was switched, then rolled back to exactly the spec it ran before.
+        assert gateway["PreviousSpec"]["Labels"]["obsdeploy.release"] == "v3.0.0-scannercrash"
+        assert after["gateway"] == before["gateway"]
+        assert migrations.read_text().split() == ["v1.0.0", "v3.0.0-scannercrash"]
+        record = parts.history(root)[0]
+        assert record["result"] == "rolled_back" and "step 2 (scanner)" in record["failure"]["reason"]
+
+        # A failing job: exit 13, nothing running was switched.
+        before = service_specs(lab, root.project)
+        bad = deploy(root, "v3.0.0-badjob")
+        assert bad.returncode == 13, bad.stdout + bad.stderr
+        assert service_specs(lab, root.project) == before
+        record = parts.history(root)[0]
+        assert "migration 0042 failed" in record["failure"]["job"]["log_tail"], record
+
+        # A good release goes through in order: the gateway's update finished before the
+        # scanner's started.
+        good = deploy(root, "v1.1.0")
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert release_tags(root) == {"gateway": ["v1.1.0"], "scanner": ["v1.1.0"],
+                                      "worker": ["v1.1.0", "v1.1.0"]}
+        status = {n: json.loads(lab.manager.docker("service", "inspect", f"{root.project}_{n}").stdout)[0]
+                  for n in ("gateway", "scanner")}
+        assert (when(status["gateway"]["UpdateStatus"]["CompletedAt"])
+                <= when(status["scanner"]["UpdateStatus"]["StartedAt"])), status
+    finally:
         root.down()
