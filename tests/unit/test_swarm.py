@@ -114,3 +114,30 @@ def test_engine_setting_is_validated() -> None:
         assert "engine" in str(exc)
     else:
         raise AssertionError("engine=kubernetes was accepted")
+
+
+class PausingSwarm:
+    """A stand-in for swarm_deploy.Swarm whose update of `observer` pauses again and again."""
+
+    def __init__(self) -> None:
+        self.resumed = 0
+
+    def paused(self, services: object) -> dict[str, str]:
+        return {"observer": "update paused due to failure or early termination of task x1"}
+
+    def resume(self, service: str) -> None:
+        self.resumed += 1
+
+
+def test_a_paused_update_is_resumed_a_few_times_then_fails_the_gate(tmp_path: Any) -> None:
+    from server_agent.root import AgentRoot
+    from server_agent.swarm_deploy import RESUME_LIMIT, SwarmGate
+
+    swarm = PausingSwarm()
+    gate = SwarmGate(AgentRoot(tmp_path), swarm)  # type: ignore[arg-type]
+    resumed: dict[str, int] = {}
+    for _ in range(RESUME_LIMIT):
+        assert gate._resume_paused(["observer"], resumed) is None
+    reason = gate._resume_paused(["observer"], resumed)
+    assert swarm.resumed == RESUME_LIMIT
+    assert reason is not None and "paused the update of observer" in reason and "x1" in reason
