@@ -73,6 +73,10 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
         if docker_ok:
             _note_start_interval(engine, report.config, report)
     _check_disk(root, engine if docker_ok else None, report)
+    if root.settings.engine == "swarm" and docker_ok:
+        from .swarm_deploy import swarm_preflight
+
+        swarm_preflight(root, engine, report)
     return report
 
 

@@ -140,6 +140,12 @@ def service_resume_argv(stack: str, service: str) -> list[str]:
     return ["docker", "service", "update", "--detach", "--quiet", service_name(stack, service)]
 
 
+def service_force_argv(stack: str, service: str) -> list[str]:
+    """A new update of the service with its current spec: every task re-created. It frees an
+    update or rollback that waits for a task that will never report (see stuck_tasks)."""
+    return ["docker", "service", "update", "--force", "--detach", "--quiet", service_name(stack, service)]
+
+
 def service_logs_argv(stack: str, service: str, lines: int) -> list[str]:
     return ["docker", "service", "logs", "--raw", "--no-task-ids", "--tail", str(lines),
             service_name(stack, service)]
@@ -228,6 +234,19 @@ def judge_tasks(tasks: list[TaskInfo], replicas: dict[str, int], tag: str | None
     if waiting:
         return Verdict("wait", "; ".join(waiting))
     return Verdict("pass", "every task runs")
+
+
+TERMINAL_STATES = ("complete", "failed", "shutdown", "rejected", "orphaned", "remove")
+
+
+def stuck_tasks(tasks: list[TaskInfo], nodes: dict[str, NodeInfo]) -> list[TaskInfo]:
+    """Tasks Swarm wants shut down that can never say they are: never placed on a node (still
+    pending, e.g. for a host port) or on a node that is not ready (went down). A stop-first
+    update or rollback waits for them before starting the slot's next task, for ever (Docker
+    20.10): the gate forces a fresh update of the service when they stay (SwarmGate)."""
+    return [t for t in tasks
+            if t.desired in ("shutdown", "remove") and t.state not in TERMINAL_STATES
+            and (not t.node_id or nodes.get(t.node_id, _GONE).state != "ready")]
 
 
 _GONE = NodeInfo(id="", hostname="", address="", state="unknown", availability="")

@@ -32,7 +32,7 @@ from .engine import ROLE_LABEL, Engine, EngineUnreachable
 from .errors import ExitCode, ImageError, PreflightError
 from .health import FAILS_IN_A_ROW, GateResult, probe
 from .plan import RolloutPlan, ServicePlan, Step
-from .preflight import Problem, run_preflight
+from .preflight import PreflightReport, run_preflight
 from .redact import REDACTOR
 from .rollout import checkpoint
 from .root import AgentRoot
@@ -44,18 +44,21 @@ from .swarm import (
     job_document,
     judge_tasks,
     node_urls,
+    service_force_argv,
     service_logs_argv,
     service_resume_argv,
     service_rm_argv,
     service_rollback_argv,
     stack_deploy_argv,
     stack_document,
+    stuck_tasks,
 )
 
 log = logging.getLogger("obs.swarm")
 
 POLL_S = 0.25
-RESUME_LIMIT = 3  # paused updates resumed per gate (see SwarmGate._resume_paused)
+RESUME_LIMIT = 3  # paused or stuck updates freed per service and gate (see SwarmGate._unstick)
+STUCK_S = 3.0  # how long a task that cannot report its shutdown may hold an update up
 
 
 class Swarm:
@@ -116,6 +119,9 @@ class Swarm:
                 for name, s in self.services().items()
                 if name in services and (s.get("UpdateStatus") or {}).get("State") == "paused"}
 
+    def force_update(self, service: str) -> None:
+        run(service_force_argv(self.stack, service))
+
     def resume(self, service: str) -> None:
         run(service_resume_argv(self.stack, service))
 
@@ -152,6 +158,7 @@ class SwarmGate:
         answered: set[str] = set()
         answers: list[str] = []
         resumed: dict[str, int] = {}
+        stuck_since: dict[str, float] = {}
         waiting_on = "tasks"
         s = self.root.settings
         while True:
@@ -169,6 +176,8 @@ class SwarmGate:
             if verdict.kind == "fail":
                 return GateResult(False, REDACTOR(verdict.reason), _since(started), answers[-5:])
             stuck = self._resume_paused(replicas, resumed)
+            if stuck is None and verdict.kind == "wait":
+                stuck = self._unstick(tasks, nodes, stuck_since, resumed)
             if stuck is not None:
                 return GateResult(False, REDACTOR(stuck), _since(started), answers[-5:])
             ok = verdict.kind == "pass"
@@ -238,6 +247,35 @@ class SwarmGate:
         return None
 
 
+    def _unstick(self, tasks: list[TaskInfo], nodes: dict[str, NodeInfo],
+                 stuck_since: dict[str, float], freed: dict[str, int]) -> str | None:
+        """An update or rollback that waits for a task which can never report its shutdown
+        (swarm.stuck_tasks) for STUCK_S is freed with a fresh update of the service's current
+        spec (`service update --force`), up to RESUME_LIMIT times per service."""
+        now = time.monotonic()
+        # A task that stays on a down node keeps looking stuck after the forced update has gone
+        # past it: each task frees its service once (stuck_since keeps a -1 for it).
+        stuck = [t for t in stuck_tasks(tasks, nodes) if stuck_since.get(t.id) != -1]
+        for key in [k for k, v in stuck_since.items() if v != -1] :
+            if key not in {t.id for t in stuck}:
+                del stuck_since[key]
+        for t in stuck:
+            since = stuck_since.setdefault(t.id, now)
+            if now - since < STUCK_S:
+                continue
+            if freed.get(t.service, 0) >= RESUME_LIMIT:
+                return (f"the update of {t.service} stays stuck on task {t.id[:12]} ({t.state}, "
+                        f"{'on a node that is down' if t.node_id else 'never placed'})")
+            log.warning("the update of %s waits for task %s (%s, %s), which cannot report its "
+                        "shutdown: forcing a fresh update of the service", t.service, t.id[:12],
+                        t.state, "on a node that is down" if t.node_id else "never placed on a node")
+            self.swarm.force_update(t.service)
+            freed[t.service] = freed.get(t.service, 0) + 1
+            stuck_since.update({other.id: -1 for other in stuck})
+            break
+        return None
+
+
 class SwarmDeployer(Deployer):
     def __init__(self, root: AgentRoot, engine: Engine) -> None:
         super().__init__(root, engine)
@@ -252,27 +290,13 @@ class SwarmDeployer(Deployer):
     # --- before anything is touched ---------------------------------------------------------
     def _prepare(self, action: str, target: str, root: AgentRoot, steps: dict[str, float],
                  t0: float) -> tuple[RolloutPlan, ComposeConfig]:
-        report = run_preflight(root, self.engine, target)
-        problems = [p for p in report.problems if p.code != "docker.unreachable"]
-        try:
-            manager = self.swarm.is_manager()
-        except Exception as exc:
-            problems.append(Problem("docker.unreachable", f"the Docker engine is not reachable "
-                                    f"({type(exc).__name__}: {REDACTOR(str(exc))[:200]})"))
-        else:
-            if not manager:
-                problems.append(Problem("swarm.not_manager",
-                                        "agent.engine is swarm but this node's engine is not a swarm "
-                                        "manager: run the agent on a manager (docker node ls shows "
-                                        "them), or run docker swarm init"))
-        if problems:
-            raise PreflightError(problems)
+        report = run_preflight(root, self.engine, target)  # swarm_preflight included
+        for note in report.notes:
+            log.info("preflight: %s", note)
+        if not report.ok:
+            raise PreflightError(report.problems)
         assert report.config is not None and report.plan is not None
-        config = report.config
-        existing = self.swarm.services()
-        plan = replace(report.plan, accessories=tuple(
-            replace(a, action="leave" if a.name in existing else "start", definition_changed=False)
-            for a in report.plan.accessories))
+        config, plan = report.config, report.plan
         steps["preflight"] = _since(t0)
         t = time.monotonic()
         released = set(plan.jobs) | {s.name for s in plan.release_services}
@@ -465,6 +489,28 @@ def root_config(root: AgentRoot, tag: str) -> ComposeConfig:
     from .compose import ComposeProject
 
     return ComposeProject(root.path, root.compose_file, root.project).config(root.compose_env(tag))
+
+
+def swarm_preflight(root: AgentRoot, engine: Engine, report: PreflightReport) -> None:
+    """The swarm's part of preflight (run_preflight calls it with agent.engine swarm): the
+    engine is a manager; the plan's accessories are judged by the stack's services (a
+    missing one is deployed first; a running one is never in a stack file)."""
+    swarm = Swarm(engine, root.project)
+    try:
+        manager = swarm.is_manager()
+        existing = swarm.services() if manager else {}
+    except Exception as exc:
+        report.add("swarm.unreachable", f"cannot ask the engine about its swarm ({type(exc).__name__}: "
+                                        f"{REDACTOR(str(exc))[:200]})")
+        return
+    if not manager:
+        report.add("swarm.not_manager", "agent.engine is swarm but this node's engine is not a swarm "
+                                        "manager: run the agent on a manager (docker node ls shows "
+                                        "them), or run docker swarm init")
+    if report.plan is not None:
+        report.plan = replace(report.plan, accessories=tuple(
+            replace(a, action="leave" if a.name in existing else "start", definition_changed=False)
+            for a in report.plan.accessories))
 
 
 # --- status -----------------------------------------------------------------------------------

@@ -221,6 +221,10 @@ def test_swarm_preflight_refuses_a_worker_and_a_missing_image(swarm_root: SwarmR
     no_traceback(worker)
     assert worker.returncode == 10, worker.stdout + worker.stderr
     assert "swarm.not_manager" in worker.stdout + worker.stderr
+    check = swarm_root.agent("check", "--json", env=swarm_root.env(DOCKER_HOST=lab.nodes[1].host))
+    assert check.returncode == 10, check.stdout + check.stderr
+    assert [p["code"] for p in json.loads(check.stdout)["problems"]] == ["swarm.not_manager"]
+    assert swarm_root.agent("check").returncode == 0  # on the manager
     absent = deploy(swarm_root, "v9.9.9")
     assert absent.returncode == 11, absent.stdout + absent.stderr
     assert "does not resolve" in absent.stdout + absent.stderr

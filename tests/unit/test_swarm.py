@@ -141,3 +141,42 @@ def test_a_paused_update_is_resumed_a_few_times_then_fails_the_gate(tmp_path: An
     reason = gate._resume_paused(["observer"], resumed)
     assert swarm.resumed == RESUME_LIMIT
     assert reason is not None and "paused the update of observer" in reason and "x1" in reason
+
+
+def test_stuck_tasks_are_those_that_can_never_report_their_shutdown() -> None:
+    from server_agent.swarm import stuck_tasks
+
+    down = {**NODES, "n2": NodeInfo("n2", "vm2", "10.0.0.3", "down", "active")}
+    pending = task("p", "", "v2", "pending", "shutdown")
+    on_dead_node = task("d", "n2", "v1", "running", "shutdown")
+    stopping = task("s", "n1", "v1", "running", "shutdown")  # a ready node will report it
+    done = task("x", "", "v2", "shutdown", "shutdown")
+    wanted = task("w", "", "v2", "pending", "running")  # waits for a port: Swarm's own business
+    assert stuck_tasks([pending, on_dead_node, stopping, done, wanted], down) == [pending, on_dead_node]
+
+
+class StuckSwarm(PausingSwarm):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forced: list[str] = []
+
+    def force_update(self, service: str) -> None:
+        self.forced.append(service)
+
+
+def test_a_stuck_update_is_forced_once_per_stuck_task(tmp_path: Any, monkeypatch: Any) -> None:
+    from server_agent import swarm_deploy
+    from server_agent.root import AgentRoot
+
+    monkeypatch.setattr(swarm_deploy, "STUCK_S", 0.0)
+    swarm = StuckSwarm()
+    gate = swarm_deploy.SwarmGate(AgentRoot(tmp_path), swarm)  # type: ignore[arg-type]
+    down = {**NODES, "n2": NodeInfo("n2", "vm2", "10.0.0.3", "down", "active")}
+    tasks = [task("d", "n2", "v1", "running", "shutdown"), task("a", "n1", "v2")]
+    since: dict[str, float] = {}
+    freed: dict[str, int] = {}
+    assert gate._unstick(tasks, down, since, freed) is None
+    assert swarm.forced == ["observer"]
+    # The task stays on the dead node: it does not force the service again.
+    assert gate._unstick(tasks, down, since, freed) is None
+    assert swarm.forced == ["observer"]
