@@ -32,6 +32,7 @@ from typing import Any
 
 from tests import parts
 from tests.faults import BRIDGE_LOCK, PRIVATE_RANGES, ip, networks_in_use
+from tests.parts import VENV_BIN, AgentRootDir, no_traceback
 
 REGISTRY_PORT = 5000
 
@@ -265,3 +266,96 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.2)
+
+
+# --- an agent root whose engine is the lab's swarm ------------------------------------------
+SWARM_COMPOSE = """\
+services:
+  observer:
+    image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
+    stop_grace_period: 5s
+{ports}    environment:
+      QTS_OBSERVER_STANDALONE: ${{QTS_OBSERVER_STANDALONE}}
+      PYTHONPATH: ${{PYTHONPATH}}
+      KIS_API_KEY: ${{KIS_API_KEY}}
+      KIS_API_SECRET: ${{KIS_API_SECRET}}
+    volumes:
+      - ./data:/app/data/observer
+      - ./logs:/app/logs
+      - ./config:/app/config
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
+      interval: 1s
+      timeout: 1s
+      retries: 3
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+"""
+HOST_PORT = """\
+    ports:
+      - target: 8000
+        published: {port}
+        mode: host
+"""
+
+
+
+@dataclass
+class SwarmRoot(AgentRootDir):
+    lab: SwarmLab | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        assert self.lab is not None
+        return super().env(**{"DOCKER_HOST": self.lab.manager.host, **extra})
+
+    def argv(self, *args: str) -> list[str]:
+        assert self.lab is not None
+        return self.lab.manager.netns_argv(str(VENV_BIN / "obs-agent"), *args)
+
+    def agent(self, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(self.argv(*args), env=env or self.env(), capture_output=True,
+                             text=True, timeout=timeout)
+        parts.OUTPUTS.append(res.stdout + res.stderr)
+        return res
+
+    def down(self) -> None:
+        assert self.lab is not None
+        self.lab.manager.docker("stack", "rm", self.project, check=False)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """status --json's release tasks."""
+        res = self.agent("status", "--json")
+        no_traceback(res)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return [s for s in json.loads(res.stdout)["services"] if s["role"] == "release"]
+
+    def answers(self) -> dict[str, str | None]:
+        """The version each node's task answers on the published port."""
+        assert self.lab is not None
+        out: dict[str, str | None] = {}
+        for node in self.lab.nodes:
+            code, body = self.lab.http_get(f"http://{node.address}:{self.port}/health")
+            out[node.address] = json.loads(body)["version"] if code == 200 else None
+        return out
+
+
+
+def make_swarm_root(path: Path, lab: SwarmLab, *, published: bool = True, **agent: object) -> SwarmRoot:
+    project = f"obsw-{uuid.uuid4().hex[:8]}"
+    base = parts.make_agent_root(path, lab.registry, project)
+    port = base.port
+    (path / "docker-compose.server.yml").write_text(SWARM_COMPOSE.format(
+        registry=lab.registry, repository=parts.REPOSITORY,
+        ports=HOST_PORT.format(port=port) if published else ""))
+    for d in ("data", "logs", "config/observer"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((path / "deployment_config.json").read_text())
+    cfg["agent"].update({"engine": "swarm", "health_timeout": 60, "stabilize_seconds": 0.5, **agent})
+    if not published:
+        cfg["agent"].pop("health_url")
+    (path / "deployment_config.json").write_text(json.dumps(cfg, indent=2))
+    return SwarmRoot(path, port, lab.registry, project, lab)
+
+

@@ -16,9 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,39 +24,9 @@ from typing import Any
 import pytest
 
 from tests import parts
-from tests.conftest import ENGINE_USED, missing
-from tests.parts import VENV_BIN, AgentRootDir, no_traceback
-from tests.parts_swarm import SwarmLab
-
-SWARM_COMPOSE = """\
-services:
-  observer:
-    image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
-    stop_grace_period: 5s
-{ports}    environment:
-      QTS_OBSERVER_STANDALONE: ${{QTS_OBSERVER_STANDALONE}}
-      PYTHONPATH: ${{PYTHONPATH}}
-      KIS_API_KEY: ${{KIS_API_KEY}}
-      KIS_API_SECRET: ${{KIS_API_SECRET}}
-    volumes:
-      - ./data:/app/data/observer
-      - ./logs:/app/logs
-      - ./config:/app/config
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
-      interval: 1s
-      timeout: 1s
-      retries: 3
-    deploy:
-      replicas: 2
-      endpoint_mode: dnsrr
-"""
-HOST_PORT = """\
-    ports:
-      - target: 8000
-        published: {port}
-        mode: host
-"""
+from tests.conftest import missing
+from tests.parts import no_traceback
+from tests.parts_swarm import SwarmLab, SwarmRoot, make_swarm_root
 
 
 @pytest.fixture(scope="module")
@@ -68,54 +36,14 @@ def lab() -> Iterator[SwarmLab]:
     for tool in ("dockerd", "docker-registry", "nsenter", "curl", "ip"):
         if not shutil.which(tool):
             missing(tool)
+    # The host engine is never used here (the end-of-session bridge check needs no entry).
     lab = SwarmLab()
     try:
         lab.start()
         lab.push_fixture_images()
-        ENGINE_USED.append(parts.FIXTURE_BASE) if not ENGINE_USED else None
         yield lab
     finally:
         lab.destroy()
-
-
-@dataclass
-class SwarmRoot(AgentRootDir):
-    lab: SwarmLab | None = None
-
-    def env(self, **extra: str) -> dict[str, str]:
-        assert self.lab is not None
-        return super().env(**{"DOCKER_HOST": self.lab.manager.host, **extra})
-
-    def argv(self, *args: str) -> list[str]:
-        assert self.lab is not None
-        return self.lab.manager.netns_argv(str(VENV_BIN / "obs-agent"), *args)
-
-    def agent(self, *args: str, env: dict[str, str] | None = None,
-              timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(self.argv(*args), env=env or self.env(), capture_output=True,
-                             text=True, timeout=timeout)
-        parts.OUTPUTS.append(res.stdout + res.stderr)
-        return res
-
-    def down(self) -> None:
-        assert self.lab is not None
-        self.lab.manager.docker("stack", "rm", self.project, check=False)
-
-    def tasks(self) -> list[dict[str, Any]]:
-        """status --json's release tasks."""
-        res = self.agent("status", "--json")
-        no_traceback(res)
-        assert res.returncode == 0, res.stdout + res.stderr
-        return [s for s in json.loads(res.stdout)["services"] if s["role"] == "release"]
-
-    def answers(self) -> dict[str, str | None]:
-        """The version each node's task answers on the published port."""
-        assert self.lab is not None
-        out: dict[str, str | None] = {}
-        for node in self.lab.nodes:
-            code, body = self.lab.http_get(f"http://{node.address}:{self.port}/health")
-            out[node.address] = json.loads(body)["version"] if code == 200 else None
-        return out
 
 
 @pytest.fixture
@@ -125,23 +53,6 @@ def swarm_root(tmp_path: Path, lab: SwarmLab) -> Iterator[SwarmRoot]:
     root.down()
     leaks = root.secret_leaks()
     assert not leaks, f"secret values leaked into: {leaks}"
-
-
-def make_swarm_root(path: Path, lab: SwarmLab, *, published: bool = True, **agent: object) -> SwarmRoot:
-    project = f"obsw-{uuid.uuid4().hex[:8]}"
-    base = parts.make_agent_root(path, lab.registry, project)
-    port = base.port
-    (path / "docker-compose.server.yml").write_text(SWARM_COMPOSE.format(
-        registry=lab.registry, repository=parts.REPOSITORY,
-        ports=HOST_PORT.format(port=port) if published else ""))
-    for d in ("data", "logs", "config/observer"):
-        (path / d).mkdir(parents=True, exist_ok=True)
-    cfg = json.loads((path / "deployment_config.json").read_text())
-    cfg["agent"].update({"engine": "swarm", "health_timeout": 60, "stabilize_seconds": 0.5, **agent})
-    if not published:
-        cfg["agent"].pop("health_url")
-    (path / "deployment_config.json").write_text(json.dumps(cfg, indent=2))
-    return SwarmRoot(path, port, lab.registry, project, lab)
 
 
 def deploy(root: SwarmRoot, tag: str, **env: str) -> subprocess.CompletedProcess[str]:
