@@ -183,7 +183,10 @@ class SwarmGate:
             ok = verdict.kind == "pass"
             if not ok:
                 waiting_on = verdict.reason
-            running = [t for t in tasks if t.desired == "running" and t.state == "running"
+            # Probe as soon as a task's container runs ("starting": Swarm waits for Docker's
+            # first healthcheck before it says "running"), so an error-answering release is
+            # caught before Swarm's update moves on to the next task.
+            running = [t for t in tasks if t.desired == "running" and t.state in ("starting", "running")
                        and (tag is None or t.tag == tag)]
             mine = [t for t in running if t.service in contract]
             if ok and mine:
