@@ -428,7 +428,7 @@ class Deployer:
         if settings.metrics_file:
             try:
                 try:
-                    release = running_tag(self.engine.project_containers(self.root.project))
+                    release = self.running_tag()
                 except Exception:  # the engine is away: the release last known good
                     release = self.state.last_good_tag()
                 path = self.root.path / settings.metrics_file  # an absolute path stays itself
