@@ -510,6 +510,9 @@ def swarm_preflight(root: AgentRoot, engine: Engine, report: PreflightReport) ->
         report.add("swarm.not_manager", "agent.engine is swarm but this node's engine is not a swarm "
                                         "manager: run the agent on a manager (docker node ls shows "
                                         "them), or run docker swarm init")
+    if root.settings.watch.seconds > 0:
+        report.add("swarm.watch", "agent.watch (SPEC §16) is not carried out on a swarm yet; set "
+                                  "watch.seconds to 0, or run obs-agent verify after the deploy")
     if report.plan is not None:
         report.plan = replace(report.plan, accessories=tuple(
             replace(a, action="leave" if a.name in existing else "start", definition_changed=False)

@@ -136,6 +136,9 @@ def test_swarm_preflight_refuses_a_worker_and_a_missing_image(swarm_root: SwarmR
     assert check.returncode == 10, check.stdout + check.stderr
     assert [p["code"] for p in json.loads(check.stdout)["problems"]] == ["swarm.not_manager"]
     assert swarm_root.agent("check").returncode == 0  # on the manager
+    watching = swarm_root.agent("check", "--json", env=swarm_root.env(OBS_AGENT_WATCH='{"seconds": 30}'))
+    assert watching.returncode == 10, watching.stdout + watching.stderr
+    assert [p["code"] for p in json.loads(watching.stdout)["problems"]] == ["swarm.watch"]
     absent = deploy(swarm_root, "v9.9.9")
     assert absent.returncode == 11, absent.stdout + absent.stderr
     assert "does not resolve" in absent.stdout + absent.stderr
