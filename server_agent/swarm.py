@@ -104,14 +104,18 @@ def stack_document(config: ComposeConfig, services: Iterable[str], *, tag: str |
 
 
 def job_document(config: ComposeConfig, job: str, tag: str) -> dict[str, Any]:
-    """A job (SPEC §14) as a one-shot service of the stack: one task, never restarted, on the
-    stack's networks with the stack's environment. Swarm of Docker 20.10 has no job mode."""
+    """A job (SPEC §14) as a one-shot service of the stack: one task, never restarted, on a
+    manager, on the stack's networks with the stack's environment. Swarm of Docker 20.10 has
+    no job mode."""
     doc = stack_document(config, [job], tag=None, release={}, monitor_s=0)
     svc = doc["services"][job]
     svc["labels"] = {**_labels(svc.get("labels")), RELEASE_LABEL: tag, ROLE_LABEL: "job"}
     deploy = svc["deploy"]
     deploy["labels"].update({RELEASE_LABEL: tag, ROLE_LABEL: "job"})
     deploy.update(mode="replicated", replicas=1, restart_policy={"condition": "none"})
+    # On the manager: the agent reads its log there, and checks the bind mounts there.
+    placement = deploy.setdefault("placement", {})
+    placement["constraints"] = [*placement.get("constraints", []), "node.role == manager"]
     svc.pop("healthcheck", None)
     return doc
 

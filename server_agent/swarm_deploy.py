@@ -129,8 +129,16 @@ class Swarm:
         run(service_rollback_argv(self.stack, service))
 
     def logs_tail(self, service: str, lines: int) -> str:
-        res = run(service_logs_argv(self.stack, service, lines), check=False, timeout=30)
-        return REDACTOR("\n".join((res.stdout + res.stderr).splitlines()[-lines:]))
+        # Swarm's log broker may not have the task's stream yet ("incomplete log stream"):
+        # a few tries.
+        text = ""
+        for _ in range(5):
+            res = run(service_logs_argv(self.stack, service, lines), check=False, timeout=30)
+            text = res.stdout + res.stderr
+            if "incomplete log stream" not in text:
+                break
+            time.sleep(1)
+        return REDACTOR("\n".join(text.splitlines()[-lines:]))
 
     def remove(self, services: list[str]) -> None:
         if services:

@@ -180,3 +180,14 @@ def test_a_stuck_update_is_forced_once_per_stuck_task(tmp_path: Any, monkeypatch
     # The task stays on the dead node: it does not force the service again.
     assert gate._unstick(tasks, down, since, freed) is None
     assert swarm.forced == ["observer"]
+
+
+def test_a_job_is_a_one_shot_service_on_a_manager() -> None:
+    from server_agent.swarm import job_document
+
+    doc = job_document(ComposeConfig(RAW), "observer", "v3")
+    deploy = doc["services"]["observer"]["deploy"]
+    assert deploy["replicas"] == 1 and deploy["restart_policy"] == {"condition": "none"}
+    assert deploy["placement"]["constraints"] == ["node.role == manager"]
+    assert deploy["labels"]["obsdeploy.role"] == "job" and deploy["labels"]["obsdeploy.release"] == "v3"
+    assert "update_config" not in deploy and "healthcheck" not in doc["services"]["observer"]
