@@ -190,4 +190,4 @@ def test_a_job_is_a_one_shot_service_on_a_manager() -> None:
     assert deploy["replicas"] == 1 and deploy["restart_policy"] == {"condition": "none"}
     assert deploy["placement"]["constraints"] == ["node.role == manager"]
     assert deploy["labels"]["obsdeploy.role"] == "job" and deploy["labels"]["obsdeploy.release"] == "v3"
-    assert "update_config" not in deploy and "healthcheck" not in doc["services"]["observer"]
+    assert "healthcheck" not in doc["services"]["observer"]
