@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ class Deployer:
         self.engine = engine
         self.state = ReleaseState(root.state_dir)
         self.backups = BackupArchive(root)
-        self.rollout = Rollout(root, engine, self.state)
+        from .proxy import proxy_for
+
+        self.rollout = Rollout(root, engine, self.state, proxy=proxy_for(root))
         # Restart policies set aside while a release is on trial (see _hold_restarts).
         self._held: dict[str, dict[str, Any]] = {}
         self._writing: Future[Path] | None = None  # the backup being written, if any
@@ -240,6 +243,8 @@ class Deployer:
             else:
                 verdict = gate.wait(tag, sw.new, sw.started_ns, contract=step.contract)
             steps["gate"] = round(steps.get("gate", 0) + verdict.seconds, 3)
+            if verdict.healthy:
+                verdict = self._cut_over(sw, verdict)
             if not verdict.healthy:
                 failed = sw
                 if len(plan.steps) > 1:
@@ -297,6 +302,18 @@ class Deployer:
                 f"; {m.check}: {m.detail}" for m in result.last))
             return GateResult(True, "healthy", result.seconds)
         return GateResult(False, result.reason or "watch failed", result.seconds)
+
+    def _cut_over(self, sw: Switch, verdict: GateResult) -> GateResult:
+        """Behind a proxy, the gated step's new containers receive traffic only now (SPEC
+        §15). A proxy that cannot be updated fails the step: it still serves the old ones."""
+        from .proxy import ProxyError
+
+        try:
+            self.rollout.cut_over(sw)
+        except ProxyError as exc:
+            return GateResult(False, f"the proxy could not be updated: {REDACTOR(str(exc))[:400]}",
+                              verdict.seconds)
+        return verdict
 
     def _recover(self, record: dict[str, Any], verdict: GateResult, switches: list[Switch],
                  failed: Switch | None, plan: RolloutPlan, steps: dict[str, float],
@@ -361,7 +378,7 @@ class Deployer:
                                 stop=stop_after_delay(self.root.settings.health_timeout),
                                 wait=wait_fixed(1)):
             with attempt:
-                restored = self.rollout.walk_back(switches, failed)
+                restored = self.rollout.walk_back(switches, failed, ready=self._ready(previous))
         empty = [sw for sw in switches if not sw.old]
         if previous is not None and empty:
             prev_root = self.root.as_released(previous)
@@ -376,6 +393,17 @@ class Deployer:
                     self.rollout.settle_names(step)
                     restored += back.new
         return restored
+
+    def _ready(self, previous: str | None) -> Callable[[list[ContainerInfo], int], bool]:
+        """Gates containers of what ran before, by the criteria they passed with, before the
+        proxy is pointed back at them."""
+        def ready(containers: list[ContainerInfo], started_ns: int) -> bool:
+            tags = {c.tag for c in containers}
+            tag = tags.pop() if len(tags) == 1 else None
+            judge = self.root.as_released(tag or previous)
+            return HealthGate(judge, self.engine).wait(tag, containers, started_ns,
+                                                       contract=(), stabilize=0).healthy
+        return ready
 
     def _keep_diagnostics(self, record: dict[str, Any], verdict: GateResult,
                           failed: list[ContainerInfo], new: list[ContainerInfo]) -> None:

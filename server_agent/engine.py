@@ -65,6 +65,19 @@ class ContainerInfo:
     config_hash: str  # compose's hash of the definition it was created from
     binds: frozenset[tuple[str, str]]  # (host path, container path)
     ports: frozenset[str]  # "8000/tcp" for each published container port
+    # Where it is reached once running: ("8000/tcp", "127.0.0.1:32768") for each published
+    # port bound on the host, and its address on each network.
+    host_ports: tuple[tuple[str, str], ...] = ()
+    ips: tuple[str, ...] = ()
+
+    def address(self, port: int) -> str | None:
+        """host:port where container port `port` answers: its published host port (an
+        unspecified host address is reached on loopback), else its address on its first
+        network. None while it does not run."""
+        for key, where in self.host_ports:
+            if key == f"{port}/tcp":
+                return where
+        return f"{self.ips[0]}:{port}" if self.ips and self.running else None
 
     @property
     def running(self) -> bool:
@@ -97,7 +110,24 @@ class ContainerInfo:
             binds=frozenset((str(m.get("Source")), str(m.get("Destination")))
                             for m in a.get("Mounts") or [] if m.get("Type") == "bind"),
             ports=frozenset(((a.get("HostConfig") or {}).get("PortBindings") or {}).keys()),
+            host_ports=_host_ports(a),
+            ips=tuple(n["IPAddress"] for n in
+                      ((a.get("NetworkSettings") or {}).get("Networks") or {}).values()
+                      if n.get("IPAddress")),
         )
+
+
+def _host_ports(a: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for key, bindings in sorted(((a.get("NetworkSettings") or {}).get("Ports") or {}).items()):
+        for b in bindings or []:
+            ip = b.get("HostIp") or "0.0.0.0"
+            if ":" in ip:  # the IPv6 twin of an IPv4 binding: the IPv4 one is enough
+                continue
+            ip = "127.0.0.1" if ip == "0.0.0.0" else ip
+            out.append((key, f"{ip}:{b['HostPort']}"))
+            break
+    return tuple(out)
 
 
 class EngineHTTPError(ObsError):

@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,6 +80,14 @@ def probe(url: str, allow_degraded: bool) -> HealthAnswer:
             conn.close()
 
 
+_WORST_FIRST = ("fail", "down", "wait", "pass")
+
+
+def worst(answers: Iterable[HealthAnswer]) -> HealthAnswer:
+    """The answer that decides for several containers: one failure fails them all."""
+    return min(answers, key=lambda a: _WORST_FIRST.index(a.kind))
+
+
 class HealthGate:
     def __init__(self, root: AgentRoot, engine: Engine) -> None:
         self.root = root
@@ -113,7 +121,11 @@ class HealthGate:
             ).start()
         answers: list[str] = []
         try:
-            reason = self._loop(tag, ids, contract_ids, wake, dead, answers, started,
+            # The proxied service (SPEC §15) is asked health_url whether it carries the
+            # contract or not: it is what the proxy will send users to.
+            proxy = self.root.settings.proxy
+            proxied = proxy is not None and any(c.service == proxy.service for c in containers)
+            reason = self._loop(tag, ids, contract_ids, proxied, wake, dead, answers, started,
                                 self.stabilize if stabilize is None else stabilize)
         finally:
             if stream is not None:
@@ -123,14 +135,15 @@ class HealthGate:
             return GateResult(True, "healthy", seconds)
         return GateResult(False, REDACTOR(reason), seconds, [REDACTOR(a) for a in answers[-5:]])
 
-    def _loop(self, tag: str | None, ids: set[str], contract_ids: set[str], wake: threading.Event,
+    def _loop(self, tag: str | None, ids: set[str], contract_ids: set[str], proxied: bool,
+              wake: threading.Event,
               dead: list[str], answers: list[str], started: float, stabilize: float) -> str | None:
         deadline = started + self.timeout
         healthy_since: float | None = None
         fails_in_a_row = 0
         answered = False
         log_seen = self.pattern is None or not contract_ids
-        health_url = self.root.settings.health_url if contract_ids else None
+        health_url = self.root.settings.health_url if contract_ids or proxied else None
         verify_paths = self.root.settings.verify.paths if contract_ids else []
         env_checked = False
         waiting_on = "containers"
@@ -169,8 +182,9 @@ class HealthGate:
                     f"{c.name}: {c.health or c.state}" for c in infos) + ")"
             # Probe as soon as the containers run, before Docker's own healthcheck has had its
             # first interval: an error-answering release is caught within three probes.
-            if all(c.state == "running" for c in infos) and health_url:
-                ans = probe(health_url, self.root.settings.allow_degraded)
+            urls = self._health_urls(health_url, infos)
+            if all(c.state == "running" for c in infos) and urls:
+                ans = worst(probe(u, self.root.settings.allow_degraded) for u in urls)
                 answers.append(ans.detail)
                 del answers[:-10]
                 if ans.kind != "down":
@@ -211,6 +225,21 @@ class HealthGate:
                 return f"not healthy within health_timeout={self.timeout:g}s; waiting on {waiting_on}"
             wake.wait(PROBE_INTERVAL)
             wake.clear()
+
+    def _health_urls(self, health_url: str | None, infos: list[ContainerInfo]) -> list[str]:
+        """health_url; with a proxy (SPEC §15), asked of each of the proxied service's
+        containers at its own address (its ephemeral host port or its network address),
+        never through the proxy, which still serves the old release."""
+        proxy = self.root.settings.proxy
+        if health_url is None or proxy is None:
+            return [health_url] if health_url else []
+        from .proxy import rewrite_url
+
+        proxied = [c for c in infos if c.service == proxy.service]
+        if not proxied:
+            return [health_url]
+        addresses = [c.address(proxy.port) for c in proxied]
+        return [rewrite_url(health_url, a) for a in addresses if a is not None]
 
     def _open_events(self, since_ns: int) -> Any:
         try:

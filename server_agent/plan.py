@@ -133,12 +133,22 @@ def contract_services(specs: Iterable[ServiceSpec], configured: list[str] | None
 
 
 def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
-               contract: set[str], accessory_hashes: dict[str, str] | None = None) -> RolloutPlan:
+               contract: set[str], accessory_hashes: dict[str, str] | None = None,
+               proxy_service: str | None = None) -> RolloutPlan:
     """The plan for deploying `tag`. `containers` are the project's containers now;
-    `accessory_hashes` (compose config --hash), when given, tells changed accessories."""
-    specs = config.services
+    `accessory_hashes` (compose config --hash), when given, tells changed accessories.
+    `proxy_service` (SPEC §15) is switched start-first whatever its update_config says."""
+    from dataclasses import replace
+
+    specs = [replace(s, update_order="start-first") if s.name == proxy_service else s
+             for s in config.services]
     problems: list[tuple[str, str]] = []
     roles = {s.name: role_of(s) for s in specs}
+    if proxy_service is not None and roles.get(proxy_service) != "release":
+        problems.append(("plan.proxy_service",
+                         f"agent.proxy.service {proxy_service!r} is not a release service of the "
+                         "compose file" + (f" (it is an {roles[proxy_service]})"
+                                           if proxy_service in roles else "")))
     for s in specs:
         if s.labels.get(ROLE_LABEL, "release") not in ROLES:
             problems.append(("plan.role", f"service {s.name}: label {ROLE_LABEL}="
@@ -161,7 +171,7 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
                              "an integer"))
             orders[s.name] = None
     problems += _order_problems(releases, orders)
-    problems += _strategy_problems(releases)
+    problems += _strategy_problems(releases, proxy_service)
 
     plans = {s.name: ServicePlan(
         name=s.name, strategy=s.update_order, replicas=s.replicas,
@@ -213,13 +223,21 @@ def _order_problems(releases: list[ServiceSpec], orders: dict[str, int | None]) 
     return out
 
 
-def _strategy_problems(releases: list[ServiceSpec]) -> list[tuple[str, str]]:
+def _strategy_problems(releases: list[ServiceSpec], proxy_service: str | None = None
+                       ) -> list[tuple[str, str]]:
     out = []
     for s in releases:
         if s.update_order not in STRATEGIES:
             out.append(("plan.strategy", f"service {s.name}: deploy.update_config.order "
                         f"{s.update_order!r} is not one of {', '.join(STRATEGIES)}"))
-        if s.update_order == "start-first" and s.published_ports:
+        if s.name == proxy_service and s.published_ports:
+            out.append(("plan.proxy_port",
+                        f"service {s.name} is behind agent.proxy, so its new containers start "
+                        f"beside the old ones, but it publishes the fixed host port(s) "
+                        f"{', '.join(s.published_ports)}, which two containers cannot share: publish "
+                        "an ephemeral port (\"127.0.0.1::8000\") or none (the proxy then reaches "
+                        "the container's network address)"))
+        elif s.update_order == "start-first" and s.published_ports:
             out.append(("plan.start_first_port",
                         f"service {s.name} is start-first but publishes the fixed host port(s) "
                         f"{', '.join(s.published_ports)}, which two containers cannot share: publish "

@@ -77,7 +77,20 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
         from .swarm_deploy import swarm_preflight
 
         swarm_preflight(root, engine, report)
+    _check_proxy(root, report)
     return report
+
+
+def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
+    """The proxy answers (SPEC §15): caddy's admin API, nginx's upstream file writable."""
+    from .proxy import proxy_for
+
+    proxy = proxy_for(root)
+    if proxy is None:
+        return
+    problem = proxy.driver.problem()
+    if problem is not None:
+        report.add(f"proxy.{root.settings.proxy.kind}" if root.settings.proxy else "proxy", problem)
 
 
 def contract_of(root: AgentRoot, cfg: ComposeConfig) -> set[str]:
@@ -100,7 +113,9 @@ def rollout_plan(root: AgentRoot, engine: Engine | None, cfg: ComposeConfig, tag
         project = ComposeProject(root.path, root.compose_file, root.project)
         accessories = [s.name for s in cfg.services if role_of(s) == "accessory"]
         hashes = project.config_hashes(accessories, root.compose_env(tag))
-    return build_plan(cfg, tag, containers, contract_of(root, cfg), hashes)
+    proxy = root.settings.proxy
+    return build_plan(cfg, tag, containers, contract_of(root, cfg), hashes,
+                      proxy_service=proxy.service if proxy else None)
 
 
 def _check_env(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:

@@ -8,6 +8,11 @@ One step switches its services from what runs now to `tag`:
     start-first  create and start the new beside the old; the old keep running until the
                  step's gate has passed, then stop with their stop_grace_period.
 
+With a proxy (SPEC §15) its service is start-first; once the step's gate has passed,
+`cut_over` points the proxy at the new containers, and `complete` lets the old drain before
+it stops them. Walking such a step back starts the old containers first when they no longer
+run, waits until they answer, points the proxy back at them, then stops the new.
+
 A service's `container_name` is taken by its new container once the old one no longer runs
 (compose cannot create a second container under the same name, so the new one is created
 under compose's own name and renamed: the downtime stays one stop and one start).
@@ -26,6 +31,7 @@ from .compose import ComposeConfig, ComposeProject, release_override
 from .engine import ContainerInfo, Engine
 from .errors import ObsError
 from .plan import Step
+from .proxy import ProxyCutover
 from .redact import REDACTOR
 from .root import AgentRoot
 from .state import ReleaseState, atomic_write
@@ -51,13 +57,23 @@ class Switch:
     swap_s: float
     started_ns: int  # time.time_ns() just before the new containers were started
     start_error: str | None = None
+    cut_over: bool = False  # the proxy was pointed at `new`
+
+
+# Gates containers started at a time.time_ns(): True when they are healthy.
+Ready = Callable[[list[ContainerInfo], int], bool]
 
 
 class Rollout:
-    def __init__(self, root: AgentRoot, engine: Engine, state: ReleaseState) -> None:
+    def __init__(self, root: AgentRoot, engine: Engine, state: ReleaseState,
+                 proxy: ProxyCutover | None = None) -> None:
         self.root = root
         self.engine = engine
         self.state = state
+        self.proxy = proxy
+
+    def proxied(self, step: Step) -> bool:
+        return self.proxy is not None and self.proxy.service in step.names
 
     def containers(self, services: Sequence[str]) -> list[ContainerInfo]:
         return [c for c in self.engine.project_containers(self.root.project) if c.service in services]
@@ -108,10 +124,23 @@ class Rollout:
         log.info("started %s: %s (%.2fs)", tag, ", ".join(c.name for c in started), swap_s)
         return Switch(step, tag, old, started, swap_s, started_ns)
 
+    def cut_over(self, sw: Switch) -> None:
+        """The step passed its gate: point the proxy at its new containers, in one change
+        (SPEC §15). Raises ProxyError when the proxy cannot be updated; it then still
+        serves the old containers."""
+        if self.proxy is None or not self.proxied(sw.step):
+            return
+        self.proxy.point_at(self._fresh(sw.new))
+        sw.cut_over = True
+        checkpoint("cut_over")
+
     def complete(self, sw: Switch) -> None:
-        """The step passed its gate: stop the start-first services' old containers (graceful),
-        and give each container_name to the service's running container."""
+        """The step passed its gate: stop the start-first services' old containers (graceful;
+        behind a proxy, after they drained), and give each container_name to the service's
+        running container."""
         strategy = sw.step.services_by_name
+        if sw.cut_over and self.proxy is not None:
+            self.proxy.wait_drain(sw.old)
         self.engine.stop([c for c in sw.old if strategy[c.service].strategy == "start-first"])
         self.settle_names(sw.step)
 
@@ -167,21 +196,54 @@ class Rollout:
         return out
 
     # --- walking back -----------------------------------------------------------------------
-    def walk_back(self, switches: list[Switch], failed: Switch | None) -> list[ContainerInfo]:
+    def walk_back(self, switches: list[Switch], failed: Switch | None,
+                  ready: Ready | None = None) -> list[ContainerInfo]:
         """Put every switched step back, in reverse order, to what it ran before: the failed
         step's new containers are killed (no grace for a broken release), the passed steps'
-        stopped gracefully; then the old containers start again. Returns them."""
+        stopped gracefully; then the old containers start again. Returns them.
+        A step behind the proxy goes back without a gap (`_walk_back_proxied`); `ready`
+        gates its old containers before the proxy is pointed back at them."""
         restored: list[ContainerInfo] = []
         for sw in reversed(switches):
-            if sw is failed:
-                self.engine.kill(sw.new)
+            if self.proxied(sw.step):
+                self._walk_back_proxied(sw, sw is failed, ready)
             else:
-                self.engine.stop(sw.new)
-            checkpoint("failed_stopped")
-            self.engine.start(sw.old)
+                if sw is failed:
+                    self.engine.kill(sw.new)
+                else:
+                    self.engine.stop(sw.new)
+                checkpoint("failed_stopped")
+                self.engine.start(sw.old)
             self.settle_names(sw.step)
             restored += sw.old
         return restored
+
+    def _walk_back_proxied(self, sw: Switch, failed: bool, ready: Ready | None) -> None:
+        """The old containers serve again before the new ones stop: started first when they
+        no longer run (a later step failed after this one completed) and gated, then the
+        proxy is pointed back at them, then the new drain and stop (a failed release that
+        never received a request is killed at once)."""
+        assert self.proxy is not None
+        stopped = [c for c in self._fresh(sw.old) if not c.running]
+        if stopped:
+            started_ns = time.time_ns()
+            self.engine.start(stopped)
+            if ready is not None and not ready(sw.old, started_ns):
+                raise ObsError(f"{', '.join(c.name for c in sw.old)} did not become healthy again; "
+                               "the proxy still sends traffic to the new containers")
+        if sw.cut_over and sw.old:
+            self.proxy.point_at(self._fresh(sw.old))
+            sw.cut_over = False
+            self.proxy.wait_drain(sw.new)
+        checkpoint("failed_stopped")
+        if failed:
+            self.engine.kill(sw.new)
+        else:
+            self.engine.stop(sw.new)
+
+    def _fresh(self, containers: Sequence[ContainerInfo]) -> list[ContainerInfo]:
+        """Inspect again: a container's published ports are known only while it runs."""
+        return [self.engine.inspect(c.id) for c in containers]
 
 
 def engine_down(exc: BaseException) -> bool:

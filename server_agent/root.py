@@ -85,6 +85,11 @@ class AgentRoot:
             return self
         root = AgentRoot(self.path, kept=kept)
         root.today_env = self.json_env()
+        # The proxy is the host's, not the release's: today's drives and shapes every gate.
+        agent = root.raw_config.setdefault("agent", {})
+        agent.pop("proxy", None)
+        if "proxy" in self.raw_config.get("agent", {}):
+            agent["proxy"] = self.raw_config["agent"]["proxy"]
         return root
 
     def keep_release(self, tag: str, keep: list[str]) -> None:

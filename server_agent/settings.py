@@ -131,6 +131,49 @@ class WatchSettings(BaseModel):
     inconclusive: Literal["fail", "pass"] = "fail"
 
 
+class ProxySettings(BaseModel):
+    """The reverse proxy in front of one release service (SPEC §15)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["caddy", "nginx"]
+    service: str = Field(min_length=1)
+    port: int = Field(gt=0, lt=65536)
+    # caddy: the admin API, and the server the agent owns in caddy's config.
+    admin_url: str = "http://127.0.0.1:2019"
+    listen: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    # nginx: the file of `server ...;` lines the user's upstream block includes, and the
+    # command that reloads nginx gracefully.
+    upstream_file: str | None = None
+    reload_command: list[str] = Field(default_factory=lambda: ["nginx", "-s", "reload"], min_length=1)
+    # None: the service's stop_grace_period, at most MAX_DRAIN_SECONDS.
+    drain_seconds: float | None = Field(None, ge=0, le=300)
+
+    @field_validator("admin_url")
+    @classmethod
+    def _admin_url(cls, v: str) -> str:
+        if not re.match(r"https?://[^/\s]+/?$", v):
+            raise ValueError("must be the admin API's base URL, e.g. http://127.0.0.1:2019")
+        return v.rstrip("/")
+
+    @field_validator("upstream_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not PurePosixPath(v).is_absolute():
+            raise ValueError("must be an absolute path, e.g. /etc/nginx/obsdeploy/observer.upstream")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> ProxySettings:
+        if self.kind == "caddy" and not self.listen:
+            raise ValueError("kind caddy needs listen: the addresses of the server the agent owns "
+                             "in caddy's config, e.g. [\":80\"]")
+        if self.kind == "nginx" and not self.upstream_file:
+            raise ValueError("kind nginx needs upstream_file: the file of server lines your "
+                             "upstream block includes")
+        return self
+
+
 DEFAULT_MOUNTS = {
     "./data": "/app/data/observer",
     "./logs": "/app/logs",
@@ -178,6 +221,8 @@ class AgentSettings(BaseSettings):
     # Prometheus text file rewritten after every attempt (node_exporter's textfile collector);
     # relative paths are relative to the agent root.
     metrics_file: str | None = None
+    # The reverse proxy in front of one release service (SPEC §15); None: no proxy.
+    proxy: ProxySettings | None = None
 
     @field_validator("compose_file")
     @classmethod

@@ -1,0 +1,276 @@
+"""The reverse proxy in front of one release service (SPEC §15), driven, never installed.
+
+    Proxy        the protocol: point_at(addresses) in one change, current(), problem()
+    Caddy        its admin API: the agent owns one server, `obsdeploy-<project>`, in caddy's
+                 config and replaces it with one POST (caddy swaps configs gracefully: its
+                 listeners stay open, in-flight requests finish on the old config)
+    Nginx        the upstream file (`server ADDRESS;` lines the user's `upstream` block
+                 includes), replaced atomically, then the reload command (graceful: old
+                 workers finish their requests)
+    ProxyCutover what the rollout needs: which service, where its containers answer, how
+                 long the old ones drain
+
+Builders (the caddy server, the change for a given config, the upstream file's text) are
+pure functions, tested as values; the classes only send them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from .engine import ContainerInfo
+from .errors import ObsError
+from .redact import REDACTOR
+
+if TYPE_CHECKING:
+    from .root import AgentRoot
+    from .settings import ProxySettings
+
+log = logging.getLogger("obs.proxy")
+
+REQUEST_TIMEOUT = 10.0
+RELOAD_TIMEOUT = 30.0
+MAX_DRAIN_SECONDS = 30.0
+# The drain when the service's containers say nothing (Docker's own stop timeout).
+DEFAULT_STOP_TIMEOUT = 10
+
+
+class ProxyError(ObsError):
+    """The proxy could not be read or updated; what runs and what it serves did not change."""
+
+
+class Proxy(Protocol):
+    def point_at(self, addresses: Sequence[str]) -> None:
+        """Send all traffic to `addresses` (host:port) in one change, or raise ProxyError."""
+
+    def current(self) -> list[str]:
+        """The addresses the proxy sends traffic to now (empty: none yet)."""
+
+    def problem(self) -> str | None:
+        """Why the proxy cannot be driven (preflight), or None."""
+
+
+# --- caddy -----------------------------------------------------------------------------------
+def caddy_server(name: str, listen: Sequence[str], hosts: Sequence[str],
+                 addresses: Sequence[str]) -> dict[str, Any]:
+    """The server the agent owns: its listeners, an optional host match, one reverse_proxy."""
+    route: dict[str, Any] = {
+        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}],
+        "terminal": True,
+    }
+    if hosts:
+        route["match"] = [{"host": list(hosts)}]
+    return {"@id": name, "listen": list(listen), "routes": [route]}
+
+
+def caddy_change(config: Any, name: str, server: dict[str, Any]) -> tuple[str, Any]:
+    """The one request (POST path, body) that puts `server` into `config` under `name`.
+    Caddy's POST sets or replaces the object at an existing path, so the body nests the
+    server under the deepest part of apps.http.servers that exists already."""
+    value: Any = server
+    keys = ["apps", "http", "servers", name]
+    node = config if isinstance(config, dict) else None
+    depth = 0
+    while node is not None and depth < len(keys) - 1 and isinstance(node.get(keys[depth]), dict):
+        node = node[keys[depth]]
+        depth += 1
+    for key in reversed(keys[depth + 1:]):
+        value = {key: value}
+    if node is None:  # no config at all: caddy started without one
+        return "/config/", {"apps": {"http": {"servers": {name: server}}}}
+    return "/config/" + "/".join(quote(k, safe="") for k in keys[:depth + 1]), value
+
+
+def caddy_upstreams(server: Any) -> list[str]:
+    """The dial addresses of the reverse_proxy handlers in a server of ours."""
+    out: list[str] = []
+    if not isinstance(server, dict):
+        return out
+    for route in server.get("routes") or []:
+        for handler in route.get("handle") or []:
+            if handler.get("handler") == "reverse_proxy":
+                out += [str(u.get("dial")) for u in handler.get("upstreams") or []]
+    return out
+
+
+class Caddy:
+    def __init__(self, admin_url: str, server_name: str, listen: Sequence[str],
+                 hosts: Sequence[str]) -> None:
+        self.admin_url = admin_url
+        self.name = server_name
+        self.listen = list(listen)
+        self.hosts = list(hosts)
+
+    def point_at(self, addresses: Sequence[str]) -> None:
+        config = self._request("GET", "/config/")
+        path, body = caddy_change(config, self.name,
+                                  caddy_server(self.name, self.listen, self.hosts, addresses))
+        self._request("POST", path, body)
+        log.info("caddy server %s now proxies to %s", self.name, ", ".join(addresses))
+
+    def current(self) -> list[str]:
+        config = self._request("GET", "/config/")
+        servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
+        return caddy_upstreams(servers.get(self.name))
+
+    def problem(self) -> str | None:
+        try:
+            self._request("GET", "/config/")
+        except ProxyError as exc:
+            return str(exc)
+        return None
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        where = urlsplit(self.admin_url)
+        kind = http.client.HTTPSConnection if where.scheme == "https" else http.client.HTTPConnection
+        conn = kind(where.hostname or "", where.port, timeout=REQUEST_TIMEOUT)
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            # Caddy refuses admin requests whose Origin/Host it does not expect; a plain
+            # request from the same host passes.
+            conn.request(method, path, body=data,
+                         headers={"Content-Type": "application/json"} if data is not None else {})
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            raise ProxyError(f"caddy's admin API at {self.admin_url} does not answer ({exc})",
+                             hint="start caddy, or fix agent.proxy.admin_url") from None
+        finally:
+            conn.close()
+        if resp.status >= 300:
+            raise ProxyError(f"caddy's admin API refused {method} {path}: HTTP {resp.status} "
+                             f"{REDACTOR(text.strip())[:400]}")
+        return json.loads(text) if text.strip() else None
+
+
+# --- nginx -----------------------------------------------------------------------------------
+def nginx_upstreams(addresses: Sequence[str]) -> str:
+    return ("# written by obs-agent (SPEC §15): the upstream's servers, replaced on every "
+            "switch\n" + "".join(f"server {a};\n" for a in addresses))
+
+
+def parse_nginx_upstreams(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].replace(";", " ").split()
+        if len(words) >= 2 and words[0] == "server":
+            out.append(words[1])
+    return out
+
+
+class Nginx:
+    def __init__(self, upstream_file: Path, reload_command: Sequence[str]) -> None:
+        self.file = upstream_file
+        self.reload_command = list(reload_command)
+
+    def point_at(self, addresses: Sequence[str]) -> None:
+        from .errors import CommandError
+        from .runner import run
+        from .state import atomic_write
+
+        before = self.file.read_text() if self.file.exists() else None
+        try:
+            atomic_write(self.file, nginx_upstreams(addresses))
+        except OSError as exc:
+            raise ProxyError(f"cannot write nginx's upstream file {self.file}: {exc.strerror}") from None
+        try:
+            run(self.reload_command, timeout=RELOAD_TIMEOUT)
+        except CommandError as exc:
+            # nginx keeps running its old configuration; the file says so again.
+            if before is not None:
+                atomic_write(self.file, before)
+            raise ProxyError(f"nginx did not reload: {exc}",
+                             hint="fix agent.proxy.reload_command or nginx's configuration") from None
+        log.info("nginx upstream %s now lists %s", self.file, ", ".join(addresses))
+
+    def current(self) -> list[str]:
+        try:
+            return parse_nginx_upstreams(self.file.read_text())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ProxyError(f"cannot read nginx's upstream file {self.file}: {exc.strerror}") from None
+
+    def problem(self) -> str | None:
+        import os
+
+        where = self.file if self.file.exists() else self.file.parent
+        if not where.exists():
+            return f"the directory of nginx's upstream file {self.file} does not exist"
+        if not os.access(where, os.W_OK):
+            return f"nginx's upstream file {self.file} is not writable by uid {os.getuid()}"
+        if shutil.which(self.reload_command[0]) is None:
+            return f"the reload command {self.reload_command[0]} is not found"
+        return None
+
+
+# --- what the rollout uses ---------------------------------------------------------------------
+@dataclass
+class ProxyCutover:
+    service: str
+    port: int
+    driver: Proxy
+    drain: float | None  # None: the old containers' stop timeout, at most MAX_DRAIN_SECONDS
+
+    def addresses(self, containers: Sequence[ContainerInfo]) -> list[str]:
+        """Where the service's running containers answer (fresh inspect data: published
+        ports are known only once a container runs)."""
+        out = []
+        for c in containers:
+            if c.service != self.service:
+                continue
+            a = c.address(self.port)
+            if a is None:
+                raise ProxyError(f"container {c.name} has no address for port {self.port} (it "
+                                 "neither publishes it nor runs on a network)")
+            out.append(a)
+        return out
+
+    def point_at(self, containers: Sequence[ContainerInfo]) -> None:
+        addresses = self.addresses(containers)
+        if not addresses:
+            raise ProxyError(f"no running container of {self.service} to point the proxy at")
+        self.driver.point_at(addresses)
+
+    def drain_seconds(self, old: Sequence[ContainerInfo]) -> float:
+        if self.drain is not None:
+            return self.drain
+        timeouts = [c.stop_timeout if c.stop_timeout is not None else DEFAULT_STOP_TIMEOUT
+                    for c in old if c.service == self.service]
+        return min(max(timeouts, default=0), MAX_DRAIN_SECONDS)
+
+    def wait_drain(self, old: Sequence[ContainerInfo]) -> None:
+        seconds = self.drain_seconds(old)
+        if seconds > 0:
+            log.info("draining %s for %.1fs", ", ".join(c.name for c in old
+                                                          if c.service == self.service), seconds)
+            time.sleep(seconds)
+
+
+def proxy_for(root: AgentRoot) -> ProxyCutover | None:
+    s: ProxySettings | None = root.settings.proxy
+    if s is None:
+        return None
+    driver: Proxy
+    if s.kind == "caddy":
+        driver = Caddy(s.admin_url, f"obsdeploy-{root.project}", s.listen, s.hosts)
+    else:
+        assert s.upstream_file is not None
+        driver = Nginx(Path(s.upstream_file), s.reload_command)
+    return ProxyCutover(s.service, s.port, driver, s.drain_seconds)
+
+
+def rewrite_url(url: str, address: str) -> str:
+    """`url` with its host and port replaced by `address`: health_url asked of one
+    container at its own address, never through the proxy."""
+    where = urlsplit(url)
+    return where._replace(netloc=address).geturl()

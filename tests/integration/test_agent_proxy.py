@@ -1,0 +1,150 @@
+"""SPEC §15 end to end: a release service behind a real caddy or nginx on loopback, switched
+start-first, under a load of 100 requests/s of independent clients through the proxy.
+
+Zero failed requests during a good deploy, a crash-at-start release, an error-answering
+release and a manual rollback; the failing releases' versions are never seen through the
+proxy. health_url is written as an operator would, through the proxy: the agent must ask
+each new container at its own address instead, or the error release would pass its gate on
+the old release's answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import parts, parts_project
+from tests.conftest import missing
+from tests.parts_proxy import CaddyProcess, Load, NginxProcess
+
+RATE = 100
+
+
+@pytest.fixture(params=["caddy", "nginx"])
+def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CaddyProcess | NginxProcess]:
+    kind = request.param
+    if not shutil.which(kind):
+        missing(kind + (" (Debian caddy)" if kind == "caddy" else " (Debian nginx-light)"))
+    proc: CaddyProcess | NginxProcess = (CaddyProcess(tmp_path / "caddy") if kind == "caddy"
+                                         else NginxProcess(tmp_path / "nginx"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProcess,
+                 **proxy_extra: object) -> parts.AgentRootDir:
+    root = parts.make_agent_root(tmp_path / "observer", registry, f"obs-{uuid.uuid4().hex[:8]}",
+                                 health_url=f"{proxy.url}/health",
+                                 proxy=proxy.proxy_settings(drain_seconds=1, **proxy_extra))
+    compose = root.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"',
+                                                   '"127.0.0.1::8000"'))
+    return root
+
+
+def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str) -> tuple[int, Load, str]:
+    with Load(f"{url}/health", rate=RATE, max_seconds=90) as load:
+        load._stop.wait(0.5)  # traffic flows before the agent starts
+        res = root.agent(*args)
+        load._stop.wait(0.5)
+    parts.no_traceback(res)
+    return res.returncode, load, res.stdout + res.stderr
+
+
+def running_versions(project: str) -> set[str | None]:
+    return {parts_project.release_of(c) for c in parts_project.running(project, "observer")}
+
+
+def test_proxy_cutover_zero_failed_requests(tmp_path: Path, registry: parts.Registry,
+                                            images: dict[str, str],
+                                            proxy: CaddyProcess | NginxProcess) -> None:
+    root = proxied_root(tmp_path, registry.address, proxy)
+    try:
+        first = root.agent("deploy", "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        with Load(f"{proxy.url}/health", rate=20, max_seconds=1) as warm:
+            warm._stop.wait(0.5)
+        assert not warm.failed and warm.versions == {"v1.0.0"}, warm.summary()
+
+        # A good deploy: the new release serves, the old drained and stopped, nothing failed.
+        code, load, out = deploy_under_load(root, proxy.url, "deploy", "v1.1.0")
+        assert code == 0, out
+        assert len(load.answers) >= RATE * 2, load.summary()
+        assert not load.failed, load.summary()
+        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+        assert running_versions(root.project) == {"v1.1.0"}
+
+        # Releases that fail their gate never receive a request.
+        for bad in ("v2.0.0-crash", "v2.0.0-error"):
+            code, load, out = deploy_under_load(root, proxy.url, "deploy", bad)
+            assert code == 20, out
+            assert not load.failed, f"{bad}: {load.summary()}"
+            assert load.versions == {"v1.1.0"}, f"{bad}: {load.summary()}"
+            assert running_versions(root.project) == {"v1.1.0"}
+        record = parts.history(root)[0]
+        assert record["result"] == "rolled_back" and "health_url" in record["failure"]["reason"], record
+
+        # A manual rollback starts the previous release's containers first.
+        code, load, out = deploy_under_load(root, proxy.url, "rollback")
+        assert code == 0, out
+        assert not load.failed, load.summary()
+        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+        assert running_versions(root.project) == {"v1.0.0"}
+        assert root.last_good() == "v1.0.0"
+    finally:
+        root.down()
+
+
+def test_proxy_that_cannot_be_updated_leaves_the_old_serving(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+    """nginx's reload fails: the new containers are removed, the old keep serving, exit 20,
+    and the upstream file names the old again."""
+    if not shutil.which("nginx"):
+        missing("nginx (Debian nginx-light)")
+    nginx = NginxProcess(tmp_path / "nginx").start()
+    root = proxied_root(tmp_path, registry.address, nginx)
+    try:
+        assert root.agent("deploy", "v1.0.0").returncode == 0
+        upstream = nginx.upstream_file.read_text()
+        config = json.loads((root.path / "deployment_config.json").read_text())
+        config["agent"]["proxy"]["reload_command"] = ["/bin/sh", "-c", "echo reload refused >&2; exit 1"]
+        (root.path / "deployment_config.json").write_text(json.dumps(config))
+        code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
+        assert code == 20, out
+        assert "the proxy could not be updated" in out and "reload refused" in out, out
+        assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
+        assert nginx.upstream_file.read_text() == upstream
+        assert running_versions(root.project) == {"v1.0.0"}
+        assert not [c for c in parts_project.containers(root.project)
+                    if parts_project.release_of(c) == "v1.1.0"], "the new containers were not removed"
+    finally:
+        root.down()
+        nginx.stop()
+
+
+def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
+                                    images: dict[str, str]) -> None:
+    """caddy's admin API that does not answer, nginx's upstream file in a missing directory,
+    and a proxied service on a fixed host port are reported together; nothing runs."""
+    root = parts.make_agent_root(tmp_path / "observer", registry.address, f"obs-{uuid.uuid4().hex[:8]}",
+                                 proxy={"kind": "caddy", "service": "observer", "port": 8000,
+                                        "admin_url": f"http://127.0.0.1:{parts.free_port()}",
+                                        "listen": [":8080"]})
+    res = root.agent("check", "--json")
+    assert res.returncode == 10, res.stdout + res.stderr
+    codes = {p["code"] for p in json.loads(res.stdout)["problems"]}
+    assert codes == {"proxy.caddy", "plan.proxy_port"}, res.stdout
+
+    config = json.loads((root.path / "deployment_config.json").read_text())
+    config["agent"]["proxy"] = {"kind": "nginx", "service": "observer", "port": 8000,
+                                "upstream_file": str(tmp_path / "nope" / "app.upstream")}
+    (root.path / "deployment_config.json").write_text(json.dumps(config))
+    res = root.agent("deploy", "v1.0.0")
+    assert res.returncode == 10, res.stdout + res.stderr
+    assert "proxy.nginx" in res.stdout + res.stderr and "does not exist" in res.stdout + res.stderr
+    assert not parts_project.containers(root.project)

@@ -1,0 +1,243 @@
+"""Real reverse proxies on loopback and a load of independent clients (SPEC §15), for the
+tests and bench/. Plain Python, no pytest.
+
+    CaddyProcess  `caddy run` with its admin API on a free loopback port and no server yet
+    NginxProcess  nginx as root with its own prefix, conf, pid and error log in a temp dir,
+                  proxying a free loopback port to an `upstream` that includes the agent's file
+    Load          requests on a fixed schedule, each from its own thread on its own connection:
+                  none waits for another, as independent users do
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.parts import free_port, wait_port
+
+
+@dataclass
+class CaddyProcess:
+    workdir: Path
+    admin_port: int = field(default_factory=free_port)
+    listen_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    def start(self) -> CaddyProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "caddy.json"
+        cfg.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{self.admin_port}"}}))
+        log = open(self.workdir / "caddy.log", "wb")  # noqa: SIM115 (lives with the process)
+        # Its own HOME/XDG dirs: autosave.json and certificates stay in the temp dir.
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(self.workdir),
+               "XDG_CONFIG_HOME": str(self.workdir / "config"),
+               "XDG_DATA_HOME": str(self.workdir / "data")}
+        self.proc = subprocess.Popen([caddy_binary(), "run", "--config", str(cfg)],
+                                     stdout=log, stderr=log, env=env)
+        wait_port(self.admin_port)
+        return self
+
+    def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
+        return {"kind": "caddy", "service": service, "port": 8000, "admin_url": self.admin_url,
+                "listen": [f"127.0.0.1:{self.listen_port}"], **extra}
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def caddy_binary() -> str:
+    return shutil.which("caddy") or "caddy"
+
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    upstream app {{
+        include {prefix}/app.upstream;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class NginxProcess:
+    prefix: Path
+    listen_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def upstream_file(self) -> Path:
+        return self.prefix / "app.upstream"
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    def command(self, *args: str) -> list[str]:
+        return [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(self.prefix), "-c",
+                str(self.conf), "-e", str(self.prefix / "error.log"), *args]
+
+    def start(self) -> NginxProcess:
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.listen_port))
+        # nginx refuses an upstream without servers: a placeholder until the first deploy.
+        self.upstream_file.write_text("server 127.0.0.1:9;\n")
+        log = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115 (lives with the process)
+        self.proc = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=log)
+        wait_port(self.listen_port)
+        return self
+
+    def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
+        return {"kind": "nginx", "service": service, "port": 8000,
+                "upstream_file": str(self.upstream_file),
+                "reload_command": self.command("-s", "reload"), **extra}
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+# --- load ----------------------------------------------------------------------------------------
+@dataclass
+class Answer:
+    sent: float  # seconds since the load started
+    latency: float
+    ok: bool
+    version: str | None
+    detail: str
+
+
+class Load:
+    """GET `url` `rate` times a second on a fixed schedule, each request from its own thread
+    on its own connection (none waits for another), until stop() or `max_seconds`.
+    A request counts as failed when it is refused, reset, unanswered within `timeout`, not
+    2xx, or its JSON status is not "healthy"."""
+
+    def __init__(self, url: str, rate: float = 100, timeout: float = 5.0,
+                 max_seconds: float = 120) -> None:
+        self.url = url
+        self.rate = rate
+        self.timeout = timeout
+        self.max_seconds = max_seconds
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scheduler = threading.Thread(target=self._schedule, daemon=True)
+        self._t0 = 0.0
+
+    def __enter__(self) -> Load:
+        self._t0 = time.monotonic()
+        self._scheduler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> Load:
+        self._stop.set()
+        self._scheduler.join()
+        for t in self._threads:
+            t.join(self.timeout + 5)
+        return self
+
+    def _schedule(self) -> None:
+        interval = 1.0 / self.rate
+        n = 0
+        while not self._stop.is_set():
+            due = self._t0 + n * interval
+            if due - self._t0 > self.max_seconds:
+                break
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            t = threading.Thread(target=self._one, args=(due - self._t0,), daemon=True)
+            t.start()
+            self._threads.append(t)
+            n += 1
+
+    def _one(self, sent: float) -> None:
+        from urllib.parse import urlsplit
+
+        where = urlsplit(self.url)
+        start = time.monotonic()
+        conn = http.client.HTTPConnection(where.hostname or "", where.port, timeout=self.timeout)
+        try:
+            conn.request("GET", where.path or "/", headers={"Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read()
+            doc: Any = json.loads(body) if body.strip().startswith(b"{") else None
+            version = doc.get("version") if isinstance(doc, dict) else None
+            healthy = isinstance(doc, dict) and doc.get("status") == "healthy"
+            ok = 200 <= resp.status < 300 and healthy
+            answer = Answer(sent, time.monotonic() - start, ok, version,
+                            f"HTTP {resp.status} {body[:80]!r}")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            answer = Answer(sent, time.monotonic() - start, False, None, f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+        with self._lock:
+            self.answers.append(answer)
+
+    # --- what it saw ----------------------------------------------------------------------------
+    @property
+    def failed(self) -> list[Answer]:
+        return [a for a in self.answers if not a.ok]
+
+    @property
+    def versions(self) -> set[str]:
+        return {a.version for a in self.answers if a.ok and a.version}
+
+    def longest_outage(self) -> float:
+        """The longest stretch of send times in which every request failed (seconds)."""
+        longest, start = 0.0, None
+        for a in sorted(self.answers, key=lambda a: a.sent):
+            if a.ok:
+                start = None
+            else:
+                start = a.sent if start is None else start
+                longest = max(longest, a.sent - start + 1.0 / self.rate)
+        return longest
+
+    def latency_p99(self, since: float = 0.0, until: float = float("inf")) -> float:
+        lat = sorted(a.latency for a in self.answers if since <= a.sent < until)
+        return lat[int(0.99 * (len(lat) - 1))] if lat else 0.0
+
+    def summary(self) -> str:
+        fails = self.failed
+        return (f"{len(self.answers)} requests, {len(fails)} failed, versions {sorted(self.versions)}"
+                + (f"; first failures: {[(round(a.sent, 3), a.detail) for a in fails[:5]]}" if fails else ""))
