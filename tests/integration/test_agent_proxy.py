@@ -148,3 +148,34 @@ def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
     assert res.returncode == 10, res.stdout + res.stderr
     assert "proxy.nginx" in res.stdout + res.stderr and "does not exist" in res.stdout + res.stderr
     assert not parts_project.containers(root.project)
+
+
+def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str], docker_client,  # type: ignore[no-untyped-def]
+        proxy: CaddyProcess | NginxProcess) -> None:
+    """The proxied service is step 1 and passes; step 2 (scanner) crashes. By then the
+    proxy serves the new release and the old containers were stopped after their drain:
+    the walk back starts them, gates them, points the proxy back, then stops the new ones.
+    Not one request fails."""
+    parts_project.build_project_images(docker_client, registry.address)
+    root = proxied_root(tmp_path, registry.address, proxy)
+    compose = root.path / "docker-compose.server.yml"
+    text = compose.read_text().replace("    restart: unless-stopped\n", (
+        "    restart: unless-stopped\n    labels:\n      obsdeploy.order: \"1\"\n"), 1)
+    scanner = (f"  scanner:\n    image: {registry.address}/{parts.REPOSITORY}:${{IMAGE_TAG:?IMAGE_TAG required}}\n"
+               "    labels:\n      obsdeploy.order: \"2\"\n    stop_grace_period: 2s\n"
+               "    environment:\n      ROLE: scanner\n")
+    compose.write_text(text + scanner)
+    try:
+        first = root.agent("deploy", "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        code, load, out = deploy_under_load(root, proxy.url, "deploy", "v3.0.0-scannercrash")
+        assert code == 20, out
+        assert not load.failed, load.summary()
+        # Step 1 passed its gate and served; the walk back put v1.0.0 behind the proxy again.
+        assert load.versions == {"v1.0.0", "v3.0.0-scannercrash"}, load.summary()
+        assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
+        assert running_versions(root.project) == {"v1.0.0"}
+        assert {parts_project.release_of(c) for c in parts_project.running(root.project, "scanner")} == {"v1.0.0"}
+    finally:
+        root.down()

@@ -1,0 +1,139 @@
+"""SPEC §15 as values: caddy's one change, nginx's upstream file, addresses, settings, plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from server_agent.compose import ComposeConfig
+from server_agent.engine import ContainerInfo
+from server_agent.errors import UsageError
+from server_agent.plan import build_plan
+from server_agent.proxy import (
+    Nginx,
+    ProxyCutover,
+    caddy_change,
+    caddy_server,
+    caddy_upstreams,
+    nginx_upstreams,
+    parse_nginx_upstreams,
+    rewrite_url,
+)
+from server_agent.root import AgentRoot
+
+SERVER = caddy_server("obsdeploy-p", [":80"], [], ["127.0.0.1:32768"])
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("OBS_AGENT_"):
+            monkeypatch.delenv(k)
+
+
+def test_caddy_server_is_one_reverse_proxy_with_an_optional_host_match() -> None:
+    assert SERVER == {"@id": "obsdeploy-p", "listen": [":80"], "routes": [{
+        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "127.0.0.1:32768"}]}],
+        "terminal": True}]}
+    with_hosts = caddy_server("s", [":443"], ["a.example"], ["10.0.0.2:8000", "10.0.0.3:8000"])
+    assert with_hosts["routes"][0]["match"] == [{"host": ["a.example"]}]
+    assert caddy_upstreams(with_hosts) == ["10.0.0.2:8000", "10.0.0.3:8000"]
+    assert caddy_upstreams(None) == []
+
+
+@pytest.mark.parametrize("config, path, body", [
+    (None, "/config/", {"apps": {"http": {"servers": {"obsdeploy-p": SERVER}}}}),
+    ({"admin": {"listen": "x"}}, "/config/apps", {"http": {"servers": {"obsdeploy-p": SERVER}}}),
+    ({"apps": {"tls": {}}}, "/config/apps/http", {"servers": {"obsdeploy-p": SERVER}}),
+    ({"apps": {"http": {}}}, "/config/apps/http/servers", {"obsdeploy-p": SERVER}),
+    ({"apps": {"http": {"servers": {"theirs": {}}}}}, "/config/apps/http/servers/obsdeploy-p", SERVER),
+    ({"apps": {"http": {"servers": {"obsdeploy-p": {"old": 1}}}}},
+     "/config/apps/http/servers/obsdeploy-p", SERVER),
+])
+def test_caddy_change_is_one_post_under_the_deepest_existing_parent(config: object, path: str,
+                                                                   body: object) -> None:
+    """Caddy's POST needs an existing parent; the other servers are never touched."""
+    assert caddy_change(config, "obsdeploy-p", SERVER) == (path, body)
+
+
+def test_nginx_upstream_file_round_trips_and_a_failed_reload_restores_it(tmp_path: Path) -> None:
+    text = nginx_upstreams(["127.0.0.1:1", "10.0.0.2:8000"])
+    assert parse_nginx_upstreams(text) == ["127.0.0.1:1", "10.0.0.2:8000"]
+    assert parse_nginx_upstreams("server a:1 max_fails=3; # x\n#server b:2;\n") == ["a:1"]
+    f = tmp_path / "app.upstream"
+    f.write_text("server 127.0.0.1:9;\n")
+    from server_agent.proxy import ProxyError
+
+    with pytest.raises(ProxyError, match="nginx did not reload"):
+        Nginx(f, ["false"]).point_at(["127.0.0.1:2"])
+    assert f.read_text() == "server 127.0.0.1:9;\n"
+    Nginx(f, ["true"]).point_at(["127.0.0.1:2"])
+    assert Nginx(f, ["true"]).current() == ["127.0.0.1:2"]
+    assert Nginx(tmp_path / "none" / "f", ["true"]).problem() is not None
+    assert Nginx(f, ["no-such-reload-binary"]).problem() is not None
+
+
+def _container(ports: tuple[tuple[str, str], ...], ips: tuple[str, ...], stop_timeout: int | None = 5,
+               service: str = "web") -> ContainerInfo:
+    return ContainerInfo(
+        id="c1", name="p-web-1", service=service, number=1, image="i", state="running",
+        health=None, exit_code=0, restart_count=0, env_names=frozenset(), stop_timeout=stop_timeout,
+        restart_policy={}, tag="v1", role="release", config_hash="", binds=frozenset(),
+        ports=frozenset(), host_ports=ports, ips=ips)
+
+
+def test_addresses_prefer_the_published_port_then_the_network_address() -> None:
+    published = _container((("8000/tcp", "127.0.0.1:32768"),), ("172.18.0.2",))
+    network = _container((), ("172.18.0.2",))
+    cut = ProxyCutover("web", 8000, Nginx(Path("/x"), ["true"]), None)
+    assert cut.addresses([published, network, _container((), (), service="other")]) == [
+        "127.0.0.1:32768", "172.18.0.2:8000"]
+    assert cut.drain_seconds([published]) == 5
+    assert cut.drain_seconds([_container((), (), stop_timeout=None)]) == 10
+    assert cut.drain_seconds([_container((), (), stop_timeout=120)]) == 30
+    assert ProxyCutover("web", 8000, Nginx(Path("/x"), ["true"]), 0.5).drain_seconds([published]) == 0.5
+    assert rewrite_url("http://example.com:80/health?x=1", "127.0.0.1:32768") == \
+        "http://127.0.0.1:32768/health?x=1"
+
+
+def _settings(tmp_path: Path, proxy: dict[str, object]) -> AgentRoot:
+    (tmp_path / "deployment_config.json").write_text(json.dumps({"agent": {"proxy": proxy}}))
+    return AgentRoot(tmp_path)
+
+
+def test_proxy_settings_are_validated_with_their_path(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"agent\.proxy: .*kind caddy needs listen"):
+        _settings(tmp_path, {"kind": "caddy", "service": "web", "port": 8000}).validate()
+    with pytest.raises(UsageError, match=r"agent\.proxy: .*kind nginx needs upstream_file"):
+        _settings(tmp_path, {"kind": "nginx", "service": "web", "port": 8000}).validate()
+    with pytest.raises(UsageError, match=r"agent\.proxy\.kind"):
+        _settings(tmp_path, {"kind": "traefik", "service": "web", "port": 8000}).validate()
+    with pytest.raises(UsageError, match=r"agent\.proxy\.upstream_file: .*absolute"):
+        _settings(tmp_path, {"kind": "nginx", "service": "web", "port": 8000,
+                             "upstream_file": "up.conf"}).validate()
+    s = _settings(tmp_path, {"kind": "caddy", "service": "web", "port": 8000, "listen": [":80"],
+                             "admin_url": "http://127.0.0.1:2019/"}).settings.proxy
+    assert s is not None and s.admin_url == "http://127.0.0.1:2019" and s.drain_seconds is None
+
+
+IMG = "reg/app:${IMAGE_TAG:?IMAGE_TAG required}"
+
+
+def _config(ports: list[dict[str, object]]) -> ComposeConfig:
+    raw = {"services": {"web": {"image": "reg/app:v2", "ports": ports}, "db": {"image": "pg:16"}}}
+    return ComposeConfig(raw, {"web": IMG, "db": "pg:16"})
+
+
+def test_the_proxied_service_is_start_first_and_must_not_publish_a_fixed_port() -> None:
+    ephemeral = build_plan(_config([{"target": 8000, "host_ip": "127.0.0.1"}]), "v2", [], set(),
+                           proxy_service="web")
+    assert ephemeral.problems == () and ephemeral.service("web").strategy == "start-first"
+    fixed = build_plan(_config([{"target": 8000, "published": "8000"}]), "v2", [], set(),
+                       proxy_service="web")
+    assert [c for c, _ in fixed.problems] == ["plan.proxy_port"]
+    assert [c for c, _ in build_plan(_config([]), "v2", [], set(), proxy_service="db").problems] == [
+        "plan.proxy_service"]
