@@ -171,6 +171,22 @@ class Deployer:
         if not gate.healthy:
             raise PreSwitchFailure(f"accessory {', '.join(names)} did not start: {gate.reason}",
                                    {"accessories": names})
+        if self.rollout.proxy is not None:  # the proxy may be one of them (SPEC §15)
+            problem = self._proxy_problem()
+            if problem is not None:
+                raise PreSwitchFailure(f"the proxy does not answer after starting "
+                                       f"{', '.join(names)}: {problem}", {"accessories": names})
+
+    def _proxy_problem(self) -> str | None:
+        """Why the proxy cannot be driven, asked for a few seconds: a proxy just started as
+        an accessory opens its admin API a moment after its container runs."""
+        assert self.rollout.proxy is not None
+        deadline = time.monotonic() + 10
+        while (problem := self.rollout.proxy.driver.problem()) is not None:
+            if time.monotonic() > deadline:
+                return problem
+            time.sleep(0.2)
+        return None
 
     def _run_jobs(self, plan: RolloutPlan, root: AgentRoot, tag: str, steps: dict[str, float]) -> None:
         """Each job once, with the new tag, as `compose run --rm`; it must exit 0 within

@@ -82,15 +82,23 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
 
 
 def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
-    """The proxy answers (SPEC §15): caddy's admin API, nginx's upstream file writable."""
+    """The proxy answers (SPEC §15): caddy's admin API, nginx's upstream file writable.
+    A proxy run as an accessory that is not running yet is asked again once the deploy has
+    started the accessories, before anything is switched (Deployer._start_accessories)."""
     from .proxy import proxy_for
 
     proxy = proxy_for(root)
-    if proxy is None:
+    if proxy is None or root.settings.proxy is None:
         return
     problem = proxy.driver.problem()
-    if problem is not None:
-        report.add(f"proxy.{root.settings.proxy.kind}" if root.settings.proxy else "proxy", problem)
+    if problem is None:
+        return
+    starting = [a.name for a in report.plan.accessories if a.action == "start"] if report.plan else []
+    if starting:
+        report.notes.append(f"{problem}; asked again after starting the accessories "
+                            f"{', '.join(starting)}")
+    else:
+        report.add(f"proxy.{root.settings.proxy.kind}", problem)
 
 
 def contract_of(root: AgentRoot, cfg: ComposeConfig) -> set[str]:

@@ -270,7 +270,7 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
 
 
 def rewrite_url(url: str, address: str) -> str:
-    """`url` with its host and port replaced by `address`: health_url asked of one
-    container at its own address, never through the proxy."""
+    """`url` asked of one container at its own `address`, never through the proxy: plain
+    HTTP (the proxy terminates TLS), the same path and query."""
     where = urlsplit(url)
-    return where._replace(netloc=address).geturl()
+    return where._replace(scheme="http", netloc=address).geturl()

@@ -241,3 +241,38 @@ class Load:
         fails = self.failed
         return (f"{len(self.answers)} requests, {len(fails)} failed, versions {sorted(self.versions)}"
                 + (f"; first failures: {[(round(a.sent, 3), a.detail) for a in fails[:5]]}" if fails else ""))
+
+
+# --- caddy as an accessory -------------------------------------------------------------------------
+CADDY_IMAGE_REPO = "obs/caddy"
+
+
+def build_caddy_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docker client)
+    """An image of the host's caddy (no image can be pulled here): FROM scratch, the binary
+    and the shared libraries `ldd` names. Returns its reference."""
+    import io
+    import tarfile
+
+    binary = Path(caddy_binary()).resolve()
+    libs = [Path(word) for line in subprocess.run(["ldd", str(binary)], capture_output=True,
+                                                  text=True, check=True).stdout.splitlines()
+            for word in line.split() if word.startswith("/")]
+    dockerfile = (b"FROM scratch\nCOPY rootfs/ /\n"
+                  b"ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/\n"
+                  b'CMD ["/usr/bin/caddy", "run"]\n')
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        tar.add(binary, arcname="rootfs/usr/bin/caddy")
+        for lib in libs:
+            tar.add(lib.resolve(), arcname=f"rootfs{lib}")
+        for d in ("config", "data", "tmp"):
+            info = tarfile.TarInfo(f"rootfs/{d}")
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777
+            tar.addfile(info)
+    buf.seek(0)
+    ref = f"{registry}/{CADDY_IMAGE_REPO}:2"
+    client.images.build(fileobj=buf, custom_context=True, tag=ref, rm=True)
+    return ref

@@ -179,3 +179,56 @@ def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
         assert {parts_project.release_of(c) for c in parts_project.running(root.project, "scanner")} == {"v1.0.0"}
     finally:
         root.down()
+
+
+def test_caddy_as_an_accessory_from_the_compose_template(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str], docker_client) -> None:  # type: ignore[no-untyped-def]
+    """compose/docker-compose.proxied.yml's caddy service (network_mode: host, --resume) as
+    the accessory of a project: the first deploy starts it and then points it at the release;
+    a deploy under load fails nothing and never restarts caddy; after a restart of caddy its
+    autosave brings the agent's server back."""
+    import subprocess
+
+    from tests.parts_proxy import build_caddy_image
+
+    if not shutil.which("caddy"):
+        missing("caddy (Debian caddy)")
+    caddy_ref = build_caddy_image(docker_client, registry.address)
+    admin, listen = parts.free_port(), parts.free_port()
+    root = parts.make_agent_root(
+        tmp_path / "observer", registry.address, f"obs-{uuid.uuid4().hex[:8]}",
+        health_url=f"http://127.0.0.1:{listen}/health",
+        proxy={"kind": "caddy", "service": "observer", "port": 8000,
+               "admin_url": f"http://127.0.0.1:{admin}", "listen": [f"127.0.0.1:{listen}"],
+               "drain_seconds": 1})
+    config = json.loads((root.path / "deployment_config.json").read_text())
+    config["environment"]["CADDY_ADMIN"] = f"127.0.0.1:{admin}"
+    (root.path / "deployment_config.json").write_text(json.dumps(config))
+    template = (parts.REPO / "compose" / "docker-compose.proxied.yml").read_text()
+    accessory = "  caddy:\n" + template.split("\n  caddy:\n", 1)[1]
+    compose = root.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+                       + accessory.replace("image: caddy:2.8", f"image: {caddy_ref}"))
+    url = f"http://127.0.0.1:{listen}"
+    try:
+        first = root.agent("deploy", "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "asked again after starting the accessories caddy" in first.stdout + first.stderr
+        (caddy,) = parts_project.running(root.project, "caddy")
+        assert caddy["HostConfig"]["NetworkMode"] == "host"
+
+        code, load, out = deploy_under_load(root, url, "deploy", "v1.1.0")
+        assert code == 0, out
+        assert not load.failed and load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+        (again,) = parts_project.running(root.project, "caddy")
+        assert (again["Id"], again["State"]["StartedAt"]) == (caddy["Id"], caddy["State"]["StartedAt"])
+
+        subprocess.run(["docker", "restart", caddy["Id"]], check=True, capture_output=True)
+        parts.wait_port(listen)
+        with Load(f"{url}/health", rate=20, max_seconds=1) as after:
+            after._stop.wait(0.5)
+        assert not after.failed and after.versions == {"v1.1.0"}, after.summary()
+    finally:
+        root.down()
+        subprocess.run(["docker", "volume", "rm", f"{root.project}_caddy_data",
+                        f"{root.project}_caddy_config"], capture_output=True)

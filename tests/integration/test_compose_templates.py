@@ -255,3 +255,30 @@ def test_the_healthcheck_probe_reads_the_example_observer(tmp_path: Path) -> Non
     finally:
         obs.terminate()
         assert obs.wait(15) == 0
+
+
+def test_the_proxied_templates_render_and_pass_preflight(docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """compose/docker-compose.proxied.yml with deployment_config.proxied.json (SPEC §15): the
+    observer on an ephemeral loopback port, caddy an accessory on the host's network; the
+    agent's check passes (caddy, not running yet, is asked again once the deploy started it)."""
+    root = tmp_path / "observer"
+    root.mkdir()
+    shutil.copy(COMPOSE_DIR / "docker-compose.proxied.yml", root / "docker-compose.proxied.yml")
+    shutil.copy(COMPOSE_DIR / "deployment_config.proxied.json", root / "deployment_config.json")
+    env = base_env(IMAGE_TAG="v1.2.3", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src", **SECRETS)
+    from server_agent.compose import compose_command
+
+    res = subprocess.run([*compose_command(), "--project-directory", str(root), "-f",
+                          str(root / "docker-compose.proxied.yml"), "-p", "observer", "config",
+                          "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    services = json.loads(res.stdout)["services"]
+    (port,) = services["observer"]["ports"]
+    assert (port["host_ip"], port["target"], port.get("published", "")) == ("127.0.0.1", 8000, "")
+    assert services["caddy"]["network_mode"] == "host"
+    assert "--resume" in services["caddy"]["command"]
+    code, report = check(root, agent_env(root, OBS_AGENT_PROXY=json.dumps({
+        **json.loads((root / "deployment_config.json").read_text())["agent"]["proxy"],
+        "admin_url": "http://127.0.0.1:9"}), **SECRETS))
+    assert (code, report["problems"]) == (0, []), report
+    assert any("asked again after starting the accessories caddy" in n for n in report["notes"]), report

@@ -96,7 +96,7 @@ def test_addresses_prefer_the_published_port_then_the_network_address() -> None:
     assert cut.drain_seconds([_container((), (), stop_timeout=None)]) == 10
     assert cut.drain_seconds([_container((), (), stop_timeout=120)]) == 30
     assert ProxyCutover("web", 8000, Nginx(Path("/x"), ["true"]), 0.5).drain_seconds([published]) == 0.5
-    assert rewrite_url("http://example.com:80/health?x=1", "127.0.0.1:32768") == \
+    assert rewrite_url("https://example.com/health?x=1", "127.0.0.1:32768") == \
         "http://127.0.0.1:32768/health?x=1"
 
 
