@@ -30,9 +30,13 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The system python3 too: SSH sessions of a test deploy user (and obsdeploy setup) use it.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
   || need_pkgs+=(python3-venv)
+# The reverse proxies of SPEC §15; the tests start their own instances on loopback.
+command -v caddy >/dev/null || need_pkgs+=(caddy)
+[ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
-  # Packages that ship a service (prometheus, node_exporter) must not start it on install.
+  # Packages that ship a service (prometheus, node_exporter, caddy, nginx) must not start it
+  # on install.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod 755 /usr/sbin/policy-rc.d
