@@ -11,8 +11,10 @@ Sides, all on the same engine, fixture images (tests/parts.py) and compose file:
   swarm       a Docker Swarm service (see harness.SwarmSide), where the scenario applies
 Every side uses the same Docker healthcheck (interval 1 s, 3 retries, reads the body).
 
-A prober GETs /health every 10 ms; the longest run of failed probes is the downtime. Nothing
-here asserts a time: targets are reported as met or missed.
+A prober sends GET /health every 10 ms as independent clients (each request from its own thread
+on its own connection, none waiting for another); it reports failed requests and the longest
+all-failed window (the downtime). Nothing here asserts a time: targets are reported as met or
+missed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ TITLES = {
     "4": "backup of a config dir holding a large JSONL archive",
     "5": "CLI overhead: obs-agent --help and status vs docker compose ps",
     "6": "obsdeploy deploy over SSH: N loopback hosts --batch N vs 1 host",
+    "7": "behind a proxy (caddy, nginx): good deploy, crash, error, rollback",
 }
 
 
@@ -200,6 +203,9 @@ class Bench:
             return h.median([getattr(r, attr) for r in rs if r.side == side])
 
         floors = [
+            row(f"failed requests, raw docker {f.name} (info)", "", med(f.name, "failed"),
+                med("script", "failed"), target="(info)")
+            for f in self.floors] + [
             row(f"downtime, raw docker {f.name} (info)", "s", med(f.name, "downtime_s"),
                 med("script", "downtime_s"), target="(info: stop old, start new)",
                 note="steps " + str({k: h.median([r.steps.get(k) for r in runs
@@ -212,8 +218,12 @@ class Bench:
         sw = "swarm" in names
         codes = {n: [r.exit_code for r in runs if r.side == n] for n in names}
         rows = [
-            row("downtime", "s", med("obs-agent", "downtime_s"), med("script", "downtime_s"),
-                med("swarm", "downtime_s") if sw else None, target="<= 0.5x", limit=0.5),
+            row("downtime (longest all-failed window)", "s", med("obs-agent", "downtime_s"),
+                med("script", "downtime_s"), med("swarm", "downtime_s") if sw else None,
+                target="<= 0.5x", limit=0.5),
+            row("failed requests (100/s, independent clients)", "", med("obs-agent", "failed"),
+                med("script", "failed"), med("swarm", "failed") if sw else None,
+                target="(info: stop-first; 0 needs a proxy, scenario 7)"),
             row("wall time", "s", med("obs-agent", "wall_s"), med("script", "wall_s"),
                 med("swarm", "wall_s") if sw else None, target="<= 1.2x", limit=1.2,
                 note="agent: preflight+pull+backup+swap+gate incl. stabilize_seconds="
@@ -301,10 +311,15 @@ class Bench:
             row("exit codes", "", codes["obs-agent"], codes["script"], codes.get("swarm"),
                 target="ours: 20 (baselines: non-zero)", met=right["obs-agent"],
                 note=", ".join(f"{n}: {'right' if ok else 'WRONG'}" for n, ok in right.items())),
-            row("downtime (longest outage)", "s", h.median([r.downtime_s for r in runs
-                                                            if r.side == "obs-agent"]),
+            row("downtime (longest all-failed window)", "s",
+                h.median([r.downtime_s for r in runs if r.side == "obs-agent"]),
                 h.median([r.downtime_s for r in runs if r.side == "script"]),
                 h.median([r.downtime_s for r in runs if r.side == "swarm"]) if sw else None,
+                target="(info)"),
+            row("failed requests (100/s, independent clients)", "",
+                h.median([r.failed for r in runs if r.side == "obs-agent"]),
+                h.median([r.failed for r in runs if r.side == "script"]),
+                h.median([r.failed for r in runs if r.side == "swarm"]) if sw else None,
                 target="(info)"),
         ]
         res = {"rows": rows, "runs": [r.as_dict() for r in runs],
@@ -587,6 +602,52 @@ class Bench:
         rec = h.last_record(root)
         return {k: rec.get(k) for k in ("tag", "result", "duration_s", "steps")} if rec else {}
 
+    # 7 -------------------------------------------------------------------------------------------
+    def scenario_7(self) -> dict[str, Any]:
+        """obs-agent behind caddy and nginx (SPEC §15): a good deploy, a crash-at-start release,
+        an error-answering release and a manual rollback, each under the prober's load through
+        the proxy. Targets: 0 failed requests; p99 latency during the deploy at most 2x the
+        steady-state p99 through the same proxy."""
+        from tests.parts_proxy import caddy_binary
+
+        kinds = [k for k in ("caddy", "nginx") if shutil.which(k) or (k == "caddy" and
+                                                                      shutil.which(caddy_binary()))]
+        if not kinds:
+            return self._not_measured("neither caddy nor nginx is installed (scripts/setup-machine.sh)")
+        rows: list[dict[str, Any]] = []
+        runs: list[h.Run] = []
+        for kind in kinds:
+            side = h.ProxiedAgentSide(self.tmp / f"proxied-{kind}" / "observer", self.registry.address,
+                                      f"obsbench-{kind}-{self.uid}", self.settings, kind)
+            self.cleanups.append(side.cleanup)
+            code, out, _ = side.deploy("v1.0.0")
+            if code != 0:
+                raise RuntimeError(f"{side.name}: first deploy failed ({code}):\n{h.tail(out, 20)}")
+            side.settle()
+            cases = [("good deploy", "v1.1.0", None), ("crash-at-start release", "v2.0.0-crash", "v1.1.0"),
+                     ("error-answering release", "v2.0.0-error", "v1.1.0"),
+                     ("manual rollback", "rollback", "v1.0.0")]
+            for label, tag, back in cases:
+                # Steady state right before each case: this shared machine's load moves it.
+                steady = side.steady_p99(3.0)
+                run = self._run(side, tag, expect_back=back, after=30)
+                run.detail["case"] = label
+                runs.append(run)
+                bad = [v for v in run.versions if v.startswith("v2.0.0")]
+                rows.append(row(f"{kind}, {label}: failed requests", "", run.failed, target="0",
+                                met=run.failed == 0 and not bad, absolute=True,
+                                note=f"exit {run.exit_code}; versions answering {run.versions}"
+                                     + (f"; FAILED RELEASE SERVED: {bad}" if bad else "")))
+                rows.append(row(f"{kind}, {label}: p99 latency during the deploy / steady p99", "ms",
+                                None if run.latency_p99_s is None else run.latency_p99_s * 1000,
+                                None if steady is None else steady * 1000,
+                                target="<= 2x", limit=2.0,
+                                note=f"script column: steady-state p99 through the same proxy just "
+                                     f"before; longest all-failed window {run.downtime_s:.3f} s"))
+            side.cleanup()
+            self.cleanups.remove(side.cleanup)
+        return {"rows": rows, "runs": [r.as_dict() for r in runs], "profile": self._agent_steps(runs)}
+
     @staticmethod
     def _not_measured(why: str) -> dict[str, Any]:
         log(f"  NOT MEASURED: {why}")
@@ -597,7 +658,7 @@ class Bench:
         started = time.monotonic()
         self.load_at_start = os.getloadavg()
         self.setup()
-        for sid in ("1", "2", "3", "4", "5", "6"):
+        for sid in TITLES:
             if only and sid not in only:
                 self.results[sid] = {"measured": False, "note": "not selected (--only)",
                                      "title": TITLES[sid], "rows": [], "runs": []}
@@ -641,7 +702,9 @@ class Bench:
                               "Swarm defaults otherwise (monitor 5 s, restart delay 5 s)",
             "healthcheck": {"test": h.HEALTH_SHELL, "interval": f"{h.HEALTH_INTERVAL_S}s",
                             "retries": 3},
-            "prober": {"interval_s": 0.01, "timeout_s": 0.1,
+            "prober": {"interval_s": 0.01, "timeout_s": 5.0,
+                       "clients": "independent: each request from its own thread on its own "
+                                  "connection, on a fixed schedule",
                        "available": "HTTP 2xx with status healthy"},
         }
 

@@ -21,7 +21,7 @@ from tests.conftest import missing
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["1", "2", "3", "4", "5", "6"]
+SCENARIOS = ["1", "2", "3", "4", "5", "6", "7"]
 
 
 def numbers(value: object) -> list[float]:
@@ -131,6 +131,14 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
         back = row(sid, "time until the old release answers again")
         assert back["ours"] is not None and back["script"] is not None, back
         assert row(sid, "exit codes")["ours"] == [20]
+    # Independent clients: every side reports failed requests; behind a proxy none fail and
+    # no failing release ever answers (SPEC §15).
+    for sid in ("1", "2", "3"):
+        assert row(sid, "failed requests")["ours"] is not None
+    seven = scenarios["7"]
+    assert seven["measured"], seven.get("note")
+    failed = [r for r in seven["rows"] if r["metric"].endswith("failed requests")]
+    assert len(failed) == 8 and all(r["ours"] == 0 and r["met"] for r in failed), failed
     # The raw floor of the crash scenario brought its old container back too.
     assert row("2", "time until the old release answers again, raw docker floor")["ours"] > 0
     assert row("1", "wall time floor of the gate alone")["ours"] > 0
