@@ -232,3 +232,32 @@ def test_caddy_as_an_accessory_from_the_compose_template(
         root.down()
         subprocess.run(["docker", "volume", "rm", f"{root.project}_caddy_data",
                         f"{root.project}_caddy_config"], capture_output=True)
+
+
+@pytest.mark.parametrize("step", ["started", "cut_over", "step1_done"])
+def test_kill_9_around_the_cutover_fails_no_request(tmp_path: Path, registry: parts.Registry,
+                                                    images: dict[str, str], step: str) -> None:
+    """`kill -9` after the new containers started (proxy still on the old), right after the
+    proxy was pointed at them (both run), and after the old were stopped: users see no failed
+    request, and the next deploy finishes the job without manual cleanup."""
+    if not shutil.which("caddy"):
+        missing("caddy (Debian caddy)")
+    caddy = CaddyProcess(tmp_path / "caddy").start()
+    root = proxied_root(tmp_path, registry.address, caddy)
+    try:
+        assert root.agent("deploy", "v1.0.0").returncode == 0
+        with Load(f"{caddy.url}/health", rate=RATE, max_seconds=90) as load:
+            load._stop.wait(0.5)
+            killed = root.agent("deploy", "v1.1.0", env=root.env(OBS_AGENT_DIE_AT=step))
+            assert killed.returncode == -9, killed.stdout + killed.stderr
+            again = root.agent("deploy", "v1.1.0")
+            load._stop.wait(0.5)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert not load.failed, load.summary()
+        assert running_versions(root.project) == {"v1.1.0"}
+        assert len(parts_project.running(root.project, "observer")) == 1
+        assert root.last_good() == "v1.1.0"
+        assert [h["result"] for h in parts.history(root)[:2]] == ["success", "interrupted"]
+    finally:
+        root.down()
+        caddy.stop()
