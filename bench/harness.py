@@ -481,7 +481,10 @@ class SwarmSide(Side):
 
     name = "swarm"
 
-    def __init__(self, path: Path, registry: str, name: str) -> None:
+    def __init__(self, path: Path, registry: str, name: str, *, order: str = "stop-first",
+                 publish_mode: str = "host") -> None:
+        self.order = order  # --update-order and --rollback-order
+        self.publish_mode = publish_mode  # host, or ingress (the routing mesh)
         self.root = parts.make_agent_root(path, registry, name)
         with open(self.root.path / ".env", "a") as f:
             f.write("".join(f"{k}={v}\n" for k, v in REQUIRED_ENV.items()))
@@ -514,15 +517,15 @@ class SwarmSide(Side):
         argv = [
             "docker", "service", "create", "--name", self.service, "--detach=true", "--quiet",
             "--network", self.network,
-            "--publish", f"mode=host,target=8000,published={self.port}",
+            "--publish", f"mode={self.publish_mode},target=8000,published={self.port}",
             "--mount", f"type=bind,source={p / 'data'},target=/app/data/observer",
             "--mount", f"type=bind,source={p / 'logs'},target=/app/logs",
             "--mount", f"type=bind,source={p / 'config'},target=/app/config",
             "--env-file", str(p / ".env"),
             "--health-cmd", HEALTH_SHELL, "--health-interval", f"{HEALTH_INTERVAL_S}s", "--health-timeout", "1s",
             "--health-retries", "3", "--stop-grace-period", "5s",
-            "--update-order", "stop-first", "--update-parallelism", "1",
-            "--update-failure-action", "rollback", "--rollback-order", "stop-first",
+            "--update-order", self.order, "--update-parallelism", "1",
+            "--update-failure-action", "rollback", "--rollback-order", self.order,
             f"{self.image}:{tag}",
         ]
         self.created = True
@@ -537,8 +540,11 @@ class SwarmSide(Side):
 
     def deploy(self, tag: str, env: dict[str, str] | None = None,
                timeout: float = 180) -> tuple[int, str, dict[str, Any]]:
-        res = sh(["docker", "service", "update", "--detach=false", "--image",
-                  f"{self.image}:{tag}", self.service], timeout=timeout)
+        """`docker service update --image`; "rollback" is `docker service rollback`."""
+        argv = (["docker", "service", "rollback", "--detach=false", self.service] if tag == "rollback"
+                else ["docker", "service", "update", "--detach=false", "--image",
+                      f"{self.image}:{tag}", self.service])
+        res = sh(argv, timeout=timeout)
         return res.returncode, res.stdout + res.stderr, {}
 
     def cleanup(self) -> None:

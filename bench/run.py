@@ -192,12 +192,13 @@ class Bench:
             for side in [*self.sides, *self.floors]:
                 runs.append(self._run(side, tag))
         extra: list[h.Run] = []
-        if not self.quick:  # the agent with the script's criterion: first healthy, no stabilize
-            for _ in range(reps):
-                tag = next_tag(self.agent.current_version())
-                r = self._run(self.agent, tag, env={"OBS_AGENT_STABILIZE_SECONDS": "0"})
-                r.side = "obs-agent (stabilize 0)"
-                extra.append(r)
+        # The agent with the script's criterion (first healthy, no stabilize): the wall-time
+        # target is judged on it (issue 13's re-based targets).
+        for _ in range(reps):
+            tag = next_tag(self.agent.current_version())
+            r = self._run(self.agent, tag, env={"OBS_AGENT_STABILIZE_SECONDS": "0"})
+            r.side = "obs-agent (stabilize 0)"
+            extra.append(r)
 
         def med(side: str, attr: str, rs: list[h.Run] = runs) -> float | None:
             return h.median([getattr(r, attr) for r in rs if r.side == side])
@@ -220,12 +221,14 @@ class Bench:
         rows = [
             row("downtime (longest all-failed window)", "s", med("obs-agent", "downtime_s"),
                 med("script", "downtime_s"), med("swarm", "downtime_s") if sw else None,
-                target="<= 0.5x", limit=0.5),
+                target="(info)"),
+            # Stop-first without a proxy costs one stop and one start whoever does it: the
+            # target is not to cost more than `compose up -d` (0 needs a proxy, scenario 7).
             row("failed requests (100/s, independent clients)", "", med("obs-agent", "failed"),
                 med("script", "failed"), med("swarm", "failed") if sw else None,
-                target="(info: stop-first; 0 needs a proxy, scenario 7)"),
-            row("wall time", "s", med("obs-agent", "wall_s"), med("script", "wall_s"),
-                med("swarm", "wall_s") if sw else None, target="<= 1.2x", limit=1.2,
+                target="<= 1.0x (compose up -d)", limit=1.0),
+            row("wall time, SPEC default stabilize_seconds (info)", "s", med("obs-agent", "wall_s"),
+                med("script", "wall_s"), med("swarm", "wall_s") if sw else None, target="(info)",
                 note="agent: preflight+pull+backup+swap+gate incl. stabilize_seconds="
                      f"{self.settings['stabilize_seconds']:g}"),
             # What the gate alone must take, whatever the rest costs: Docker's first healthcheck
@@ -243,11 +246,11 @@ class Bench:
         # order: downtime, its info rows, wall time, its info row, exit codes
         rows[1:1] = floors
         if extra:
-            rows.insert(1 + len(floors) + 1, row(
-                "wall time, agent stabilize_seconds=0", "s",
+            rows.insert(1 + len(floors) + 2, row(
+                "wall time (agent with the script's criterion, stabilize_seconds 0)", "s",
                 med("obs-agent (stabilize 0)", "wall_s", extra), med("script", "wall_s"),
-                target="(info: the script's criterion)",
-                note="same gate minus the 2 s stability window"))
+                target="<= 1.2x", limit=1.2,
+                note="the same gate minus the stability window: first healthy, as the script"))
             rows.insert(1, row("downtime, agent stabilize_seconds=0", "s",
                                med("obs-agent (stabilize 0)", "downtime_s", extra),
                                med("script", "downtime_s"), target="(info)"))
@@ -297,10 +300,22 @@ class Bench:
         not_back = [f"{r.side}: {r.tag} never gave way to the previous release"
                     for r in runs if r.restored_s is None]
         sw = self.swarm is not None and swarm_ok
+        floor = min((v for f in floors if (v := med(f.name)) is not None), default=None)
+        ours = med("obs-agent")
+        if floors:  # a crash: judged against the raw floor of a data-safe way back
+            vs_floor = None if ours is None or not floor else ours / floor
+            main = row("time until the old release answers again", "s", ours, med("script"),
+                       med("swarm") if sw else None, target="<= 1.1x the raw floor",
+                       met=None if vs_floor is None else vs_floor <= 1.1,
+                       note=(f"{vs_floor:.2f}x the raw floor ({floor:.3f} s, the faster of "
+                             f"{len(floors)}); " if vs_floor is not None and floor else "")
+                            + "; ".join(not_back))
+        else:
+            main = row("time until the old release answers again", "s", ours, med("script"),
+                       med("swarm") if sw else None, target=f"<= {target}x", limit=target,
+                       note="; ".join(not_back))
         rows = [
-            row("time until the old release answers again", "s", med("obs-agent"), med("script"),
-                med("swarm") if sw else None, target=f"<= {target}x", limit=target,
-                note="; ".join(not_back)),
+            main,
             *(row(f"time until the old release answers again, raw docker {f.name} (info)",
                   "s", med(f.name), med("script"),
                   target="(info: stop old, start new, it exits, start old)",
@@ -646,7 +661,60 @@ class Bench:
                                      f"before; longest all-failed window {run.downtime_s:.3f} s"))
             side.cleanup()
             self.cleanups.remove(side.cleanup)
-        return {"rows": rows, "runs": [r.as_dict() for r in runs], "profile": self._agent_steps(runs)}
+        note = ""
+        if self.args.no_swarm or self.quick:
+            note = "swarm start-first: skipped (--no-swarm or --quick: its failing releases take 15-40 s)"
+        elif not Path("/proc/net/ip_vs").exists():
+            # Swarm's routing mesh balances with IPVS in the ingress sandbox; without it the
+            # published port never answers (seen here: tasks running, the port silent for 60 s).
+            note = ("swarm start-first (routing mesh): not measured: this kernel has no IPVS "
+                    "(/proc/net/ip_vs), which the routing mesh needs")
+            log(f"  {note}")
+        else:
+            try:
+                rows += self._swarm_start_first(runs)
+            except Exception as exc:  # the proxied figures stand on their own
+                note = f"swarm start-first: not measured: {type(exc).__name__}: {exc}"[:400]
+                log(f"  {note}")
+        return {"rows": rows, "runs": [r.as_dict() for r in runs], "profile": self._agent_steps(runs),
+                "note": note}
+
+    def _swarm_start_first(self, runs: list[h.Run]) -> list[dict[str, Any]]:
+        """The same four cases with Docker Swarm `--update-order start-first` behind its routing
+        mesh (ingress publish), on the same images and healthcheck: the swarm column."""
+        side = h.SwarmSide(self.tmp / "swarm-sf" / "observer", self.registry.address,
+                           f"obsbench-swarmsf-{self.uid}", order="start-first", publish_mode="ingress")
+        side.name = "swarm start-first"
+        self.cleanups.append(side.cleanup)
+        side.init()
+        side.create("v1.0.0")
+        rows = []
+        for label, tag, back in [("good deploy", "v1.1.0", None),
+                                 ("crash-at-start release", "v2.0.0-crash", "v1.1.0"),
+                                 ("error-answering release", "v2.0.0-error", "v1.1.0"),
+                                 # `docker service rollback` after Swarm's own rollbacks
+                                 # would go to the failed spec: an operator updates back.
+                                 ("manual rollback (update to v1.0.0)", "v1.0.0", None)]:
+            prober = h.Prober(side.port).start()
+            time.sleep(3.0)
+            prober.stop()
+            steady = h.p99([x.seconds for x in prober.samples])
+            run = self._run(side, tag, expect_back=back, after=90)
+            run.detail["case"] = label
+            runs.append(run)
+            bad = [v for v in run.versions if v.startswith("v2.0.0")]
+            rows.append(row(f"swarm start-first (routing mesh), {label}: failed requests", "",
+                            None, swarm=run.failed, target="(info: the same load)",
+                            note=f"exit {run.exit_code}; versions answering {run.versions}; longest "
+                                 f"all-failed window {run.downtime_s:.3f} s"
+                                 + (f"; FAILED RELEASE SERVED: {bad}" if bad else "")))
+            rows.append(row(f"swarm start-first (routing mesh), {label}: p99 latency / steady", "ms",
+                            None, None if steady is None else steady * 1000,
+                            None if run.latency_p99_s is None else run.latency_p99_s * 1000,
+                            target="(info)", note="script column: steady-state p99 just before"))
+        side.cleanup()
+        self.cleanups.remove(side.cleanup)
+        return rows
 
     @staticmethod
     def _not_measured(why: str) -> dict[str, Any]:
