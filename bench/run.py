@@ -226,7 +226,7 @@ class Bench:
             # target is not to cost more than `compose up -d` (0 needs a proxy, scenario 7).
             row("failed requests (100/s, independent clients)", "", med("obs-agent", "failed"),
                 med("script", "failed"), med("swarm", "failed") if sw else None,
-                target="<= 1.0x (compose up -d)", limit=1.0),
+                target="<= 1.0x", limit=1.0, note="script: compose up -d"),
             row("wall time, SPEC default stabilize_seconds (info)", "s", med("obs-agent", "wall_s"),
                 med("script", "wall_s"), med("swarm", "wall_s") if sw else None, target="(info)",
                 note="agent: preflight+pull+backup+swap+gate incl. stabilize_seconds="
