@@ -284,3 +284,31 @@ def test_kill_9_around_the_cutover_fails_no_request(tmp_path: Path, registry: pa
     finally:
         root.down()
         caddy.stop()
+
+
+def test_a_failed_watch_after_the_cutover_points_the_proxy_back(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+    """SPEC §16 behind nginx: the release passes its gate and serves, then its watch fails
+    (an http check that wants another status). The walk back starts the previous containers
+    (stopped after their drain), gates them, points nginx back, then stops the new: exit 20,
+    no failed request."""
+    if not shutil.which("nginx"):
+        missing("nginx (Debian nginx-light)")
+    nginx = NginxProcess(tmp_path / "nginx").start()
+    root = proxied_root(tmp_path, registry.address, nginx)
+    try:
+        assert root.agent("deploy", "v1.0.0").returncode == 0
+        config = json.loads((root.path / "deployment_config.json").read_text())
+        config["agent"]["watch"] = {"seconds": 2, "interval": 0.5, "checks": [
+            {"kind": "http", "url": f"{nginx.url}/health", "status": 201}]}
+        (root.path / "deployment_config.json").write_text(json.dumps(config))
+        code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
+        assert code == 20, out
+        assert not load.failed, load.summary()
+        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+        assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
+        assert running_versions(root.project) == {"v1.0.0"}
+        assert root.last_good() == "v1.0.0"
+    finally:
+        root.down()
+        nginx.stop()
