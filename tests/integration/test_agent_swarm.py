@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -116,15 +117,56 @@ def test_swarm_deploy_spreads_over_both_nodes_and_failed_releases_roll_back_ever
     assert {n["state"] for n in status["nodes"]} == {"ready"} and len(status["nodes"]) == 2
 
 
-def test_swarm_rollback_command_goes_back_on_every_node(swarm_root: SwarmRoot) -> None:
-    for tag in ("v1.0.0", "v1.1.0"):
-        res = deploy(swarm_root, tag)
-        assert res.returncode == 0, res.stdout + res.stderr
-    back = swarm_root.agent("rollback")
-    no_traceback(back)
-    assert back.returncode == 0, back.stdout + back.stderr
+# A json:// endpoint for apprise: appends each POSTed body as one line to a file.
+SINK = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port, out = int(sys.argv[1]), sys.argv[2]
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with open(out, "ab") as f:
+            f.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def test_swarm_rollback_command_goes_back_on_every_node(swarm_root: SwarmRoot, tmp_path: Path) -> None:
+    """Also: the same notifications and metrics file as with compose (SPEC §16-§17). The agent
+    runs in the manager's network namespace, so the notification endpoint listens there."""
+    assert swarm_root.lab is not None
+    received = tmp_path / "received.jsonl"
+    port = parts.free_port()
+    sink = subprocess.Popen(swarm_root.lab.manager.netns_argv(sys.executable, "-c", SINK, str(port), str(received)))
+    metrics = tmp_path / "textfile" / "obsdeploy.prom"
+    metrics.parent.mkdir()
+    env = {"OBS_AGENT_NOTIFY": json.dumps([f"json://127.0.0.1:{port}/hook"]),
+           "OBS_AGENT_METRICS_FILE": str(metrics)}
+    try:
+        for tag in ("v1.0.0", "v1.1.0"):
+            res = deploy(swarm_root, tag, **env)
+            assert res.returncode == 0, res.stdout + res.stderr
+        back = swarm_root.agent("rollback", env=swarm_root.env(**env))
+        no_traceback(back)
+        assert back.returncode == 0, back.stdout + back.stderr
+    finally:
+        sink.terminate()
+        sink.wait(10)
     assert_on_every_node(swarm_root, "v1.0.0")
     assert swarm_root.last_good() == "v1.0.0"
+    messages = [json.loads(line)["message"] for line in received.read_text().splitlines()]
+    assert len(messages) == 3, messages
+    assert "release: v1.0.0 -> v1.1.0" in messages[1] and "result: success" in messages[1]
+    assert "action: rollback" in messages[2] and "release: v1.1.0 -> v1.0.0" in messages[2], messages[2]
+    text = metrics.read_text()
+    assert f'obsdeploy_release_info{{project="{swarm_root.project}",tag="v1.0.0"}} 1.0' in text, text
+    assert f'obsdeploy_healthy{{project="{swarm_root.project}"}} 1.0' in text, text
+    assert (f'obsdeploy_attempts_total{{action="rollback",project="{swarm_root.project}",'
+            'result="success"} 1.0') in text, text
 
 
 def test_swarm_preflight_refuses_a_worker_and_a_missing_image(swarm_root: SwarmRoot, lab: SwarmLab) -> None:
