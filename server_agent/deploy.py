@@ -268,10 +268,7 @@ class Deployer:
                 break
             self.rollout.complete(sw)
             checkpoint(f"step{n}_done")
-        if verdict.healthy:
-            backup_error = self._collect_backup(record)
-            if backup_error is not None:
-                verdict = GateResult(False, f"backup failed: {backup_error}", verdict.seconds)
+        verdict = self._with_backup(record, verdict)
         checkpoint("gated")
         if verdict.healthy and watching:
             verdict = self._watch(record, watch, baseline, switches, steps)
@@ -432,6 +429,16 @@ class Deployer:
             self.engine.remove(new)
         except Exception as exc:
             log.warning("could not remove the failed containers yet: %s", REDACTOR(str(exc)))
+
+    def _with_backup(self, record: dict[str, Any], verdict: GateResult) -> GateResult:
+        """Every gate passed: the release also needs its backup (there is no deploy without
+        one), so a failed archive turns the verdict into a failure."""
+        if not verdict.healthy:
+            return verdict
+        backup_error = self._collect_backup(record)
+        if backup_error is None:
+            return verdict
+        return GateResult(False, f"backup failed: {backup_error}", verdict.seconds)
 
     def _collect_backup(self, record: dict[str, Any]) -> BaseException | None:
         """Wait for the archive being written; record its name, or return why it failed."""

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from .compose import RELEASE_LABEL, ComposeConfig
-from .deploy import Deployer, Outcome, PreSwitchFailure, _since
+from .deploy import KEPT_RELEASES, Deployer, Outcome, PreSwitchFailure, _since
 from .engine import ROLE_LABEL, Engine, EngineUnreachable
 from .errors import ExitCode, ImageError, PreflightError
 from .health import FAILS_IN_A_ROW, GateResult, probe
@@ -410,16 +410,13 @@ class SwarmDeployer(Deployer):
                     verdict.reason = f"step {n} ({', '.join(step.names)}): {verdict.reason}"
                 break
             checkpoint(f"step{n}_done")
-        if verdict.healthy:
-            backup_error = self._collect_backup(record)
-            if backup_error is not None:
-                verdict = GateResult(False, f"backup failed: {backup_error}", verdict.seconds)
+        verdict = self._with_backup(record, verdict)
         checkpoint("gated")
         if not verdict.healthy:
             return self._swarm_recover(record, verdict, switched, plan, steps, t0)
         self.state.set_last_good_tag(tag)
         checkpoint("committed")
-        root.keep_release(tag, keep=self.state.good_tags()[-10:])
+        root.keep_release(tag, keep=self.state.good_tags()[-KEPT_RELEASES:])
         self.backups.prune()
         return self._finish(record, "success", steps, t0, ExitCode.OK,
                             f"{tag} is healthy on every task (gate {steps.get('gate', 0):.2f}s)")
