@@ -199,6 +199,16 @@ def ip(*args: str) -> str:
     return res.stdout
 
 
+def free_subnet(what: str) -> ipaddress.IPv4Network:
+    """The first /24 of PRIVATE_RANGES that overlaps nothing on the machine. Call it holding
+    BRIDGE_LOCK, and claim the subnet (an interface with its address) before letting go."""
+    used = networks_in_use()
+    for net in (n for r in PRIVATE_RANGES for n in r.subnets(new_prefix=24)):
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise RuntimeError(f"no free /24 in {PRIVATE_RANGES} for {what}")
+
+
 def networks_in_use() -> list[ipaddress.IPv4Network]:
     """Every IPv4 route destination (all tables) and address network of the machine."""
     nets = []
@@ -251,12 +261,7 @@ class PrivateEngine:
             return
         with open(BRIDGE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            used = networks_in_use()
-            for net in (n for r in PRIVATE_RANGES for n in r.subnets(new_prefix=24)):
-                if not any(net.overlaps(u) for u in used):
-                    break
-            else:
-                raise RuntimeError(f"no free /24 in {PRIVATE_RANGES} for a private engine's bridge")
+            net = free_subnet("a private engine's bridge")
             ip("link", "add", self.bridge, "type", "bridge")
             self.bridge_net = net  # from here on destroy() removes it
             ip("addr", "add", f"{net[1]}/{net.prefixlen}", "dev", self.bridge)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import parts
-from tests.faults import BRIDGE_LOCK, PRIVATE_RANGES, ip, networks_in_use
+from tests.faults import BRIDGE_LOCK, free_subnet, ip
 from tests.parts import VENV_BIN, AgentRootDir, no_traceback
 
 REGISTRY_PORT = 5000
@@ -111,12 +111,7 @@ class SwarmLab:
         host's firewall is not ours to change."""
         with open(BRIDGE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            used = networks_in_use()
-            for net in (n for r in PRIVATE_RANGES for n in r.subnets(new_prefix=24)):
-                if not any(net.overlaps(u) for u in used):
-                    break
-            else:
-                raise RuntimeError(f"no free /24 in {PRIVATE_RANGES} for the swarm lab")
+            net = free_subnet("the swarm lab")
             ip("netns", "add", self.switch)
             self.namespaces.append(self.switch)
             self.net = net
