@@ -90,6 +90,9 @@ def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
     proxy = proxy_for(root)
     if proxy is None or root.settings.proxy is None:
         return
+    advice = proxy.driver.advice()
+    if advice:
+        report.notes.append(f"proxy: {advice}")
     problem = proxy.driver.problem()
     if problem is None:
         return

@@ -39,6 +39,7 @@ class CaddyProcess:
         return f"http://127.0.0.1:{self.listen_port}"
 
     def start(self) -> CaddyProcess:
+        host_migrates_queued_connections()
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "caddy.json"
         cfg.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{self.admin_port}"}}))
@@ -60,6 +61,16 @@ class CaddyProcess:
         if self.proc:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def host_migrates_queued_connections() -> None:
+    """What the README asks of a host that runs caddy (net.ipv4.tcp_migrate_req=1): without
+    it each caddy config change may reset a connection queued on its old listener
+    (server_agent/proxy.py, MIGRATE_REQ). Left on: it changes nothing else."""
+    from server_agent.proxy import MIGRATE_REQ
+
+    if MIGRATE_REQ.read_text().strip() != "1":
+        MIGRATE_REQ.write_text("1\n")
 
 
 def caddy_binary() -> str:

@@ -56,26 +56,11 @@ def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str) -> tuple[i
     return res.returncode, load, res.stdout + res.stderr
 
 
-# Caddy's own config reload (2.6.2, Debian's; 2.11.7 too, measured) now and then resets one
-# connection that arrives at the moment it swaps configurations: about one request in 40
-# reloads at 100 requests/s, with a static upstream and no obs-agent involved
-# (README, "Zero failed requests behind a proxy"). nginx's reload showed none. A caddy
-# cutover may therefore lose at most one request per config change, and only that way;
-# anything else (a 502, a refused connection, a wrong answer) fails the test.
-CADDY_RELOAD_RESETS = ("ConnectionResetError", "RemoteDisconnected")
-
-
-def assert_no_failed_requests(load: Load, kind: str, reloads: int, what: str = "") -> None:
-    failed = load.failed
-    if kind == "caddy":
-        failed = [a for a in failed if not a.detail.startswith(CADDY_RELOAD_RESETS)]
-        resets = len(load.failed) - len(failed)
-        assert resets <= reloads, f"{what} {resets} connection resets for {reloads} reload(s): {load.summary()}"
-    assert not failed, f"{what} {load.summary()}"
-
-
-def kind_of(proxy: CaddyProcess | NginxProcess) -> str:
-    return "caddy" if isinstance(proxy, CaddyProcess) else "nginx"
+def assert_no_failed_requests(load: Load, what: str = "") -> None:
+    """Zero, behind either proxy. For caddy this needs net.ipv4.tcp_migrate_req=1 on the host
+    (tests/parts_proxy.host_migrates_queued_connections; README): without it caddy's own
+    config change resets about one connection in 30-40 changes at 100-200 requests/s."""
+    assert not load.failed, f"{what} {load.summary()}"
 
 
 def running_versions(project: str) -> set[str | None]:
@@ -97,7 +82,7 @@ def test_proxy_cutover_zero_failed_requests(tmp_path: Path, registry: parts.Regi
         code, load, out = deploy_under_load(root, proxy.url, "deploy", "v1.1.0")
         assert code == 0, out
         assert len(load.answers) >= RATE * 2, load.summary()
-        assert_no_failed_requests(load, kind_of(proxy), reloads=1)
+        assert_no_failed_requests(load)
         assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
         assert running_versions(root.project) == {"v1.1.0"}
 
@@ -114,7 +99,7 @@ def test_proxy_cutover_zero_failed_requests(tmp_path: Path, registry: parts.Regi
         # A manual rollback starts the previous release's containers first.
         code, load, out = deploy_under_load(root, proxy.url, "rollback")
         assert code == 0, out
-        assert_no_failed_requests(load, kind_of(proxy), reloads=1)
+        assert_no_failed_requests(load)
         assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
         assert running_versions(root.project) == {"v1.0.0"}
         assert root.last_good() == "v1.0.0"
@@ -161,6 +146,18 @@ def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
     assert res.returncode == 10, res.stdout + res.stderr
     codes = {p["code"] for p in json.loads(res.stdout)["problems"]}
     assert codes == {"proxy.caddy", "plan.proxy_port"}, res.stdout
+    # The host setting caddy needs to lose no connection is named while it is off.
+    from server_agent.proxy import MIGRATE_REQ
+    from tests.parts_proxy import host_migrates_queued_connections
+
+    host_migrates_queued_connections()
+    assert not [n for n in json.loads(res.stdout)["notes"] if "tcp_migrate_req" in n]
+    MIGRATE_REQ.write_text("0\n")
+    try:
+        notes = json.loads(root.agent("check", "--json").stdout)["notes"]
+    finally:
+        host_migrates_queued_connections()
+    assert [n for n in notes if "net.ipv4.tcp_migrate_req=1" in n], notes
 
     config = json.loads((root.path / "deployment_config.json").read_text())
     config["agent"]["proxy"] = {"kind": "nginx", "service": "observer", "port": 8000,
@@ -193,7 +190,7 @@ def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
         assert first.returncode == 0, first.stdout + first.stderr
         code, load, out = deploy_under_load(root, proxy.url, "deploy", "v3.0.0-scannercrash")
         assert code == 20, out
-        assert_no_failed_requests(load, kind_of(proxy), reloads=2)  # cutover and back
+        assert_no_failed_requests(load)  # cutover and back
         # Step 1 passed its gate and served; the walk back put v1.0.0 behind the proxy again.
         assert load.versions == {"v1.0.0", "v3.0.0-scannercrash"}, load.summary()
         assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
@@ -211,10 +208,11 @@ def test_caddy_as_an_accessory_from_the_compose_template(
     autosave brings the agent's server back."""
     import subprocess
 
-    from tests.parts_proxy import build_caddy_image
+    from tests.parts_proxy import build_caddy_image, host_migrates_queued_connections
 
     if not shutil.which("caddy"):
         missing("caddy (Debian caddy)")
+    host_migrates_queued_connections()
     caddy_ref = build_caddy_image(docker_client, registry.address)
     admin, listen = parts.free_port(), parts.free_port()
     root = parts.make_agent_root(
@@ -241,7 +239,7 @@ def test_caddy_as_an_accessory_from_the_compose_template(
 
         code, load, out = deploy_under_load(root, url, "deploy", "v1.1.0")
         assert code == 0, out
-        assert_no_failed_requests(load, "caddy", reloads=1)
+        assert_no_failed_requests(load)
         assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
         (again,) = parts_project.running(root.project, "caddy")
         assert (again["Id"], again["State"]["StartedAt"]) == (caddy["Id"], caddy["State"]["StartedAt"])
@@ -276,7 +274,7 @@ def test_kill_9_around_the_cutover_fails_no_request(tmp_path: Path, registry: pa
             again = root.agent("deploy", "v1.1.0")
             load._stop.wait(0.5)
         assert again.returncode == 0, again.stdout + again.stderr
-        assert_no_failed_requests(load, "caddy", reloads=2)
+        assert_no_failed_requests(load)
         assert running_versions(root.project) == {"v1.1.0"}
         assert len(parts_project.running(root.project, "observer")) == 1
         assert root.last_good() == "v1.1.0"

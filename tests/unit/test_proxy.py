@@ -17,6 +17,7 @@ from server_agent.proxy import (
     caddy_change,
     caddy_server,
     caddy_upstreams,
+    migrate_req_advice,
     nginx_upstreams,
     parse_nginx_upstreams,
     rewrite_url,
@@ -137,3 +138,13 @@ def test_the_proxied_service_is_start_first_and_must_not_publish_a_fixed_port() 
     assert [c for c, _ in fixed.problems] == ["plan.proxy_port"]
     assert [c for c, _ in build_plan(_config([]), "v2", [], set(), proxy_service="db").problems] == [
         "plan.proxy_service"]
+
+
+def test_caddy_advice_names_the_sysctl_that_keeps_its_reloads_lossless(tmp_path: Path) -> None:
+    setting = tmp_path / "tcp_migrate_req"
+    setting.write_text("0\n")
+    advice = migrate_req_advice(setting)
+    assert advice is not None and "net.ipv4.tcp_migrate_req=1" in advice and "reset" in advice
+    setting.write_text("1\n")
+    assert migrate_req_advice(setting) is None
+    assert "Linux 5.14" in (migrate_req_advice(tmp_path / "missing") or "")
