@@ -266,7 +266,7 @@ class Deployer:
                 if len(plan.steps) > 1:
                     verdict.reason = f"step {n} ({', '.join(step.names)}): {verdict.reason}"
                 break
-            self.rollout.complete(sw)
+            self.rollout.complete(sw, probation=watching)
             checkpoint(f"step{n}_done")
         verdict = self._with_backup(record, verdict)
         checkpoint("gated")
@@ -274,6 +274,7 @@ class Deployer:
             verdict = self._watch(record, watch, baseline, switches, steps)
         if not verdict.healthy:
             return self._recover(record, verdict, switches, failed, plan, steps, t0)
+        self.rollout.retire(switches)
         self._release_restarts()
         previous_good = self.state.last_good_tag()
         self.state.set_last_good_tag(tag)
@@ -292,11 +293,9 @@ class Deployer:
         set aside (a crash leaves it exited: the verdict is immediate), last_good_tag still
         names the previous release, whose stop-first containers are kept stopped for the way
         back. Each round is journaled, so a kill here leaves the measurements in history.
-
-        SPEC §15 (reverse proxy, built elsewhere): with agent.proxy, the proxied service's
-        previous containers must stay *running*, out of rotation, until the watch passes, and
-        a failed watch points the proxy back at them. That means Rollout.complete defers their
-        stop to after this call for that service; this is the place that ends the probation."""
+        Behind a proxy (SPEC §15) the proxied service's previous containers still run, out of
+        rotation (Rollout.complete on probation): a failed watch points the proxy back at
+        them, a passed one lets Rollout.retire stop them."""
         containers = [c for sw in switches for c in sw.new]
         since = min(sw.started_ns for sw in switches) / 1e9
 
@@ -403,6 +402,8 @@ class Deployer:
                 if step.services:
                     back = self.rollout.switch(step, previous, prev_root, prev_config, reuse=True,
                                                hold=lambda *_: None, avoid=sw.new)
+                    if self.rollout.proxied(step) and self._ready(previous)(back.new, back.started_ns):
+                        self.rollout.cut_over(back)  # the proxy still names the failed containers
                     self.rollout.settle_names(step)
                     restored += back.new
         return restored

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .compose import ComposeConfig, ComposeProject, release_override
 from .engine import ContainerInfo, Engine
@@ -58,6 +58,11 @@ class Switch:
     started_ns: int  # time.time_ns() just before the new containers were started
     start_error: str | None = None
     cut_over: bool = False  # the proxy was pointed at `new`
+    cut_over_at: float = 0.0  # time.monotonic() of that change
+    # The proxied service's old containers, still running out of rotation while the release
+    # is on probation (SPEC §16), until `retire` stops them or a walk back points the proxy
+    # at them again.
+    standing_by: list[ContainerInfo] = field(default_factory=list)
 
 
 # Gates containers started at a time.time_ns(): True when they are healthy.
@@ -131,18 +136,38 @@ class Rollout:
         if self.proxy is None or not self.proxied(sw.step):
             return
         self.proxy.point_at(self._fresh(sw.new))
-        sw.cut_over = True
+        sw.cut_over, sw.cut_over_at = True, time.monotonic()
         checkpoint("cut_over")
 
-    def complete(self, sw: Switch) -> None:
+    def complete(self, sw: Switch, probation: bool = False) -> None:
         """The step passed its gate: stop the start-first services' old containers (graceful;
         behind a proxy, after they drained), and give each container_name to the service's
-        running container."""
+        running container. On `probation` (a watch follows, SPEC §16) the proxied service's
+        old containers keep running out of rotation: going back is then one proxy change."""
         strategy = sw.step.services_by_name
+        stopping = [c for c in sw.old if strategy[c.service].strategy == "start-first"]
         if sw.cut_over and self.proxy is not None:
-            self.proxy.wait_drain(sw.old)
-        self.engine.stop([c for c in sw.old if strategy[c.service].strategy == "start-first"])
+            if probation:
+                sw.standing_by = [c for c in stopping if c.service == self.proxy.service]
+                stopping = [c for c in stopping if c not in sw.standing_by]
+            else:
+                self.proxy.wait_drain(sw.old)
+        self.engine.stop(stopping)
         self.settle_names(sw.step)
+
+    def retire(self, switches: Sequence[Switch]) -> None:
+        """The watch passed: stop the old containers that stood by, once their drain (counted
+        from the cutover) is over."""
+        for sw in switches:
+            if not sw.standing_by:
+                continue
+            assert self.proxy is not None
+            left = self.proxy.drain_seconds(sw.standing_by) - (time.monotonic() - sw.cut_over_at)
+            if left > 0:
+                time.sleep(left)
+            self.engine.stop(sw.standing_by)
+            sw.standing_by = []
+            self.settle_names(sw.step)
 
     def settle_names(self, step: Step) -> None:
         for svc in step.services:
@@ -222,7 +247,8 @@ class Rollout:
         """The old containers serve again before the new ones stop: started first when they
         no longer run (a later step failed after this one completed) and gated, then the
         proxy is pointed back at them, then the new drain and stop (a failed release that
-        never received a request is killed at once)."""
+        never received a request is killed at once). After a failed watch they still run,
+        out of rotation: the proxy change alone brings them back."""
         assert self.proxy is not None
         stopped = [c for c in self._fresh(sw.old) if not c.running]
         if stopped:
@@ -233,7 +259,7 @@ class Rollout:
                                "the proxy still sends traffic to the new containers")
         if sw.cut_over and sw.old:
             self.proxy.point_at(self._fresh(sw.old))
-            sw.cut_over = False
+            sw.cut_over, sw.standing_by = False, []
             self.proxy.wait_drain(sw.new)
         checkpoint("failed_stopped")
         if failed:

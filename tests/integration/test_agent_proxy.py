@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,12 @@ def test_proxy_cutover_zero_failed_requests(tmp_path: Path, registry: parts.Regi
         assert_no_failed_requests(load)
         assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
         assert running_versions(root.project) == {"v1.1.0"}
+        # status names where the proxy sends traffic and which release answers there.
+        shown = parts.status(root)["proxy"]
+        assert shown["service"] == "observer" and shown["serving"] == ["v1.1.0"], shown
+        assert len(shown["upstreams"]) == 1 and shown["unknown_upstreams"] == [], shown
+        plan = json.loads(root.agent("plan", "v1.2.0", "--json").stdout)
+        assert plan["proxied"] == "observer" and plan["ok"], plan
 
         # Releases that fail their gate never receive a request.
         for bad in ("v2.0.0-crash", "v2.0.0-error"):
@@ -284,29 +291,100 @@ def test_kill_9_around_the_cutover_fails_no_request(tmp_path: Path, registry: pa
         caddy.stop()
 
 
-def test_a_failed_watch_after_the_cutover_points_the_proxy_back(
+def observer_runs(project: str) -> dict[str, tuple[str, str]]:
+    """release -> (container id, StartedAt) of the running observer containers."""
+    return {str(parts_project.release_of(c)): (c["Id"], c["State"]["StartedAt"])
+            for c in parts_project.running(project, "observer")}
+
+
+def test_the_previous_release_stands_by_through_the_watch(
         tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
-    """SPEC §16 behind nginx: the release passes its gate and serves, then its watch fails
-    (an http check that wants another status). The walk back starts the previous containers
-    (stopped after their drain), gates them, points nginx back, then stops the new: exit 20,
-    no failed request."""
+    """SPEC §16 behind nginx: the previous containers keep running, out of rotation, while
+    the release is on probation. A failed watch (an http check that wants another status)
+    points nginx back at those very containers, never restarted: exit 20, no failed request.
+    A passed watch stops them only after it."""
+    import threading
+
     if not shutil.which("nginx"):
         missing("nginx (Debian nginx-light)")
     nginx = NginxProcess(tmp_path / "nginx").start()
     root = proxied_root(tmp_path, registry.address, nginx)
     try:
         assert root.agent("deploy", "v1.0.0").returncode == 0
+        before = observer_runs(root.project)
         config = json.loads((root.path / "deployment_config.json").read_text())
-        config["agent"]["watch"] = {"seconds": 2, "interval": 0.5, "checks": [
-            {"kind": "http", "url": f"{nginx.url}/health", "status": 201}]}
-        (root.path / "deployment_config.json").write_text(json.dumps(config))
+
+        def watch(status: int) -> None:
+            config["agent"]["watch"] = {"seconds": 3, "interval": 0.5, "checks": [
+                {"kind": "http", "url": f"{nginx.url}/health", "status": status}]}
+            (root.path / "deployment_config.json").write_text(json.dumps(config))
+
+        watch(201)
         code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
         assert code == 20, out
         assert not load.failed, load.summary()
         assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
         assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
-        assert running_versions(root.project) == {"v1.0.0"}
+        assert observer_runs(root.project) == before, "the standing-by containers were stopped"
         assert root.last_good() == "v1.0.0"
+
+        # Sampled while the deploy runs: both releases run through the watch, v1.1.0 alone
+        # answers through nginx, and the old container stops only at its end.
+        watch(200)
+        samples: list[tuple[float, set[str]]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                samples.append((time.monotonic(), set(observer_runs(root.project))))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
+        finally:
+            done.set()
+            sampler.join()
+        assert code == 0, out
+        assert not load.failed, load.summary()
+        both = [t for t, running in samples if running == {"v1.0.0", "v1.1.0"}]
+        assert both and both[-1] - both[0] >= 2.5, samples  # the 3 s watch (and 1 s drain)
+        assert set(observer_runs(root.project)) == {"v1.1.0"}
+        assert root.last_good() == "v1.1.0"
+    finally:
+        root.down()
+        nginx.stop()
+
+
+def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_one(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+    """The proxied service ran nothing when the deploy began (stopped by hand). Its new
+    release fails the gate, so it gets the last good release back (SPEC §14), on a new
+    ephemeral port: the proxy is pointed there, and answers with it."""
+    import subprocess
+
+    from server_agent.proxy import parse_nginx_upstreams
+
+    if not shutil.which("nginx"):
+        missing("nginx (Debian nginx-light)")
+    nginx = NginxProcess(tmp_path / "nginx").start()
+    root = proxied_root(tmp_path, registry.address, nginx)
+    try:
+        assert root.agent("deploy", "v1.0.0").returncode == 0
+        (before,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
+        for c in parts_project.running(root.project, "observer"):
+            subprocess.run(["docker", "stop", c["Id"]], check=True, capture_output=True)
+        res = root.agent("deploy", "v2.0.0-error")
+        assert res.returncode == 20, res.stdout + res.stderr
+        assert running_versions(root.project) == {"v1.0.0"}
+        (after,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
+        [c] = parts_project.running(root.project, "observer")
+        port = c["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
+        assert after.endswith(f":{port}"), (before, after, port)
+        with Load(f"{nginx.url}/health", rate=20, max_seconds=1) as load:
+            load._stop.wait(0.5)
+        assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
     finally:
         root.down()
         nginx.stop()
