@@ -171,6 +171,11 @@ def status(ctx: Ctx, as_json: bool) -> None:
         click.echo(f"  {s['name']:<16} {s['state']:<10} {s['health'] or '-':<10} {s['image']}")
     if la:
         click.echo(f"last action: {la['action']} {la['tag']} -> {la['result']} at {la['finished_at'] or '-'}")
+    proxy = data["proxy"]
+    if proxy is not None:
+        click.echo("proxy:     " + (f"cannot be read: {proxy['error']}" if "error" in proxy else
+                                    f"{proxy['service']} -> {', '.join(proxy['upstreams']) or '-'} "
+                                    f"(serving {', '.join(proxy['serving']) or 'no running release'})"))
 
 
 @cli.command()

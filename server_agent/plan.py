@@ -72,6 +72,7 @@ class RolloutPlan:
     # release service -> what differs between its running containers and its new definition
     changes: dict[str, list[str]] = field(default_factory=dict)
     problems: tuple[tuple[str, str], ...] = ()
+    proxied: str | None = None  # the release service behind agent.proxy (SPEC §15)
 
     @property
     def release_services(self) -> list[ServicePlan]:
@@ -89,6 +90,7 @@ class RolloutPlan:
             "accessories": [asdict(a) for a in self.accessories],
             "changes": self.changes,
             "problems": [{"code": c, "message": m} for c, m in self.problems],
+            "proxied": self.proxied,
         }
 
     def describe(self) -> list[str]:
@@ -105,7 +107,9 @@ class RolloutPlan:
             services = ", ".join(
                 f"{s.name} ({s.strategy}, {s.replicas} replica{'s' if s.replicas != 1 else ''}"
                 + (f", container_name {s.container_name}" if s.container_name else "")
-                + (", contract" if s.contract else "") + ")"
+                + (", contract" if s.contract else "")
+                + (", behind the proxy: gated at its own address, then the proxy points at it"
+                   if s.name == self.proxied else "") + ")"
                 for s in st.services)
             lines.append(f"  step {i}   [{order}] {services}; gated before the next step")
         for name, diffs in self.changes.items():
@@ -201,6 +205,7 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
         accessories=accessories,
         changes=changes,
         problems=tuple(problems),
+        proxied=proxy_service if proxy_service in {s.name for s in releases} else None,
     )
 
 

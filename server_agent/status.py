@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Engine, newest_per_service, running_tag
+from .engine import ContainerInfo, Engine, newest_per_service, running_tag
 from .health import probe
 from .root import AgentRoot
 from .state import JOURNAL_ONLY, ReleaseState
@@ -42,7 +42,28 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
             for c in shown
         ],
         "last_action": last_action(state),
+        "proxy": proxy_view(root, running),
     }
+
+
+def proxy_view(root: AgentRoot, running: list[ContainerInfo]) -> dict[str, Any] | None:
+    """Where agent.proxy sends traffic now, and which release answers there (SPEC §15);
+    None without a proxy. A proxy that cannot be read is shown as such, not raised."""
+    if root.raw_setting("proxy") is None:
+        return None
+    from .proxy import proxy_for
+    from .redact import REDACTOR
+
+    try:
+        cutover = proxy_for(root)
+        assert cutover is not None
+        upstreams = cutover.driver.current()
+    except Exception as exc:  # unvalidated settings, a proxy that does not answer
+        return {"error": REDACTOR(str(exc))[:300]}
+    at = {c.address(cutover.port): c for c in running if c.service == cutover.service}
+    return {"service": cutover.service, "upstreams": upstreams,
+            "serving": sorted({str(at[a].tag) for a in upstreams if a in at}),
+            "unknown_upstreams": [a for a in upstreams if a not in at]}
 
 
 def last_action(state: ReleaseState) -> dict[str, Any] | None:

@@ -133,6 +133,9 @@ def test_the_proxied_service_is_start_first_and_must_not_publish_a_fixed_port() 
     ephemeral = build_plan(_config([{"target": 8000, "host_ip": "127.0.0.1"}]), "v2", [], set(),
                            proxy_service="web")
     assert ephemeral.problems == () and ephemeral.service("web").strategy == "start-first"
+    assert ephemeral.proxied == "web" and ephemeral.as_dict()["proxied"] == "web"
+    assert any("web (start-first" in line and "behind the proxy" in line
+               for line in ephemeral.describe())
     fixed = build_plan(_config([{"target": 8000, "published": "8000"}]), "v2", [], set(),
                        proxy_service="web")
     assert [c for c, _ in fixed.problems] == ["plan.proxy_port"]
