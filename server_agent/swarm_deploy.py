@@ -518,6 +518,10 @@ def swarm_preflight(root: AgentRoot, engine: Engine, report: PreflightReport) ->
     if root.settings.watch.seconds > 0:
         report.add("swarm.watch", "agent.watch (SPEC §16) is not carried out on a swarm yet; set "
                                   "watch.seconds to 0, or run obs-agent verify after the deploy")
+    if root.settings.proxy is not None:
+        report.add("swarm.proxy", "agent.proxy (SPEC §15) is not carried out on a swarm: Swarm itself "
+                                  "replaces the tasks; give the service deploy.update_config.order: "
+                                  "start-first behind the routing mesh, and remove agent.proxy")
     if report.plan is not None:
         report.plan = replace(report.plan, accessories=tuple(
             replace(a, action="leave" if a.name in existing else "start", definition_changed=False)

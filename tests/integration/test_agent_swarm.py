@@ -181,6 +181,11 @@ def test_swarm_preflight_refuses_a_worker_and_a_missing_image(swarm_root: SwarmR
     watching = swarm_root.agent("check", "--json", env=swarm_root.env(OBS_AGENT_WATCH='{"seconds": 30}'))
     assert watching.returncode == 10, watching.stdout + watching.stderr
     assert [p["code"] for p in json.loads(watching.stdout)["problems"]] == ["swarm.watch"]
+    proxied = swarm_root.agent("check", "--json", env=swarm_root.env(OBS_AGENT_PROXY=json.dumps(
+        {"kind": "nginx", "service": "observer", "port": 8000,
+         "upstream_file": str(swarm_root.path / "observer.upstream")})))
+    assert proxied.returncode == 10, proxied.stdout + proxied.stderr
+    assert "swarm.proxy" in [p["code"] for p in json.loads(proxied.stdout)["problems"]]
     absent = deploy(swarm_root, "v9.9.9")
     assert absent.returncode == 11, absent.stdout + absent.stderr
     assert "does not resolve" in absent.stdout + absent.stderr
