@@ -159,6 +159,20 @@ def failed_requests(samples: list[Sample]) -> int:
     return sum(1 for s in samples if not s.ok)
 
 
+CUTOVER_BEFORE, CUTOVER_AFTER = 0.5, 1.0
+
+
+def cutover_p99(samples: list[Sample], old: str | None, target: str) -> float | None:
+    """p99 latency around the moment the answering release changed from `old` to `target`
+    (behind a proxy: its one config change), None when it did not change."""
+    if target == old:
+        return None
+    cut = next((x.t for x in samples if x.ok and x.version == target), None)
+    if cut is None:
+        return None
+    return p99([x.seconds for x in samples if cut - CUTOVER_BEFORE <= x.t <= cut + CUTOVER_AFTER])
+
+
 def p99(values: list[float]) -> float | None:
     vals = sorted(values)
     return vals[int(0.99 * (len(vals) - 1))] if vals else None
@@ -246,6 +260,9 @@ class Run:
     probes: int
     failed: int = 0  # failed requests
     latency_p99_s: float | None = None  # of the requests sent while the command ran
+    # Of the requests sent from CUTOVER_BEFORE before to CUTOVER_AFTER after the first answer
+    # of the release switched to; None when the answering release never changed.
+    cutover_p99_s: float | None = None
     versions: list[str] = field(default_factory=list)  # the versions that answered
     steps: dict[str, float] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
@@ -336,6 +353,7 @@ class Side:
             answering_after=samples[-1].version if samples and samples[-1].ok else None,
             probes=len(samples), failed=failed_requests(samples),
             latency_p99_s=p99([x.seconds for x in samples if t0 <= x.t <= t0 + wall]),
+            cutover_p99_s=cutover_p99(samples, old, expect_back or tag),
             versions=sorted({x.version for x in samples if x.ok and x.version}),
             steps=extra.pop("steps", {}), detail=extra, output_tail=tail(output),
         )

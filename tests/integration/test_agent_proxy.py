@@ -262,23 +262,28 @@ def test_caddy_as_an_accessory_from_the_compose_template(
                         f"{root.project}_caddy_config"], capture_output=True)
 
 
-@pytest.mark.parametrize("step", ["started", "cut_over", "step1_done"])
+@pytest.mark.parametrize("step", ["started", "cut_over", "step1_done", "watching"])
 def test_kill_9_around_the_cutover_fails_no_request(tmp_path: Path, registry: parts.Registry,
                                                     images: dict[str, str], step: str) -> None:
     """`kill -9` after the new containers started (proxy still on the old), right after the
-    proxy was pointed at them (both run), and after the old were stopped: users see no failed
-    request, and the next deploy finishes the job without manual cleanup."""
+    proxy was pointed at them (both run), after the old were stopped, and during the watch
+    (the old stand by, SPEC §16): users see no failed request, and the next deploy finishes
+    the job without manual cleanup."""
     if not shutil.which("caddy"):
         missing("caddy (Debian caddy)")
     caddy = CaddyProcess(tmp_path / "caddy").start()
     root = proxied_root(tmp_path, registry.address, caddy)
     try:
         assert root.agent("deploy", "v1.0.0").returncode == 0
+        watch = {"OBS_AGENT_WATCH": json.dumps({"seconds": 2, "interval": 0.5, "checks": [
+            {"kind": "http", "url": f"{caddy.url}/health", "status": 200}]})} if step == "watching" else {}
         with Load(f"{caddy.url}/health", rate=RATE, max_seconds=90) as load:
             load._stop.wait(0.5)
-            killed = root.agent("deploy", "v1.1.0", env=root.env(OBS_AGENT_DIE_AT=step))
+            killed = root.agent("deploy", "v1.1.0", env=root.env(OBS_AGENT_DIE_AT=step, **watch))
             assert killed.returncode == -9, killed.stdout + killed.stderr
-            again = root.agent("deploy", "v1.1.0")
+            if step == "watching":
+                assert running_versions(root.project) == {"v1.0.0", "v1.1.0"}
+            again = root.agent("deploy", "v1.1.0", env=root.env(**watch))
             load._stop.wait(0.5)
         assert again.returncode == 0, again.stdout + again.stderr
         assert_no_failed_requests(load)
