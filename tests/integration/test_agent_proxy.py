@@ -48,6 +48,25 @@ def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProce
     return root
 
 
+BehindNginx = tuple[NginxProcess, parts.AgentRootDir]
+
+
+@pytest.fixture
+def behind_nginx(tmp_path: Path, registry: parts.Registry,
+                 images: dict[str, str]) -> Iterator[BehindNginx]:
+    """A real nginx on loopback and a proxied observer root with v1.0.0 deployed behind it."""
+    if not shutil.which("nginx"):
+        missing("nginx (Debian nginx-light)")
+    nginx = NginxProcess(tmp_path / "nginx").start()
+    root = proxied_root(tmp_path, registry.address, nginx)
+    try:
+        assert root.agent("deploy", "v1.0.0").returncode == 0
+        yield nginx, root
+    finally:
+        root.down()
+        nginx.stop()
+
+
 def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str) -> tuple[int, Load, str]:
     with Load(f"{url}/health", rate=RATE, max_seconds=90) as load:
         load._stop.wait(0.5)  # traffic flows before the agent starts
@@ -114,31 +133,22 @@ def test_proxy_cutover_zero_failed_requests(tmp_path: Path, registry: parts.Regi
         root.down()
 
 
-def test_proxy_that_cannot_be_updated_leaves_the_old_serving(
-        tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+def test_proxy_that_cannot_be_updated_leaves_the_old_serving(behind_nginx: BehindNginx) -> None:
     """nginx's reload fails: the new containers are removed, the old keep serving, exit 20,
     and the upstream file names the old again."""
-    if not shutil.which("nginx"):
-        missing("nginx (Debian nginx-light)")
-    nginx = NginxProcess(tmp_path / "nginx").start()
-    root = proxied_root(tmp_path, registry.address, nginx)
-    try:
-        assert root.agent("deploy", "v1.0.0").returncode == 0
-        upstream = nginx.upstream_file.read_text()
-        config = json.loads((root.path / "deployment_config.json").read_text())
-        config["agent"]["proxy"]["reload_command"] = ["/bin/sh", "-c", "echo reload refused >&2; exit 1"]
-        (root.path / "deployment_config.json").write_text(json.dumps(config))
-        code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
-        assert code == 20, out
-        assert "the proxy could not be updated" in out and "reload refused" in out, out
-        assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
-        assert nginx.upstream_file.read_text() == upstream
-        assert running_versions(root.project) == {"v1.0.0"}
-        assert not [c for c in parts_project.containers(root.project)
-                    if parts_project.release_of(c) == "v1.1.0"], "the new containers were not removed"
-    finally:
-        root.down()
-        nginx.stop()
+    nginx, root = behind_nginx
+    upstream = nginx.upstream_file.read_text()
+    config = json.loads((root.path / "deployment_config.json").read_text())
+    config["agent"]["proxy"]["reload_command"] = ["/bin/sh", "-c", "echo reload refused >&2; exit 1"]
+    (root.path / "deployment_config.json").write_text(json.dumps(config))
+    code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
+    assert code == 20, out
+    assert "the proxy could not be updated" in out and "reload refused" in out, out
+    assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
+    assert nginx.upstream_file.read_text() == upstream
+    assert running_versions(root.project) == {"v1.0.0"}
+    assert not [c for c in parts_project.containers(root.project)
+                if parts_project.release_of(c) == "v1.1.0"], "the new containers were not removed"
 
 
 def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
@@ -302,68 +312,58 @@ def observer_runs(project: str) -> dict[str, tuple[str, str]]:
             for c in parts_project.running(project, "observer")}
 
 
-def test_the_previous_release_stands_by_through_the_watch(
-        tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+def test_the_previous_release_stands_by_through_the_watch(behind_nginx: BehindNginx) -> None:
     """SPEC §16 behind nginx: the previous containers keep running, out of rotation, while
     the release is on probation. A failed watch (an http check that wants another status)
     points nginx back at those very containers, never restarted: exit 20, no failed request.
     A passed watch stops them only after it."""
     import threading
 
-    if not shutil.which("nginx"):
-        missing("nginx (Debian nginx-light)")
-    nginx = NginxProcess(tmp_path / "nginx").start()
-    root = proxied_root(tmp_path, registry.address, nginx)
+    nginx, root = behind_nginx
+    before = observer_runs(root.project)
+    config = json.loads((root.path / "deployment_config.json").read_text())
+
+    def watch(status: int) -> None:
+        config["agent"]["watch"] = {"seconds": 3, "interval": 0.5, "checks": [
+            {"kind": "http", "url": f"{nginx.url}/health", "status": status}]}
+        (root.path / "deployment_config.json").write_text(json.dumps(config))
+
+    watch(201)
+    code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
+    assert code == 20, out
+    assert not load.failed, load.summary()
+    assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+    assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
+    assert observer_runs(root.project) == before, "the standing-by containers were stopped"
+    assert root.last_good() == "v1.0.0"
+
+    # Sampled while the deploy runs: both releases run through the watch, v1.1.0 alone
+    # answers through nginx, and the old container stops only at its end.
+    watch(200)
+    samples: list[tuple[float, set[str]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append((time.monotonic(), set(observer_runs(root.project))))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     try:
-        assert root.agent("deploy", "v1.0.0").returncode == 0
-        before = observer_runs(root.project)
-        config = json.loads((root.path / "deployment_config.json").read_text())
-
-        def watch(status: int) -> None:
-            config["agent"]["watch"] = {"seconds": 3, "interval": 0.5, "checks": [
-                {"kind": "http", "url": f"{nginx.url}/health", "status": status}]}
-            (root.path / "deployment_config.json").write_text(json.dumps(config))
-
-        watch(201)
         code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
-        assert code == 20, out
-        assert not load.failed, load.summary()
-        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
-        assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
-        assert observer_runs(root.project) == before, "the standing-by containers were stopped"
-        assert root.last_good() == "v1.0.0"
-
-        # Sampled while the deploy runs: both releases run through the watch, v1.1.0 alone
-        # answers through nginx, and the old container stops only at its end.
-        watch(200)
-        samples: list[tuple[float, set[str]]] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                samples.append((time.monotonic(), set(observer_runs(root.project))))
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            code, load, out = deploy_under_load(root, nginx.url, "deploy", "v1.1.0")
-        finally:
-            done.set()
-            sampler.join()
-        assert code == 0, out
-        assert not load.failed, load.summary()
-        both = [t for t, running in samples if running == {"v1.0.0", "v1.1.0"}]
-        assert both and both[-1] - both[0] >= 2.5, samples  # the 3 s watch (and 1 s drain)
-        assert set(observer_runs(root.project)) == {"v1.1.0"}
-        assert root.last_good() == "v1.1.0"
     finally:
-        root.down()
-        nginx.stop()
+        done.set()
+        sampler.join()
+    assert code == 0, out
+    assert not load.failed, load.summary()
+    both = [t for t, running in samples if running == {"v1.0.0", "v1.1.0"}]
+    assert both and both[-1] - both[0] >= 2.5, samples  # the 3 s watch (and 1 s drain)
+    assert set(observer_runs(root.project)) == {"v1.1.0"}
+    assert root.last_good() == "v1.1.0"
 
 
-def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_one(
-        tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_one(behind_nginx: BehindNginx) -> None:
     """The proxied service ran nothing when the deploy began (stopped by hand). Its new
     release fails the gate, so it gets the last good release back (SPEC §14), on a new
     ephemeral port: the proxy is pointed there, and answers with it."""
@@ -371,25 +371,17 @@ def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_
 
     from server_agent.proxy import parse_nginx_upstreams
 
-    if not shutil.which("nginx"):
-        missing("nginx (Debian nginx-light)")
-    nginx = NginxProcess(tmp_path / "nginx").start()
-    root = proxied_root(tmp_path, registry.address, nginx)
-    try:
-        assert root.agent("deploy", "v1.0.0").returncode == 0
-        (before,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
-        for c in parts_project.running(root.project, "observer"):
-            subprocess.run(["docker", "stop", c["Id"]], check=True, capture_output=True)
-        res = root.agent("deploy", "v2.0.0-error")
-        assert res.returncode == 20, res.stdout + res.stderr
-        assert running_versions(root.project) == {"v1.0.0"}
-        (after,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
-        [c] = parts_project.running(root.project, "observer")
-        port = c["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
-        assert after.endswith(f":{port}"), (before, after, port)
-        with Load(f"{nginx.url}/health", rate=20, max_seconds=1) as load:
-            load._stop.wait(0.5)
-        assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
-    finally:
-        root.down()
-        nginx.stop()
+    nginx, root = behind_nginx
+    (before,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
+    for c in parts_project.running(root.project, "observer"):
+        subprocess.run(["docker", "stop", c["Id"]], check=True, capture_output=True)
+    res = root.agent("deploy", "v2.0.0-error")
+    assert res.returncode == 20, res.stdout + res.stderr
+    assert running_versions(root.project) == {"v1.0.0"}
+    (after,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
+    [c] = parts_project.running(root.project, "observer")
+    port = c["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
+    assert after.endswith(f":{port}"), (before, after, port)
+    with Load(f"{nginx.url}/health", rate=20, max_seconds=1) as load:
+        load._stop.wait(0.5)
+    assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
