@@ -109,8 +109,13 @@ def containers(project: str) -> list[dict[str, Any]]:
                          capture_output=True, text=True, check=True).stdout.split()
     if not ids:
         return []
-    out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+    # A container may go between the two calls (a job's `compose run --rm`, a removed old
+    # one): inspect then prints the others and exits 1. A thread sampling during a deploy
+    # (WorkerWatch) died of that, and its test failed on the counts it never took.
+    res = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True)
+    if res.returncode != 0 and "No such object" not in res.stderr:
+        raise subprocess.CalledProcessError(res.returncode, res.args, res.stdout, res.stderr)
+    return json.loads(res.stdout or "[]")  # type: ignore[no-any-return]
 
 
 def running(project: str, service: str) -> list[dict[str, Any]]:

@@ -85,17 +85,23 @@ class WorkerWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.counts.append(len(running(self.project, "worker")))
-            time.sleep(0.05)
+        try:
+            while not self._stop.is_set():
+                self.counts.append(len(running(self.project, "worker")))
+                time.sleep(0.05)
+        except Exception as exc:  # raised again in the test, not lost with the thread
+            self.error = exc
 
     def __enter__(self) -> WorkerWatch:
+        self.error: Exception | None = None
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+        if self.error is not None:
+            raise self.error
 
 
 def test_plan_then_deploy_in_order_accessory_untouched_job_once_rollback(project: parts.AgentRootDir) -> None:
