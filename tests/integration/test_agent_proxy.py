@@ -48,23 +48,18 @@ def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProce
     return root
 
 
-BehindNginx = tuple[NginxProcess, parts.AgentRootDir]
-
-
 @pytest.fixture
-def behind_nginx(tmp_path: Path, registry: parts.Registry,
-                 images: dict[str, str]) -> Iterator[BehindNginx]:
-    """A real nginx on loopback and a proxied observer root with v1.0.0 deployed behind it."""
-    if not shutil.which("nginx"):
-        missing("nginx (Debian nginx-light)")
-    nginx = NginxProcess(tmp_path / "nginx").start()
-    root = proxied_root(tmp_path, registry.address, nginx)
+def behind_proxy(tmp_path: Path, registry: parts.Registry, images: dict[str, str],
+                 proxy: CaddyProcess | NginxProcess) -> Iterator[parts.AgentRootDir]:
+    """A proxied observer root with v1.0.0 deployed behind `proxy` (both kinds, unless the
+    test picks one: `@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)`)."""
+    root = proxied_root(tmp_path, registry.address, proxy)
     try:
-        assert root.agent("deploy", "v1.0.0").returncode == 0
-        yield nginx, root
+        first = root.agent("deploy", "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        yield root
     finally:
         root.down()
-        nginx.stop()
 
 
 def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str) -> tuple[int, Load, str]:
@@ -87,56 +82,52 @@ def running_versions(project: str) -> set[str | None]:
     return {parts_project.release_of(c) for c in parts_project.running(project, "observer")}
 
 
-def test_proxy_cutover_zero_failed_requests(tmp_path: Path, registry: parts.Registry,
-                                            images: dict[str, str],
-                                            proxy: CaddyProcess | NginxProcess) -> None:
-    root = proxied_root(tmp_path, registry.address, proxy)
-    try:
-        first = root.agent("deploy", "v1.0.0")
-        assert first.returncode == 0, first.stdout + first.stderr
-        with Load(f"{proxy.url}/health", rate=20, max_seconds=1) as warm:
-            warm._stop.wait(0.5)
-        assert not warm.failed and warm.versions == {"v1.0.0"}, warm.summary()
+def test_proxy_cutover_zero_failed_requests(proxy: CaddyProcess | NginxProcess,
+                                            behind_proxy: parts.AgentRootDir) -> None:
+    root = behind_proxy
+    with Load(f"{proxy.url}/health", rate=20, max_seconds=1) as warm:
+        warm._stop.wait(0.5)
+    assert not warm.failed and warm.versions == {"v1.0.0"}, warm.summary()
 
-        # A good deploy: the new release serves, the old drained and stopped, nothing failed.
-        code, load, out = deploy_under_load(root, proxy.url, "deploy", "v1.1.0")
-        assert code == 0, out
-        assert len(load.answers) >= RATE * 2, load.summary()
-        assert_no_failed_requests(load)
-        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+    # A good deploy: the new release serves, the old drained and stopped, nothing failed.
+    code, load, out = deploy_under_load(root, proxy.url, "deploy", "v1.1.0")
+    assert code == 0, out
+    assert len(load.answers) >= RATE * 2, load.summary()
+    assert_no_failed_requests(load)
+    assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+    assert running_versions(root.project) == {"v1.1.0"}
+    # status names where the proxy sends traffic and which release answers there.
+    shown = parts.status(root)["proxy"]
+    assert shown["service"] == "observer" and shown["serving"] == ["v1.1.0"], shown
+    assert len(shown["upstreams"]) == 1 and shown["unknown_upstreams"] == [], shown
+    plan = json.loads(root.agent("plan", "v1.2.0", "--json").stdout)
+    assert plan["proxied"] == "observer" and plan["ok"], plan
+
+    # Releases that fail their gate never receive a request.
+    for bad in ("v2.0.0-crash", "v2.0.0-error"):
+        code, load, out = deploy_under_load(root, proxy.url, "deploy", bad)
+        assert code == 20, out
+        assert not load.failed, f"{bad}: {load.summary()}"
+        assert load.versions == {"v1.1.0"}, f"{bad}: {load.summary()}"
         assert running_versions(root.project) == {"v1.1.0"}
-        # status names where the proxy sends traffic and which release answers there.
-        shown = parts.status(root)["proxy"]
-        assert shown["service"] == "observer" and shown["serving"] == ["v1.1.0"], shown
-        assert len(shown["upstreams"]) == 1 and shown["unknown_upstreams"] == [], shown
-        plan = json.loads(root.agent("plan", "v1.2.0", "--json").stdout)
-        assert plan["proxied"] == "observer" and plan["ok"], plan
+    record = parts.history(root)[0]
+    assert record["result"] == "rolled_back" and "health_url" in record["failure"]["reason"], record
 
-        # Releases that fail their gate never receive a request.
-        for bad in ("v2.0.0-crash", "v2.0.0-error"):
-            code, load, out = deploy_under_load(root, proxy.url, "deploy", bad)
-            assert code == 20, out
-            assert not load.failed, f"{bad}: {load.summary()}"
-            assert load.versions == {"v1.1.0"}, f"{bad}: {load.summary()}"
-            assert running_versions(root.project) == {"v1.1.0"}
-        record = parts.history(root)[0]
-        assert record["result"] == "rolled_back" and "health_url" in record["failure"]["reason"], record
-
-        # A manual rollback starts the previous release's containers first.
-        code, load, out = deploy_under_load(root, proxy.url, "rollback")
-        assert code == 0, out
-        assert_no_failed_requests(load)
-        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
-        assert running_versions(root.project) == {"v1.0.0"}
-        assert root.last_good() == "v1.0.0"
-    finally:
-        root.down()
+    # A manual rollback starts the previous release's containers first.
+    code, load, out = deploy_under_load(root, proxy.url, "rollback")
+    assert code == 0, out
+    assert_no_failed_requests(load)
+    assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+    assert running_versions(root.project) == {"v1.0.0"}
+    assert root.last_good() == "v1.0.0"
 
 
-def test_proxy_that_cannot_be_updated_leaves_the_old_serving(behind_nginx: BehindNginx) -> None:
+@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)
+def test_proxy_that_cannot_be_updated_leaves_the_old_serving(
+        proxy: NginxProcess, behind_proxy: parts.AgentRootDir) -> None:
     """nginx's reload fails: the new containers are removed, the old keep serving, exit 20,
     and the upstream file names the old again."""
-    nginx, root = behind_nginx
+    nginx, root = proxy, behind_proxy
     upstream = nginx.upstream_file.read_text()
     config = json.loads((root.path / "deployment_config.json").read_text())
     config["agent"]["proxy"]["reload_command"] = ["/bin/sh", "-c", "echo reload refused >&2; exit 1"]
@@ -272,38 +263,31 @@ def test_caddy_as_an_accessory_from_the_compose_template(
                         f"{root.project}_caddy_config"], capture_output=True)
 
 
+@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
 @pytest.mark.parametrize("step", ["started", "cut_over", "step1_done", "watching"])
-def test_kill_9_around_the_cutover_fails_no_request(tmp_path: Path, registry: parts.Registry,
-                                                    images: dict[str, str], step: str) -> None:
+def test_kill_9_around_the_cutover_fails_no_request(proxy: CaddyProcess, behind_proxy: parts.AgentRootDir,
+                                                    step: str) -> None:
     """`kill -9` after the new containers started (proxy still on the old), right after the
     proxy was pointed at them (both run), after the old were stopped, and during the watch
     (the old stand by, SPEC §16): users see no failed request, and the next deploy finishes
     the job without manual cleanup."""
-    if not shutil.which("caddy"):
-        missing("caddy (Debian caddy)")
-    caddy = CaddyProcess(tmp_path / "caddy").start()
-    root = proxied_root(tmp_path, registry.address, caddy)
-    try:
-        assert root.agent("deploy", "v1.0.0").returncode == 0
-        watch = {"OBS_AGENT_WATCH": json.dumps({"seconds": 2, "interval": 0.5, "checks": [
-            {"kind": "http", "url": f"{caddy.url}/health", "status": 200}]})} if step == "watching" else {}
-        with Load(f"{caddy.url}/health", rate=RATE, max_seconds=90) as load:
-            load._stop.wait(0.5)
-            killed = root.agent("deploy", "v1.1.0", env=root.env(OBS_AGENT_DIE_AT=step, **watch))
-            assert killed.returncode == -9, killed.stdout + killed.stderr
-            if step == "watching":
-                assert running_versions(root.project) == {"v1.0.0", "v1.1.0"}
-            again = root.agent("deploy", "v1.1.0", env=root.env(**watch))
-            load._stop.wait(0.5)
-        assert again.returncode == 0, again.stdout + again.stderr
-        assert_no_failed_requests(load)
-        assert running_versions(root.project) == {"v1.1.0"}
-        assert len(parts_project.running(root.project, "observer")) == 1
-        assert root.last_good() == "v1.1.0"
-        assert [h["result"] for h in parts.history(root)[:2]] == ["success", "interrupted"]
-    finally:
-        root.down()
-        caddy.stop()
+    caddy, root = proxy, behind_proxy
+    watch = {"OBS_AGENT_WATCH": json.dumps({"seconds": 2, "interval": 0.5, "checks": [
+        {"kind": "http", "url": f"{caddy.url}/health", "status": 200}]})} if step == "watching" else {}
+    with Load(f"{caddy.url}/health", rate=RATE, max_seconds=90) as load:
+        load._stop.wait(0.5)
+        killed = root.agent("deploy", "v1.1.0", env=root.env(OBS_AGENT_DIE_AT=step, **watch))
+        assert killed.returncode == -9, killed.stdout + killed.stderr
+        if step == "watching":
+            assert running_versions(root.project) == {"v1.0.0", "v1.1.0"}
+        again = root.agent("deploy", "v1.1.0", env=root.env(**watch))
+        load._stop.wait(0.5)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_no_failed_requests(load)
+    assert running_versions(root.project) == {"v1.1.0"}
+    assert len(parts_project.running(root.project, "observer")) == 1
+    assert root.last_good() == "v1.1.0"
+    assert [h["result"] for h in parts.history(root)[:2]] == ["success", "interrupted"]
 
 
 def observer_runs(project: str) -> dict[str, tuple[str, str]]:
@@ -312,14 +296,16 @@ def observer_runs(project: str) -> dict[str, tuple[str, str]]:
             for c in parts_project.running(project, "observer")}
 
 
-def test_the_previous_release_stands_by_through_the_watch(behind_nginx: BehindNginx) -> None:
+@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)
+def test_the_previous_release_stands_by_through_the_watch(
+        proxy: NginxProcess, behind_proxy: parts.AgentRootDir) -> None:
     """SPEC §16 behind nginx: the previous containers keep running, out of rotation, while
     the release is on probation. A failed watch (an http check that wants another status)
     points nginx back at those very containers, never restarted: exit 20, no failed request.
     A passed watch stops them only after it."""
     import threading
 
-    nginx, root = behind_nginx
+    nginx, root = proxy, behind_proxy
     before = observer_runs(root.project)
     config = json.loads((root.path / "deployment_config.json").read_text())
 
@@ -363,7 +349,9 @@ def test_the_previous_release_stands_by_through_the_watch(behind_nginx: BehindNg
     assert root.last_good() == "v1.1.0"
 
 
-def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_one(behind_nginx: BehindNginx) -> None:
+@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)
+def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_one(
+        proxy: NginxProcess, behind_proxy: parts.AgentRootDir) -> None:
     """The proxied service ran nothing when the deploy began (stopped by hand). Its new
     release fails the gate, so it gets the last good release back (SPEC §14), on a new
     ephemeral port: the proxy is pointed there, and answers with it."""
@@ -371,7 +359,7 @@ def test_a_failed_release_of_a_stopped_service_points_the_proxy_at_the_restored_
 
     from server_agent.proxy import parse_nginx_upstreams
 
-    nginx, root = behind_nginx
+    nginx, root = proxy, behind_proxy
     (before,) = parse_nginx_upstreams(nginx.upstream_file.read_text())
     for c in parts_project.running(root.project, "observer"):
         subprocess.run(["docker", "stop", c["Id"]], check=True, capture_output=True)
