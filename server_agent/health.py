@@ -98,6 +98,34 @@ def worst(answers: Iterable[HealthAnswer]) -> HealthAnswer:
     return min(answers, key=lambda a: _WORST_FIRST.index(a.kind))
 
 
+@dataclass
+class ProbeRun:
+    """The probes of one gate at the same URLs, round after round: the timeout grows from
+    FIRST_PROBE_TIMEOUT until they have answered once, and failures are counted in a row
+    (not before the first answer: a port refused while starting is not a failure)."""
+
+    allow_degraded: bool
+    answered: bool = False
+    timeouts: int = 0  # rounds in a row that timed out before the first answer
+    fails_in_a_row: int = 0
+
+    def ask(self, urls: Iterable[str]) -> HealthAnswer:
+        """One round: every URL once, the worst answer decides."""
+        timeout = PROBE_TIMEOUT if self.answered else min(
+            PROBE_TIMEOUT, FIRST_PROBE_TIMEOUT * 2 ** self.timeouts)
+        ans = worst(probe(u, self.allow_degraded, timeout) for u in urls)
+        if ans.kind != "down":
+            self.answered = True
+        elif ans.timed_out:
+            self.timeouts += 1
+        self.fails_in_a_row = self.fails_in_a_row + 1 if ans.kind == "fail" and self.answered else 0
+        return ans
+
+    @property
+    def failed(self) -> bool:
+        return self.fails_in_a_row >= FAILS_IN_A_ROW
+
+
 class HealthGate:
     def __init__(self, root: AgentRoot, engine: Engine) -> None:
         self.root = root
@@ -150,9 +178,7 @@ class HealthGate:
               dead: list[str], answers: list[str], started: float, stabilize: float) -> str | None:
         deadline = started + self.timeout
         healthy_since: float | None = None
-        fails_in_a_row = 0
-        answered = False
-        timeouts = 0  # probes in a row that timed out before the first answer
+        probes = ProbeRun(self.root.settings.allow_degraded)
         log_seen = self.pattern is None or not contract_ids
         health_url = self.root.settings.health_url if contract_ids or proxied else None
         verify_paths = self.root.settings.verify.paths if contract_ids else []
@@ -195,21 +221,11 @@ class HealthGate:
             # first interval: an error-answering release is caught within three probes.
             urls = self._health_urls(health_url, infos)
             if all(c.state == "running" for c in infos) and urls:
-                timeout = PROBE_TIMEOUT if answered else min(
-                    PROBE_TIMEOUT, FIRST_PROBE_TIMEOUT * 2 ** timeouts)
-                ans = worst(probe(u, self.root.settings.allow_degraded, timeout) for u in urls)
+                ans = probes.ask(urls)
                 answers.append(ans.detail)
                 del answers[:-10]
-                if ans.kind != "down":
-                    answered = True
-                elif ans.timed_out:
-                    timeouts += 1
-                if ans.kind == "fail" and answered:
-                    fails_in_a_row += 1
-                    if fails_in_a_row >= FAILS_IN_A_ROW:
-                        return f"health_url answered a failure {FAILS_IN_A_ROW} times in a row: {ans.detail}"
-                else:
-                    fails_in_a_row = 0
+                if probes.failed:
+                    return f"health_url answered a failure {FAILS_IN_A_ROW} times in a row: {ans.detail}"
                 if ans.kind != "pass":
                     ok = False
                     waiting_on = f"health_url ({ans.detail})"

@@ -30,7 +30,7 @@ from .compose import RELEASE_LABEL, ComposeConfig
 from .deploy import KEPT_RELEASES, Deployer, Outcome, PreSwitchFailure, _since
 from .engine import ROLE_LABEL, Engine, EngineUnreachable
 from .errors import ExitCode, ImageError, PreflightError
-from .health import FAILS_IN_A_ROW, GateResult, probe
+from .health import FAILS_IN_A_ROW, GateResult, ProbeRun
 from .plan import RolloutPlan, ServicePlan, Step
 from .preflight import PreflightReport, run_preflight
 from .redact import REDACTOR
@@ -162,8 +162,7 @@ class SwarmGate:
         started = time.monotonic()
         deadline = started + self.timeout
         healthy_since: float | None = None
-        fails: dict[str, int] = {}
-        answered: set[str] = set()
+        probes: dict[str, ProbeRun] = {}  # each node's URL on its own
         answers: list[str] = []
         resumed: dict[str, int] = {}
         stuck_since: dict[str, float] = {}
@@ -205,19 +204,13 @@ class SwarmGate:
             if mine and s.health_url:
                 addrs = [nodes[t.node_id].address for t in mine if t.node_id in nodes]
                 for url in node_urls(s.health_url, addrs):
-                    ans = probe(url, s.allow_degraded)
+                    ans = probes.setdefault(url, ProbeRun(s.allow_degraded)).ask([url])
                     answers.append(f"{url}: {ans.detail}")
                     del answers[:-10]
-                    if ans.kind != "down":
-                        answered.add(url)
-                    if ans.kind == "fail" and url in answered:
-                        fails[url] = fails.get(url, 0) + 1
-                        if fails[url] >= FAILS_IN_A_ROW:
-                            return GateResult(False, REDACTOR(
-                                f"health_url answered a failure {FAILS_IN_A_ROW} times in a row at "
-                                f"{url}: {ans.detail}"), _since(started), answers[-5:])
-                    else:
-                        fails[url] = 0
+                    if probes[url].failed:
+                        return GateResult(False, REDACTOR(
+                            f"health_url answered a failure {FAILS_IN_A_ROW} times in a row at "
+                            f"{url}: {ans.detail}"), _since(started), answers[-5:])
                     if ans.kind != "pass":
                         ok = False
                         waiting_on = f"health_url {url} ({ans.detail})"

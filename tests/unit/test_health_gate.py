@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server_agent.engine import ContainerInfo
-from server_agent.health import FIRST_PROBE_TIMEOUT, PROBE_TIMEOUT, HealthGate, probe
+from server_agent.health import FIRST_PROBE_TIMEOUT, PROBE_TIMEOUT, HealthGate, ProbeRun, probe
 from server_agent.root import AgentRoot
 
 
@@ -110,3 +110,16 @@ def test_a_slow_health_endpoint_still_passes(tmp_path: Path, service: type[Servi
     gate, containers = gate_for(tmp_path, slow.url)
     result = gate.wait("v1", containers, time.time_ns(), contract={"web"})
     assert result.healthy, result
+
+
+def test_a_probe_run_waits_longer_until_answered_then_counts_failures_in_a_row(
+        service: type[Service]) -> None:
+    """What both gates (compose's HealthGate, the swarm gate per node) use round by round."""
+    failing = service(status="error", hang=2)
+    run = ProbeRun(allow_degraded=False)
+    details = [run.ask([failing.url]).detail for _ in range(4)]
+    assert details[:2] == [f"no answer within {FIRST_PROBE_TIMEOUT:g}s",
+                           f"no answer within {2 * FIRST_PROBE_TIMEOUT:g}s"]
+    assert details[2:] == ["HTTP 200 status=error"] * 2 and not run.failed
+    run.ask([failing.url])
+    assert run.failed and run.answered
