@@ -582,6 +582,9 @@ class SwarmSide(Side):
                 time.sleep(1)
         if self.initialized_swarm:
             sh(["docker", "swarm", "leave", "--force"], 60)
+            # `swarm init` created docker_gwbridge and `leave` does not remove it: the host
+            # engine is left as the run found it.
+            sh(["docker", "network", "rm", "docker_gwbridge"], 30)
 
 
 class FloorSide(Side):
