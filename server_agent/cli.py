@@ -108,15 +108,10 @@ JSON_OUTCOME_HELP = ("Print the outcome as JSON on stdout: action, tag, from_tag
 @click.pass_obj
 def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
     """Pull TAG, back up, start it, gate it; roll back by itself when it fails."""
-    from .deploy import Deployer
-    from .engine import Engine
-
     valid = _tag(tag)
     assert valid is not None
-    root = ctx.load_root(preflight=True)
-    engine = Engine(timeout=root.settings.pull_timeout)
-    deployer = Deployer.for_root(root, engine)
-    _finish(deployer.deploy(valid), deployer, as_json)
+    transaction = _transaction(ctx)
+    _finish(transaction.deploy(valid), transaction, as_json)
 
 
 @cli.command()
@@ -125,16 +120,29 @@ def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
 @click.pass_obj
 def rollback(ctx: Ctx, tag: str | None, as_json: bool) -> None:
     """Go back to TAG, or to the good release before the current one; gated like a deploy."""
-    from .deploy import Deployer
+    transaction = _transaction(ctx)
+    _finish(transaction.rollback(_tag(tag)), transaction, as_json)
+
+
+def _transaction(ctx: Ctx) -> Any:
+    from .backends.select import backend_for
     from .engine import Engine
+    from .state import ReleaseState
+    from .transaction import Transaction
 
     root = ctx.load_root(preflight=True)
-    engine = Engine(timeout=root.settings.pull_timeout)
-    deployer = Deployer.for_root(root, engine)
-    _finish(deployer.rollback(_tag(tag)), deployer, as_json)
+    backend = backend_for(root, Engine(timeout=root.settings.pull_timeout))
+    return Transaction(root, backend, ReleaseState(root.state_dir))
 
 
-def _finish(outcome: Any, deployer: Any, as_json: bool) -> None:
+def _backend(root: AgentRoot) -> Any:
+    from .backends.select import backend_for
+    from .engine import Engine
+
+    return backend_for(root, Engine())
+
+
+def _finish(outcome: Any, transaction: Any, as_json: bool) -> None:
     """Print the outcome; with --json, one object a caller (obsdeploy) can report from
     without asking `status` again."""
     from .redact import REDACTOR
@@ -144,7 +152,7 @@ def _finish(outcome: Any, deployer: Any, as_json: bool) -> None:
         print_json({
             **{k: r.get(k) for k in ("action", "tag", "from_tag", "result", "duration_s", "backup")},
             "exit_code": int(outcome.exit_code),
-            "current_tag": deployer.running_tag(),
+            "current_tag": transaction.backend.running_tag(),
             "message": outcome.message,
         })
     else:
@@ -158,7 +166,7 @@ def _finish(outcome: Any, deployer: Any, as_json: bool) -> None:
 def status(ctx: Ctx, as_json: bool) -> None:
     """Current and last good release, container states, the last action."""
     from .engine import Engine
-    from .status import status as read_status
+    from .views import status as read_status
 
     data = read_status(ctx.load_root(validate=False), Engine())
     if as_json:
@@ -185,7 +193,6 @@ def status(ctx: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
     """Preflight only: exit 0, or 10 with every problem listed."""
-    from .engine import Engine
     from .errors import PreflightError
     from .preflight import run_preflight
     from .redact import REDACTOR
@@ -198,7 +205,7 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
         notes: list[str] = []
     else:
         probe_tag = _tag(tag) or ReleaseState(root.state_dir).last_good_tag() or "v0.0.0"
-        report = run_preflight(root, Engine(), probe_tag, accessory_changes=True)
+        report = run_preflight(root, _backend(root), probe_tag, accessory_changes=True)
         problems, notes = report.problems, report.notes
     if as_json:
         print_json({"ok": not problems, "problems": [p.as_dict() for p in problems],
@@ -220,14 +227,13 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
 def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
     """What `deploy TAG` would do, changing nothing: jobs, ordered steps with their strategy
     and replicas, accessories, and what differs from the running services. Exit 0, or 10."""
-    from .engine import Engine
     from .errors import PreflightError
     from .preflight import run_preflight
 
     valid = _tag(tag)
     assert valid is not None
     root = ctx.load_root(preflight=True)
-    report = run_preflight(root, Engine(), valid, accessory_changes=True)
+    report = run_preflight(root, _backend(root), valid, accessory_changes=True)
     if report.plan is None:
         raise PreflightError(report.problems)
     if as_json:
@@ -249,6 +255,7 @@ def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
 def verify(ctx: Ctx, as_json: bool) -> None:
     """The watch checks (agent.watch.checks) once against the running release, e.g. from
     cron: exit 0, or 22 with what failed. Changes nothing."""
+    from .backends.compose import WatchedContainers
     from .engine import Engine, running_tag
     from .watch import Watch
 
@@ -257,7 +264,7 @@ def verify(ctx: Ctx, as_json: bool) -> None:
     release = [c for c in engine.project_containers(root.project) if c.role == "release"]
     tag = running_tag(release)
     running = [c for c in release if c.tag == tag and c.running] if tag else []
-    result = Watch(root.settings.watch, engine).verify(tag or "", running)
+    result = Watch(root.settings.watch).verify(tag or "", running, WatchedContainers(engine, running))
     if as_json:
         print_json({"ok": result.ok, "tag": tag, "reason": result.reason,
                     "checks": [m.as_dict() for m in result.last]})
@@ -278,7 +285,7 @@ def verify(ctx: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
     """Deploy and rollback attempts, newest first."""
-    from .status import history as read_history
+    from .views import history as read_history
 
     records = read_history(ctx.load_root(validate=False), limit)
     if as_json:

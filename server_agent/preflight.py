@@ -12,6 +12,7 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .compose import ComposeConfig, ComposeProject, ServiceSpec
 from .engine import Engine, socket_denied
@@ -19,6 +20,9 @@ from .errors import CommandError, ObsError
 from .plan import RolloutPlan, build_plan, contract_services
 from .redact import REDACTOR
 from .root import AgentRoot
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 log = logging.getLogger("obs.preflight")
 
@@ -47,10 +51,12 @@ class PreflightReport:
         self.problems.append(Problem(code, message))
 
 
-def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
+def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
                   accessory_changes: bool = False) -> PreflightReport:
-    """Every check; with `accessory_changes`, also compare each running accessory with its
-    compose definition (one more compose call: check and plan do it, deploy does not)."""
+    """Every check, the backend's own included; with `accessory_changes`, also compare each
+    running accessory with its compose definition (one more compose call: check and plan do
+    it, deploy does not)."""
+    engine = backend.engine
     report = PreflightReport()
     report.problems += access_problems(root.path)
     env = root.compose_env(tag)
@@ -73,10 +79,8 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
         if docker_ok:
             _note_start_interval(engine, report.config, report)
     _check_disk(root, engine if docker_ok else None, report)
-    if root.settings.engine == "swarm" and docker_ok:
-        from .swarm_deploy import swarm_preflight
-
-        swarm_preflight(root, engine, report)
+    if docker_ok:
+        backend.preflight(report)
     _check_proxy(root, report)
     return report
 
@@ -84,7 +88,7 @@ def run_preflight(root: AgentRoot, engine: Engine, tag: str, *,
 def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
     """The proxy answers (SPEC §15): caddy's admin API, nginx's upstream file writable.
     A proxy run as an accessory that is not running yet is asked again once the deploy has
-    started the accessories, before anything is switched (Deployer._start_accessories)."""
+    started the accessories, before anything is switched (the backend's start_accessories)."""
     from .proxy import proxy_for
 
     proxy = proxy_for(root)

@@ -21,12 +21,12 @@ under compose's own name and renamed: the downtime stays one stop and one start)
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .backends.base import Capture, Switched
+from .checkpoint import checkpoint
 from .compose import ComposeConfig, ComposeProject, release_override
 from .engine import ContainerInfo, Engine
 from .errors import ObsError
@@ -38,29 +38,16 @@ from .state import ReleaseState, atomic_write
 
 log = logging.getLogger("obs.rollout")
 
-DIE_AT_ENV = "OBS_AGENT_DIE_AT"
-
-
-def checkpoint(step: str) -> None:
-    """Test hook for the crash-safety suite: `OBS_AGENT_DIE_AT=step` kills the agent here."""
-    if os.environ.get(DIE_AT_ENV) == step:
-        log.warning("%s=%s: killing myself", DIE_AT_ENV, step)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 @dataclass
-class Switch:
-    step: Step
-    tag: str
-    old: list[ContainerInfo]  # the step's containers that ran before it
-    new: list[ContainerInfo]
-    swap_s: float
-    started_ns: int  # time.time_ns() just before the new containers were started
-    start_error: str | None = None
+class Switch(Switched):
+    """A compose step switched: its containers before and after."""
+
+    old: list[ContainerInfo] = field(default_factory=list)  # the step's containers that ran before it
+    new: list[ContainerInfo] = field(default_factory=list)
     cut_over: bool = False  # the proxy was pointed at `new`
     cut_over_at: float = 0.0  # time.monotonic() of that change
     # The proxied service's old containers, still running out of rotation while the release
-    # is on probation (SPEC §16), until `retire` stops them or a walk back points the proxy
+    # is on probation (the watch), until `retire` stops them or a walk back points the proxy
     # at them again.
     standing_by: list[ContainerInfo] = field(default_factory=list)
 
@@ -86,7 +73,7 @@ class Rollout:
     # --- one step forward -------------------------------------------------------------------
     def switch(self, step: Step, tag: str, root: AgentRoot, config: ComposeConfig, *,
                reuse: bool, hold: Callable[[list[ContainerInfo], list[ContainerInfo]], None],
-               on_stopped: Callable[[], None] | None = None,
+               capture: Capture | None = None,
                avoid: Sequence[ContainerInfo] = ()) -> Switch:
         """Start `tag` for the step's services: their kept stopped containers of `tag` when
         `reuse` (never those in `avoid`, a failed attempt at the same tag), else new ones
@@ -102,9 +89,10 @@ class Rollout:
         hold(started, stop_first)
         t = time.monotonic()
         self.engine.stop(stop_first)
-        if on_stopped is not None:
+        snapshot = None
+        if capture is not None:
             try:
-                on_stopped()
+                snapshot = capture()
             except Exception as exc:
                 # The backup could not be captured: the new release must not start without
                 # it, and the old one is stopped. The step is reported as failed to start,
@@ -113,8 +101,8 @@ class Rollout:
                     raise
                 log.error("backup failed after %s stopped: %s", ", ".join(step.names),
                           REDACTOR(str(exc)))
-                return Switch(step, tag, old, started, _since(t), time.time_ns(),
-                              f"backup failed: {REDACTOR(str(exc))[:500]}")
+                return Switch(step, tag, _since(t), f"backup failed: {REDACTOR(str(exc))[:500]}",
+                              old=old, new=started, started_ns=time.time_ns())
         checkpoint("stopped")
         started_ns = time.time_ns()
         try:
@@ -123,11 +111,11 @@ class Rollout:
             if engine_down(exc):
                 raise
             log.error("starting %s failed: %s", tag, REDACTOR(str(exc)))
-            return Switch(step, tag, old, started, _since(t), started_ns,
-                          f"could not start {tag}: {REDACTOR(str(exc))[:500]}")
+            return Switch(step, tag, _since(t), f"could not start {tag}: {REDACTOR(str(exc))[:500]}",
+                          snapshot, old=old, new=started, started_ns=started_ns)
         swap_s = _since(t)
         log.info("started %s: %s (%.2fs)", tag, ", ".join(c.name for c in started), swap_s)
-        return Switch(step, tag, old, started, swap_s, started_ns)
+        return Switch(step, tag, swap_s, None, snapshot, old=old, new=started, started_ns=started_ns)
 
     def cut_over(self, sw: Switch) -> None:
         """The step passed its gate: point the proxy at its new containers, in one change

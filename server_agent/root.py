@@ -1,4 +1,4 @@
-"""The agent root (SPEC §3): where every file lives, the raw configuration and environment.
+"""The agent root: where every file lives, the raw configuration and environment.
 
 Light on purpose (no pydantic): `status` and `history` load only this. The validated
 settings (`settings.AgentSettings`) are loaded on first use of `AgentRoot.settings`.
@@ -14,32 +14,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .names import CONFIG_NAME, ENV_PREFIX
 from .redact import REDACTOR, url_secrets
 
 if TYPE_CHECKING:
     from .settings import AgentSettings
 
-ENV_PREFIX = "OBS_AGENT_"
-CONFIG_NAME = "deployment_config.json"
-# Env vars with our prefix that are not settings: the CLI's own, and the test hook.
-NON_SETTING_ENV = {"OBS_AGENT_ROOT", "OBS_AGENT_DIE_AT", "OBS_AGENT_VERBOSE"}
 KEPT_COMPOSE = "compose.yml"  # a kept release's compose file, under state/releases/TAG/
 
 
 class AgentRoot:
-    """The agent root directory (SPEC §3) and the configuration read from it.
+    """The agent root directory and the configuration read from it.
 
     `kept`: the directory where a good release's compose file and deployment_config.json
     were kept (`keep_release`); such a root judges and re-creates that release as it passed,
-    with today's .env and secrets (SPEC §14, "a release is its image and its configuration")."""
+    with today's .env and secrets ("a release is its image and its configuration"): see
+    `as_released`, the only maker of such a root. Nothing of a root changes once it is made."""
 
-    def __init__(self, path: str | os.PathLike[str], kept: Path | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], kept: Path | None = None, *,
+                 today_env: dict[str, str] | None = None,
+                 host_agent: dict[str, Any] | None = None) -> None:
         self.path = Path(path).absolute()
         if not self.path.is_dir():
             raise UsageError(f"agent root {self.path} does not exist",
                              hint="pass --root DIR or set OBS_AGENT_ROOT (default /opt/observer)")
         self.kept = kept
-        self.raw_config = self._read_config()
+        raw = self._read_config()
+        if host_agent is not None:
+            # The proxy is the host's, not the release's: today's drives and shapes every gate.
+            agent = {k: v for k, v in raw.get("agent", {}).items() if k != "proxy"}
+            if "proxy" in host_agent:
+                agent["proxy"] = host_agent["proxy"]
+            raw = {**raw, "agent": agent}
+        self.raw_config = raw
+        # A kept root: today's JSON "environment" fills in the secrets its copy lacks.
+        self.today_env = dict(today_env or {})
         # The same raw value the settings validate; `status` needs no more than this.
         self.project = str(self.raw_setting("project_name") or _default_project(self.path))
 
@@ -83,14 +92,8 @@ class AgentRoot:
         kept = self.releases_dir / tag if tag else None
         if kept is None or not (kept / KEPT_COMPOSE).is_file():
             return self
-        root = AgentRoot(self.path, kept=kept)
-        root.today_env = self.json_env()
-        # The proxy is the host's, not the release's: today's drives and shapes every gate.
-        agent = root.raw_config.setdefault("agent", {})
-        agent.pop("proxy", None)
-        if "proxy" in self.raw_config.get("agent", {}):
-            agent["proxy"] = self.raw_config["agent"]["proxy"]
-        return root
+        return AgentRoot(self.path, kept=kept, today_env=self.json_env(),
+                         host_agent=self.raw_config.get("agent", {}))
 
     def keep_release(self, tag: str, keep: list[str]) -> None:
         """Keep the compose file and deployment_config.json `tag` passed with, never .env nor
@@ -161,8 +164,6 @@ class AgentRoot:
         if not self.env_file.exists():
             return {}
         return {k: v or "" for k, v in dotenv_values(self.env_file).items()}
-
-    today_env: dict[str, str] = {}  # a kept root: today's JSON "environment" (see as_released)
 
     def json_env(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import UsageError
-from .root import CONFIG_NAME, ENV_PREFIX, NON_SETTING_ENV
+from .names import CONFIG_NAME, ENV_PREFIX, NON_SETTING_ENV
 
 
 def _relative_path(value: str) -> str:

@@ -126,7 +126,7 @@ def _labels(labels: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (labels or {}).items()}
 
 
-# --- commands (run by swarm_deploy.py through runner.run) -----------------------------------
+# --- commands (run by backends/swarm.py through runner.run) -----------------------------------
 def stack_deploy_argv(stack: str, stack_file: str) -> list[str]:
     # --resolve-image always: the manager pins the image's digest in the service, so every
     # node runs the same bytes; --with-registry-auth: the nodes pull with the manager's login.
@@ -153,6 +153,15 @@ def service_force_argv(stack: str, service: str) -> list[str]:
 def service_logs_argv(stack: str, service: str, lines: int) -> list[str]:
     return ["docker", "service", "logs", "--raw", "--no-task-ids", "--tail", str(lines),
             service_name(stack, service)]
+
+
+def service_logs_since_argv(stack: str, service: str, since: float) -> list[str]:
+    """The service's log from Unix time `since` (whole seconds, rounded down)."""
+    import datetime
+
+    at = datetime.datetime.fromtimestamp(int(since), datetime.timezone.utc)
+    return ["docker", "service", "logs", "--raw", "--no-task-ids", "--since",
+            at.strftime("%Y-%m-%dT%H:%M:%SZ"), service_name(stack, service)]
 
 
 def service_rm_argv(stack: str, services: Iterable[str]) -> list[str]:
@@ -205,13 +214,13 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class TasksJudged:
     kind: str  # pass | wait | fail
     reason: str
 
 
 def judge_tasks(tasks: list[TaskInfo], replicas: dict[str, int], tag: str | None,
-                nodes: dict[str, NodeInfo], seen_before: set[str]) -> Verdict:
+                nodes: dict[str, NodeInfo], seen_before: set[str]) -> TasksJudged:
     """Every release service runs `replicas` tasks of `tag` (None: of any release), each
     running on a ready node; a task of this attempt (not in `seen_before`) that failed or was
     rejected fails the release at once (SPEC §6 fail fast). A task on a node that went down
@@ -223,7 +232,7 @@ def judge_tasks(tasks: list[TaskInfo], replicas: dict[str, int], tag: str | None
             node = nodes.get(t.node_id)
             where = f" on node {node.hostname or node.id[:12]} ({node.address})" if node else ""
             code = f" (exit code {t.exit_code})" if t.exit_code else ""
-            return Verdict("fail", f"task {t.service}.{t.slot or t.id[:12]}{where} {t.state}"
+            return TasksJudged("fail", f"task {t.service}.{t.slot or t.id[:12]}{where} {t.state}"
                                    f"{code}: {t.error or 'no error given'}")
     waiting = []
     for service, want in sorted(replicas.items()):
@@ -236,8 +245,8 @@ def judge_tasks(tasks: list[TaskInfo], replicas: dict[str, int], tag: str | None
                 for t in mine)) or "none"
             waiting.append(f"{service}: {len(good)}/{want} running {tag or ''} ({states})".replace("  ", " "))
     if waiting:
-        return Verdict("wait", "; ".join(waiting))
-    return Verdict("pass", "every task runs")
+        return TasksJudged("wait", "; ".join(waiting))
+    return TasksJudged("pass", "every task runs")
 
 
 TERMINAL_STATES = ("complete", "failed", "shutdown", "rejected", "orphaned", "remove")

@@ -27,10 +27,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
-from .engine import ContainerInfo, Engine, EngineUnreachable
+from .engine import ContainerInfo
 from .redact import REDACTOR
 
 if TYPE_CHECKING:
@@ -209,10 +209,21 @@ def http_get(url: str, timeout: float) -> tuple[int, bytes]:
         conn.close()
 
 
+class Watched(Protocol):
+    """The release's units as the watch sees them (a backend's containers or tasks)."""
+
+    def problem(self) -> str | None:
+        """Why the release failed already (a unit exited or restarted), else None."""
+        ...
+
+    def logs_since(self, since: float) -> str:
+        """The units' log lines since Unix time `since`."""
+        ...
+
+
 class Watch:
-    def __init__(self, settings: WatchSettings, engine: Engine) -> None:
+    def __init__(self, settings: WatchSettings) -> None:
         self.settings = settings
-        self.engine = engine
 
     @property
     def on(self) -> bool:
@@ -229,7 +240,7 @@ class Watch:
         return out
 
     # --- one round ---------------------------------------------------------------------------
-    def measure(self, tag: str, containers: list[ContainerInfo], since: float,
+    def measure(self, tag: str, watched: Watched, since: float,
                 baseline: dict[str, float | None], *, switched: bool = True) -> list[Measurement]:
         """Every check once. `since`: the Unix time the log check counts from."""
         out = []
@@ -247,7 +258,7 @@ class Watch:
                 out.append(judge_prometheus(check, value, baseline.get(check_name(check)), error,
                                             switched=switched))
             else:
-                count, error = self._count_log_lines(check, containers, since)
+                count, error = self._count_log_lines(check, watched, since)
                 out.append(judge_log(check, count, (time.time() - since) / 60, error))
         for m in out:
             m.detail = REDACTOR(m.detail)
@@ -261,20 +272,19 @@ class Watch:
         except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError) as exc:
             return None, f"{check.url}: {exc}"[:300]
 
-    def _count_log_lines(self, check: LogCheck, containers: list[ContainerInfo],
-                         since: float) -> tuple[int | None, str]:
+    def _count_log_lines(self, check: LogCheck, watched: Watched, since: float) -> tuple[int | None, str]:
         pattern = re.compile(check.pattern)
         try:
-            text = "".join(self.engine.logs_since(c.id, since) for c in containers)
+            text = watched.logs_since(since)
         except Exception as exc:  # the engine is away: not a verdict on the release
             return None, f"{type(exc).__name__}: {exc}"[:300]
         return sum(1 for line in text.splitlines() if pattern.search(line)), ""
 
     # --- the window --------------------------------------------------------------------------
-    def run(self, tag: str, containers: list[ContainerInfo], since: float,
+    def run(self, tag: str, watched: Watched, since: float,
             baseline: dict[str, float | None],
             on_round: Callable[[WatchResult], None] = lambda _: None) -> WatchResult:
-        """Watch `containers` of `tag` (switched at Unix time `since`) for `seconds`.
+        """Watch the units of `tag` (switched at Unix time `since`) for `seconds`.
         `on_round` is told after every round (the deployer journals it)."""
         s = self.settings
         started = time.monotonic()
@@ -283,21 +293,15 @@ class Watch:
         on_round(result)  # the watch has begun
         failed = 0
         next_round = started + min(s.interval, s.seconds)
-        ids = [c.id for c in containers]
         log.info("watching %s for %gs (checks every %gs: %s)", tag, s.seconds, s.interval,
                  ", ".join(check_name(c) for c in s.checks) or "containers only")
         while True:
             now = time.monotonic()
-            try:
-                problem = container_problem([self.engine.inspect(cid) for cid in ids])
-            except EngineUnreachable:
-                problem = None  # dockerd restarting: not a verdict on the release
-            except Exception as exc:  # removed under us
-                problem = f"cannot inspect the release's containers: {exc}"
+            problem = watched.problem()
             if problem:
                 return self._end(result, started, False, problem)
             if now >= next_round:
-                round_ = self.measure(tag, containers, since, baseline)
+                round_ = self.measure(tag, watched, since, baseline)
                 at = round(now - started, 3)
                 for m in round_:
                     m.at = at
@@ -327,14 +331,14 @@ class Watch:
         result.reason = None if reason is None else REDACTOR(f"watch: {reason}")
         return result
 
-    def verify(self, tag: str, containers: list[ContainerInfo]) -> WatchResult:
+    def verify(self, tag: str, containers: list[ContainerInfo], watched: Watched) -> WatchResult:
         """The checks once against the running release (`obs-agent verify`): the log check
         counts the last minute; a prometheus check has no baseline to rise from."""
         problem = "no release is running" if not containers else next(
             (f"container {c.name} is {c.state if c.state != 'running' else 'unhealthy'}"
              for c in containers if c.state != "running" or c.health == "unhealthy"), None)
         started = time.monotonic()
-        measured = [] if problem else self.measure(tag, containers, time.time() - 60, {}, switched=False)
+        measured = [] if problem else self.measure(tag, watched, time.time() - 60, {}, switched=False)
         bad = [m for m in measured if counts_as_failed(m, self.settings.inconclusive)]
         if bad and not problem:
             problem = "; ".join(f"check {m.check!r} {m.verdict}: {m.detail}" for m in bad)

@@ -14,7 +14,7 @@ import pytest
 from server_agent.backup import BackupArchive
 from server_agent.compose import ComposeConfig, ComposeProject
 from server_agent.errors import LockedError, UsageError
-from server_agent.health import classify, probe
+from server_agent.gate.probe import classify, probe
 from server_agent.redact import Redactor
 from server_agent.root import AgentRoot
 from server_agent.state import History, ReleaseState, atomic_write

@@ -1,4 +1,4 @@
-"""HealthGate's probing against a real HTTP server, with a stand-in engine (the containers'
+"""The gate loop's probing against a real HTTP server, with a stand-in engine (the containers'
 states are not what is tested here; tests/integration show the gate on the real engine)."""
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from server_agent.backends.compose import ContainerObserver
 from server_agent.engine import ContainerInfo
-from server_agent.health import FIRST_PROBE_TIMEOUT, PROBE_TIMEOUT, HealthGate, ProbeRun, probe
+from server_agent.gate.criteria import GateCriteria
+from server_agent.gate.loop import Verdict, run_gate
+from server_agent.gate.probe import FIRST_PROBE_TIMEOUT, PROBE_TIMEOUT, ProbeRun, probe
 from server_agent.root import AgentRoot
 
 
@@ -76,12 +79,16 @@ class RunningContainers:
             role="release", config_hash="h", binds=frozenset(), ports=frozenset())
 
 
-def gate_for(tmp_path: Path, url: str) -> tuple[HealthGate, list[ContainerInfo]]:
+def gate(tmp_path: Path, url: str) -> Verdict:
+    """The gate of one contract container of v1 that runs, with `url` as health_url."""
     (tmp_path / "deployment_config.json").write_text(json.dumps({"service": {}, "agent": {
         "health_url": url, "health_timeout": 8, "stabilize_seconds": 0, "verify": {"paths": []},
         "required_env": []}}))
+    root = AgentRoot(tmp_path)
     engine = RunningContainers()
-    return HealthGate(AgentRoot(tmp_path), engine), [engine.inspect("1")]  # type: ignore[arg-type]
+    observer = ContainerObserver(engine, "p", [engine.inspect("1")], time.time_ns(), "v1",  # type: ignore[arg-type]
+                                 {"web"}, None)
+    return run_gate(observer, GateCriteria.of(root.settings, root.path).for_step(contract=True))
 
 
 def test_a_probe_that_times_out_says_so(service: type[Service]) -> None:
@@ -95,26 +102,24 @@ def test_a_hung_first_connection_does_not_hold_the_gate(tmp_path: Path, service:
     """Two connections that would hang for 3 s: the gate gives each up after 0.1 s, then
     0.2 s, and judges the third answer, not after 2 x PROBE_TIMEOUT."""
     failing = service(status="error", hang=2)
-    gate, containers = gate_for(tmp_path, failing.url)
-    result = gate.wait("v1", containers, time.time_ns(), contract={"web"})
+    result = gate(tmp_path, failing.url)
     assert not result.healthy and "3 times in a row" in result.reason, result
     assert result.seconds < PROBE_TIMEOUT, result
-    assert result.answers[:2] == [f"no answer within {FIRST_PROBE_TIMEOUT:g}s",
-                                  f"no answer within {2 * FIRST_PROBE_TIMEOUT:g}s"]
+    assert result.answers[:2] == (f"no answer within {FIRST_PROBE_TIMEOUT:g}s",
+                                  f"no answer within {2 * FIRST_PROBE_TIMEOUT:g}s")
 
 
 def test_a_slow_health_endpoint_still_passes(tmp_path: Path, service: type[Service]) -> None:
     """Each answer takes 0.5 s: the first probes give up too soon, the later ones wait long
     enough, and once it has answered every probe waits PROBE_TIMEOUT."""
     slow = service(lag=0.5)
-    gate, containers = gate_for(tmp_path, slow.url)
-    result = gate.wait("v1", containers, time.time_ns(), contract={"web"})
+    result = gate(tmp_path, slow.url)
     assert result.healthy, result
 
 
 def test_a_probe_run_waits_longer_until_answered_then_counts_failures_in_a_row(
         service: type[Service]) -> None:
-    """What both gates (compose's HealthGate, the swarm gate per node) use round by round."""
+    """What the gate loop uses round by round, for each URL (a container, a node)."""
     failing = service(status="error", hang=2)
     run = ProbeRun(allow_degraded=False)
     details = [run.ask([failing.url]).detail for _ in range(4)]

@@ -117,7 +117,7 @@ def test_engine_setting_is_validated() -> None:
 
 
 class PausingSwarm:
-    """A stand-in for swarm_deploy.Swarm whose update of `observer` pauses again and again."""
+    """A stand-in for backends.swarm.Swarm whose update of `observer` pauses again and again."""
 
     def __init__(self) -> None:
         self.resumed = 0
@@ -130,11 +130,10 @@ class PausingSwarm:
 
 
 def test_a_paused_update_is_resumed_a_few_times_then_fails_the_gate(tmp_path: Any) -> None:
-    from server_agent.root import AgentRoot
-    from server_agent.swarm_deploy import RESUME_LIMIT, SwarmGate
+    from server_agent.backends.swarm import RESUME_LIMIT, TaskObserver
 
     swarm = PausingSwarm()
-    gate = SwarmGate(AgentRoot(tmp_path), swarm)  # type: ignore[arg-type]
+    gate = TaskObserver(swarm, {"observer": 1}, "v2", set(), contract=(), since=0)  # type: ignore[arg-type]
     resumed: dict[str, int] = {}
     for _ in range(RESUME_LIMIT):
         assert gate._resume_paused(["observer"], resumed) is None
@@ -165,12 +164,11 @@ class StuckSwarm(PausingSwarm):
 
 
 def test_a_stuck_update_is_forced_once_per_stuck_task(tmp_path: Any, monkeypatch: Any) -> None:
-    from server_agent import swarm_deploy
-    from server_agent.root import AgentRoot
+    from server_agent.backends import swarm as swarm_backend
 
-    monkeypatch.setattr(swarm_deploy, "STUCK_S", 0.0)
+    monkeypatch.setattr(swarm_backend, "STUCK_S", 0.0)
     swarm = StuckSwarm()
-    gate = swarm_deploy.SwarmGate(AgentRoot(tmp_path), swarm)  # type: ignore[arg-type]
+    gate = swarm_backend.TaskObserver(swarm, {"observer": 1}, "v2", set(), contract=(), since=0)  # type: ignore[arg-type]
     down = {**NODES, "n2": NodeInfo("n2", "vm2", "10.0.0.3", "down", "active")}
     tasks = [task("d", "n2", "v1", "running", "shutdown"), task("a", "n1", "v2")]
     since: dict[str, float] = {}

@@ -1,0 +1,62 @@
+"""Attempt: one deploy or rollback as it is journaled and then recorded in history, with its
+timings; Outcome: how it ended, frozen."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ExitCode
+from .state import now_iso
+
+
+@dataclass
+class Attempt:
+    """The record of one attempt, filled in as it goes (the journal, then history's line).
+    Passed to each step explicitly: nothing of it lives on the transaction."""
+
+    action: str  # deploy | rollback
+    tag: str
+    from_tag: str | None = None
+    started_at: str = field(default_factory=now_iso)
+    pid: int = field(default_factory=os.getpid)
+    backup: str | None = None
+    failure: dict[str, Any] | None = None
+    watch: dict[str, Any] | None = None
+    rollback_gate: dict[str, Any] | None = None
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step of the work
+    t0: float = field(default_factory=time.monotonic)
+
+    def took(self, step: str, since: float) -> float:
+        """Add the time since `since` (time.monotonic()) to `step`; returns it."""
+        seconds = round(time.monotonic() - since, 3)
+        self.add(step, seconds)
+        return seconds
+
+    def add(self, step: str, seconds: float) -> None:
+        self.steps[step] = round(self.steps.get(step, 0.0) + seconds, 3)
+
+    def journal(self) -> dict[str, Any]:
+        """What the journal holds while the attempt runs."""
+        out: dict[str, Any] = {"action": self.action, "tag": self.tag, "from_tag": self.from_tag,
+                               "started_at": self.started_at, "backup": self.backup, "pid": self.pid}
+        for key in ("failure", "watch", "rollback_gate"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def record(self, result: str) -> dict[str, Any]:
+        """History's line for the attempt, ended with `result`."""
+        rec = {k: v for k, v in self.journal().items() if k != "pid"}
+        rec.update(result=result, finished_at=now_iso(), duration_s=round(time.monotonic() - self.t0, 3),
+                   steps=dict(self.steps))
+        return rec
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: ExitCode
+    message: str
+    record: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,345 @@
+"""Transaction: one deploy or rollback, all or nothing, over a backend (compose or swarm).
+
+    lock → recover a killed attempt → journal → preflight (the plan) → images → accessories
+    → jobs (deploy only) → for each step: switch → gate → cut over → watch (deploy only)
+    → commit; or walk the switched steps back and gate what ran before → record → report
+
+The backup is captured the moment the step that carries the path contract stopped its old
+units (the writer has stopped writing), and written while the gates run. The transaction
+keeps nothing between attempts: what a step needs is an argument, what it learns is in its
+return value or in the Attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .attempt import Attempt, Outcome
+from .backends.base import Backend, PreSwitchFailure, Release, S, Switched
+from .backup import BackupArchive, BackupSnapshot
+from .checkpoint import checkpoint
+from .errors import ExitCode, ObsError, PreflightError, UsageError
+from .gate.criteria import GateCriteria
+from .gate.loop import PASSED, Verdict, run_gate
+from .plan import RolloutPlan
+from .preflight import run_preflight
+from .redact import REDACTOR
+from .root import AgentRoot
+from .state import ReleaseState
+from .watch import Watch
+
+log = logging.getLogger("obs.deploy")
+
+# Good releases whose compose file and configuration stay kept under state/releases/.
+KEPT_RELEASES = 10
+
+
+class Transaction:
+    def __init__(self, root: AgentRoot, backend: Backend[Any], state: ReleaseState) -> None:
+        self.root = root
+        self.backend = backend
+        self.state = state
+        self.backups = BackupArchive(root)
+
+    def deploy(self, tag: str) -> Outcome:
+        return self._attempt("deploy", tag)
+
+    def rollback(self, tag: str | None) -> Outcome:
+        return self._attempt("rollback", tag)
+
+    def _attempt(self, action: str, tag: str | None) -> Outcome:
+        self.state.ensure()
+        with self.state.lock.hold(action, tag or "previous"):
+            interrupted = self.state.recover_interrupted()
+            self.backend.recover(interrupted)
+            target = tag or self._previous_good(interrupted)
+            # A rollback re-creates and judges its release as that release passed its gate.
+            root = self.root.as_released(target) if action == "rollback" else self.root
+            attempt = Attempt(action, target)
+            # Journal first, so a kill from here on is reported as an interrupted attempt.
+            self.state.begin(attempt.journal())
+            checkpoint("locked")
+            try:
+                plan, release = self._prepare(attempt, root)
+            except ObsError:
+                # Preflight or pull failed: nothing changed, so there is no attempt to record.
+                self.state.discard()
+                raise
+            checkpoint("pulled")
+            attempt.from_tag = self.backend.running_tag() or self.state.last_good_tag()
+            self.state.begin(attempt.journal())
+            checkpoint("journaled")
+            criteria = GateCriteria.of(root.settings, root.path)
+            try:
+                self.backend.start_accessories(
+                    plan, release, lambda observer: run_gate(observer, criteria.for_accessories()))
+                if action == "deploy":  # jobs never run on a rollback
+                    self._run_jobs(attempt, plan, release)
+            except PreSwitchFailure as exc:
+                attempt.failure = {"reason": REDACTOR(str(exc)), **exc.details}
+                return self._finish(attempt, "failed", ExitCode.JOB_FAILED,
+                                    f"{exc}; nothing running was switched")
+            return self._roll_out(attempt, plan, release, criteria)
+
+    def _prepare(self, attempt: Attempt, root: AgentRoot) -> tuple[RolloutPlan, Release]:
+        """Preflight and images: everything that must succeed before anything running is touched."""
+        report_ = run_preflight(root, self.backend, attempt.tag)
+        for note in report_.notes:
+            log.info("preflight: %s", note)
+        if not report_.ok:
+            raise PreflightError(report_.problems)
+        assert report_.config is not None and report_.plan is not None
+        log.info("preflight ok (%.2fs)", attempt.took("preflight", attempt.t0))
+        release = Release(attempt.tag, root, report_.config)
+        t = time.monotonic()
+        self.backend.ensure_images(report_.plan, release, refresh=attempt.action == "deploy")
+        attempt.took("pull", t)
+        return report_.plan, release
+
+    def _run_jobs(self, attempt: Attempt, plan: RolloutPlan, release: Release) -> None:
+        for job in plan.jobs:
+            t = time.monotonic()
+            log.info("running job %s with %s", job, release.tag)
+            self.backend.run_job(job, release)
+            log.info("job %s done (%.2fs)", job, attempt.took(f"job:{job}", t))
+
+    # --- the switch, step by step ----------------------------------------------------------
+    def _roll_out(self, attempt: Attempt, plan: RolloutPlan, release: Release,
+                  criteria: GateCriteria) -> Outcome:
+        tag = attempt.tag
+        capture_at = next((st for st in plan.steps if st.contract), plan.steps[0])
+        # The watch is a deploy's probation: a rollback returns to a release that already
+        # passed one, and watching it could walk back into the release being fled.
+        watch = Watch(release.root.settings.watch)
+        watching = attempt.action == "deploy" and watch.on
+        baseline = watch.baseline() if watching else {}  # "just before the switch"
+        switched: list[Any] = []
+        failed: Switched | None = None  # the step whose gate failed
+        writing: Future[Path] | None = None  # the backup being written, if any
+        verdict = PASSED
+
+        def capture() -> BackupSnapshot:
+            return self.backups.capture(f"{attempt.from_tag or 'none'}-to-{tag}")
+
+        for n, step in enumerate(plan.steps, 1):
+            try:
+                sw = self.backend.switch(step, release, reuse=attempt.action == "rollback",
+                                         capture=capture if step is capture_at else None)
+            except Exception as exc:
+                from .rollout import engine_down
+
+                if not switched or engine_down(exc):
+                    # The switch failed before anything running was touched.
+                    self._finish(attempt, "failed", ExitCode.BUG, "", writing)
+                    raise
+                verdict = Verdict(False, f"could not switch {', '.join(step.names)}: "
+                                  f"{REDACTOR(str(exc))[:300]}", 0.0)
+                break
+            switched.append(sw)
+            attempt.add("swap", sw.swap_s)
+            checkpoint("started")
+            if sw.snapshot is not None and writing is None:  # written while the gates watch
+                writing = self._write_in_background(sw.snapshot)
+            if sw.start_error:
+                verdict = Verdict(False, sw.start_error, 0.0)
+            else:
+                verdict = run_gate(self.backend.observe(sw), criteria.for_step(
+                    contract=sw.contract, proxied=self.backend.proxied(sw)))
+            attempt.add("gate", verdict.seconds)
+            if verdict.healthy:
+                verdict = self._cut_over(sw, verdict)
+            if not verdict.healthy:
+                failed = sw
+                if len(plan.steps) > 1:
+                    verdict = verdict.within(f"step {n} ({', '.join(step.names)})")
+                break
+            self.backend.settle(sw, probation=watching)
+            checkpoint(f"step{n}_done")
+        verdict = self._with_backup(attempt, verdict, writing)
+        writing = None
+        checkpoint("gated")
+        if verdict.healthy and watching:
+            verdict = self._watch(attempt, watch, baseline, switched)
+        if not verdict.healthy:
+            return self._walk_back(attempt, verdict, switched, failed)
+        # Keep the stopped units of the release a `rollback` goes back to (the previous good
+        # one): what ran before this attempt is not always that release (after a killed
+        # attempt it may be a release that never passed).
+        self.backend.commit(switched, keep_tag=self.state.last_good_tag())
+        self.state.set_last_good_tag(tag)
+        checkpoint("committed")
+        release.root.keep_release(tag, keep=self.state.good_tags()[-KEPT_RELEASES:])
+        return self._finish(attempt, "success", ExitCode.OK,
+                            f"{tag} is healthy (gate {attempt.steps.get('gate', 0):.2f}s)")
+
+    def _cut_over(self, sw: Switched, verdict: Verdict) -> Verdict:
+        """Behind a proxy, the gated step's new units receive traffic only now. A proxy that
+        cannot be updated fails the step: it still serves the old ones."""
+        from .proxy import ProxyError
+
+        try:
+            self.backend.cut_over(sw)
+        except ProxyError as exc:
+            return Verdict(False, f"the proxy could not be updated: {REDACTOR(str(exc))[:400]}",
+                           verdict.seconds)
+        return verdict
+
+    def _watch(self, attempt: Attempt, watch: Watch, baseline: dict[str, float | None],
+               switched: list[Any]) -> Verdict:
+        """Every step passed its gate: the release is on probation. last_good_tag still names
+        the previous release, so a kill -9 meanwhile leaves the state a rollback expects."""
+        since = min(sw.started_ns for sw in switched) / 1e9
+
+        def journal(progress: Any) -> None:
+            self.state.update(watch=progress.as_dict())
+            if progress.rounds:
+                checkpoint("watching")  # a round measured and journaled
+
+        result = watch.run(attempt.tag, self.backend.watched(switched), since, baseline, on_round=journal)
+        attempt.watch = result.as_dict()
+        self.state.update(watch=attempt.watch)
+        attempt.add("watch", result.seconds)
+        checkpoint("watched")
+        if result.ok:
+            log.info("watch passed (%.2fs, %d round(s)%s)", result.seconds, result.rounds, "".join(
+                f"; {m.check}: {m.detail}" for m in result.last))
+            return Verdict(True, "healthy", result.seconds)
+        return Verdict(False, result.reason or "watch failed", result.seconds)
+
+    # --- the way back ------------------------------------------------------------------------
+    def _walk_back(self, attempt: Attempt, verdict: Verdict, switched: list[S], failed: S | None) -> Outcome:
+        """A step (or the watch) failed: every switched step goes back, in reverse order, to
+        what it ran before the attempt, and what runs again is gated by the criteria of the
+        release it is."""
+        tag = attempt.tag
+        t_fail = time.monotonic()
+        log.error("%s failed: %s", tag, verdict.reason)
+        attempt.failure = {"reason": verdict.reason}
+        self.state.update(failure=attempt.failure)
+        previous = self.state.last_good_tag()
+        if previous is not None:
+            log.warning("rolling back to %s", previous)
+        back = None
+        again = PASSED
+        try:
+            back = self.backend.walk_back(switched, failed, previous)
+            checkpoint("rolled_back")
+        except Exception as exc:  # the engine stayed away: report it, don't crash
+            again = Verdict(False, f"{type(exc).__name__}: {REDACTOR(str(exc))[:300]}", 0.0)
+        attempt.failure = {"reason": verdict.reason, **self.backend.diagnostics(
+            [failed] if failed is not None else [], switched, verdict)}
+        self.state.update(failure=attempt.failure)
+        removed = back.removed if back is not None else ()
+        restored = back.restored if back is not None else None
+        if previous is None or (restored is None and removed):
+            lost = (f"; removed {', '.join(removed)}" if removed
+                    else "; nothing is running" if restored is None else "")
+            if not again.healthy:
+                lost += f"; going back failed: {again.reason}"
+            return self._finish(attempt, "failed", ExitCode.ROLLBACK_FAILED,
+                                f"{tag} failed ({verdict.reason}); there is no previous good release "
+                                "to roll back to" + lost)
+        back_tag = restored.tag if restored is not None else None
+        if again.healthy and restored is not None:
+            judge = self.root.as_released(back_tag or previous)
+            again = run_gate(self.backend.observe(restored), GateCriteria.of(judge.settings, judge.path)
+                             .for_step(contract=restored.contract, proxied=self.backend.proxied(restored)))
+        attempt.rollback_gate = {"healthy": again.healthy, "reason": again.reason}
+        attempt.took("restore", t_fail)
+        if again.healthy:
+            self.backend.walked_back()
+            return self._finish(attempt, "rolled_back", ExitCode.ROLLED_BACK,
+                                f"{tag} failed ({verdict.reason}); rolled back to {back_tag or previous}, "
+                                "which is healthy")
+        return self._finish(attempt, "failed", ExitCode.ROLLBACK_FAILED,
+                            f"{tag} failed ({verdict.reason}); rollback to {back_tag or previous} failed "
+                            f"too ({again.reason})")
+
+    # --- the backup --------------------------------------------------------------------------
+    def _write_in_background(self, snapshot: BackupSnapshot) -> Future[Path]:
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self._write_backup, snapshot)
+        pool.shutdown(wait=False)
+        return future
+
+    def _write_backup(self, snapshot: BackupSnapshot) -> Path:
+        t = time.monotonic()
+        path = self.backups.write(snapshot)
+        checkpoint("backed_up")
+        log.info("backup %s written (%.2fs)", path.name, round(time.monotonic() - t, 3))
+        return path
+
+    def _with_backup(self, attempt: Attempt, verdict: Verdict, writing: Future[Path] | None) -> Verdict:
+        """The backup is part of the release (there is no deploy without one): a failed
+        archive turns a passed verdict into a failure."""
+        error = self._collect_backup(attempt, writing)
+        if error is None or not verdict.healthy:
+            if error is not None:
+                log.warning("the backup of this attempt failed: %s", REDACTOR(str(error)))
+            return verdict
+        return Verdict(False, f"backup failed: {error}", verdict.seconds)
+
+    def _collect_backup(self, attempt: Attempt, writing: Future[Path] | None) -> BaseException | None:
+        """Wait for the archive being written; record its name, or return why it failed."""
+        if writing is None:
+            return None
+        error = writing.exception()
+        if error is None:
+            attempt.backup = writing.result().name
+            self.state.update(backup=attempt.backup)
+        return error
+
+    # --- the end -----------------------------------------------------------------------------
+    def _finish(self, attempt: Attempt, result: str, code: ExitCode, message: str,
+                writing: Future[Path] | None = None) -> Outcome:
+        self.backend.finish()
+        error = self._collect_backup(attempt, writing)
+        if error is not None:
+            log.warning("the backup of this attempt failed: %s", REDACTOR(str(error)))
+        # Every attempt that reached its backup prunes, failed ones too: a run of failing
+        # releases must not fill the disk with archives.
+        try:
+            self.backups.prune()
+        except OSError as exc:
+            log.warning("could not prune old backups: %s", exc)
+        record = attempt.record(result)
+        checkpoint("finishing")
+        self.state.finish(record)
+        report.publish(self.root, self.state, record, self._release_now)
+        return Outcome(code, message, record)
+
+    def _release_now(self) -> str | None:
+        try:
+            return self.backend.running_tag()
+        except Exception:  # the engine is away: the release last known good
+            return self.state.last_good_tag()
+
+    def _previous_good(self, interrupted: dict[str, Any] | None) -> str:
+        """The good release before the current one (rollback without TAG).
+
+        Right after a killed attempt, `rollback` finishes the job instead: a killed rollback's
+        target, or, when a killed deploy left the last good release not running, that one."""
+        current = self.state.last_good_tag()
+        if interrupted is not None:
+            if interrupted.get("action") == "rollback" and isinstance(interrupted.get("tag"), str):
+                return str(interrupted["tag"])
+            if current and self.backend.running_tag() != current:
+                return current
+        line = self.state.release_line()
+        if current in line:
+            below = line[:len(line) - 1 - line[::-1].index(current)]
+        else:  # last_good_tag came from elsewhere (a corrupt file, a hand edit): the newest
+            below = line
+        for t in reversed(below):
+            if t != current:
+                return t
+        raise UsageError(
+            "there is no earlier good release to roll back to"
+            + (f" (only {current} passed the gate)" if current else ""),
+            hint="name the version: obs-agent rollback vX.Y.Z",
+        )
