@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The benchmark of issue 6: downtime, time to restore, backup cost and CLI overhead of obs-agent,
+"""The benchmark: downtime, time to restore, backup cost and CLI overhead of obs-agent,
 side by side with the baselines, in one run on this machine.
 
     .venv/bin/python bench/run.py [--quick] [--json-out bench/results/latest.json] [--no-swarm]
 
 Sides, all on the same engine, fixture images (tests/parts.py) and compose file:
-  obs-agent   SPEC defaults (stabilize_seconds 2, backup_keep 5, backup_paths config+logs,
+  obs-agent   default settings (stabilize_seconds 2, backup_keep 5, backup_paths config+logs,
               min_free_mb 1024) except health_timeout 10 (the script's) and health_url set
   script      bench/baseline/server_deploy.sh, HEALTH_TIMEOUT=10
   swarm       a Docker Swarm service (see harness.SwarmSide), where the scenario applies
@@ -231,7 +231,7 @@ class Bench:
             row("failed requests (100/s, independent clients)", "", med("obs-agent", "failed"),
                 med("script", "failed"), med("swarm", "failed") if sw else None,
                 target="<= 1.0x", limit=1.0, note="script: compose up -d"),
-            row("wall time, SPEC default stabilize_seconds (info)", "s", med("obs-agent", "wall_s"),
+            row("wall time, default stabilize_seconds (info)", "s", med("obs-agent", "wall_s"),
                 med("script", "wall_s"), med("swarm", "wall_s") if sw else None, target="(info)",
                 note="agent: preflight+pull+backup+swap+gate incl. stabilize_seconds="
                      f"{self.settings['stabilize_seconds']:g}"),
@@ -776,7 +776,7 @@ class Bench:
             "docker_engine": out(["docker", "version", "--format", "{{.Server.Version}}"]),
             "compose": out(["docker", "compose", "version", "--short"]),
             "agent_settings": {**self.settings, "health_url": "http://127.0.0.1:PORT/health",
-                               "others": "SPEC defaults"},
+                               "others": "defaults"},
             "script_settings": {"HEALTH_TIMEOUT": HEALTH_TIMEOUT, "poll": "1 s"},
             "swarm_settings": "stop-first, --update-failure-action rollback, host-mode port, "
                               "Swarm defaults otherwise (monitor 5 s, restart delay 5 s)",

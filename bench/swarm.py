@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The swarm side of the benchmark (issue 16): obs-agent driving a two-node Swarm against Swarm
+"""The swarm side of the benchmark: obs-agent driving a two-node Swarm against Swarm
 alone, on the same two-node swarm (tests/parts_swarm.py builds it in network namespaces and
 removes it at the end).
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from server_agent.clikit import print_json
+from server_agent.errors import exit_codes_help
 
 if TYPE_CHECKING:
     from .config import ObsdeployConfig
@@ -42,7 +43,7 @@ def _console(stderr: bool) -> Any:
     return Console(stderr=stderr, highlight=False, width=width)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_codes_help())
 @click.option("--config", "config", envvar="OBSDEPLOY_CONFIG", type=click.Path(dir_okay=False),
               help="obsdeploy.toml to read (env OBSDEPLOY_CONFIG; default ./obsdeploy.toml "
                    "when present).")
@@ -50,10 +51,9 @@ def _console(stderr: bool) -> Any:
               help="Log every command run (env OBSDEPLOY_VERBOSE).")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
-    """obsdeploy: release the observer image and deploy it to servers over SSH (SPEC §10).
+    """obsdeploy: release the observer image and deploy it to servers over SSH.
 
-    Exit codes: 0 done, 1 bug, 2 usage, 10 preflight, 11 image/registry, 12 locked,
-    20 rolled back, 21 rollback failed, 30 SSH or host-key failure.
+    The README (sections "Using it" and "How it works") describes every command.
     """
     from server_agent.clikit import setup_logging
 
@@ -197,7 +197,7 @@ def _version(value: str | None) -> str | None:
 def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -> None:
     """Deploy VERSION on every host: the agent pulls, gates and rolls back by itself.
 
-    Exit code: the first failed host's (20: rolled back, 21: rollback failed, 30: SSH...).
+    Exit code: the first failed host's (the codes are listed in `obsdeploy --help`).
     """
     _remote("deploy", ctx, _version(version), batch, as_json, **o)
 

@@ -4,8 +4,8 @@ A wheel of this project is built locally (or given with --wheel), copied over SF
 pip-installed into a venv on the server (created when missing); `obs-agent` is then linked
 into a directory on the server's PATH. Re-running upgrades in place.
 
-Where it goes depends on who logs in (SPEC is silent; see the README's "Deploying as a
-non-root user"): as root, or with `--sudo`, a system install (/opt/obsdeploy/venv,
+Where it goes depends on who logs in (see the README's "Non-root deploy users, Python 3.10
+servers, progress"): as root, or with `--sudo`, a system install (/opt/obsdeploy/venv,
 /usr/local/bin/obs-agent); as any other user, an install of that user's own without sudo
 (a venv under its data directory, the link in ~/.local/bin, which is put on the PATH of its
 non-interactive SSH sessions). First a probe asks the server who and what it is

@@ -21,19 +21,26 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel
 
-from server_agent.errors import ExitCode, SSHError, UsageError
+from server_agent.errors import NOTHING_CHANGED, ExitCode, SSHError, UsageError
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
 _HOST_SPEC = re.compile(r"(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:@]+))"
                         r"(?::(?P<port>[0-9]+))?")
 
-# Agent exit codes that mean "the agent ran and answered"; anything else is reported as is.
-RESULT_NAMES = {
-    0: "ok", 20: "rolled_back", 21: "failed", 10: "preflight_failed", 11: "image_failed",
-    12: "locked", 2: "usage_error", 1: "agent_bug", 127: "agent_not_found",
-    int(ExitCode.SSH): "ssh_error",
-}
+# The shell's "command not found": the agent is not installed (or not on the PATH).
+AGENT_NOT_FOUND = 127
+
+
+def result_name(code: int) -> str:
+    """A host's `result` for the agent's exit code: the code's name (`ExitCode.result_name`),
+    `agent_not_found` for 127, `failed` for any other code."""
+    if code == AGENT_NOT_FOUND:
+        return "agent_not_found"
+    try:
+        return ExitCode(code).result_name
+    except ValueError:
+        return "failed"
 
 
 class HostSpec(BaseModel, frozen=True):
@@ -264,11 +271,6 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-# The agent refused before touching anything: what ran before still runs.
-NOTHING_CHANGED = {int(ExitCode.USAGE), int(ExitCode.PREFLIGHT), int(ExitCode.IMAGE),
-                   int(ExitCode.LOCKED)}
-
-
 def run_on_host(host: HostSpec, action: Action, version: str | None, call: AgentCall,
                 opts: SshOptions, out: IO[str], err: IO[str]) -> HostResult:
     """One SSH session per host. `deploy|rollback --json` answers with its outcome (from and
@@ -279,7 +281,7 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
         with SshSession(host, opts) as session:
             if action == "status":
                 code, stdout = session.run(call.command("status", "--json"))
-                return HostResult(host=host.label, result=RESULT_NAMES.get(code, "failed"),
+                return HostResult(host=host.label, result=result_name(code),
                                   exit_code=code, status=_json_object(stdout) if code == 0 else None,
                                   seconds=round(time.monotonic() - started, 2))
             args = [action, "--json", *([version] if version else [])]
@@ -299,9 +301,9 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
         _PrefixWriter(host.label, err).write(f"error: {exc}\n")
         return HostResult(host=host.label, result="ssh_error", exit_code=int(exc.exit_code),
                           message=str(exc), seconds=round(time.monotonic() - started, 2))
-    if code == 127:
+    if code == AGENT_NOT_FOUND:
         message = f"agent command not found ({call.agent_command!r}): run `obsdeploy setup`"
-    return HostResult(host=host.label, result=RESULT_NAMES.get(code, "failed"), exit_code=code,
+    return HostResult(host=host.label, result=result_name(code), exit_code=code,
                       from_tag=before, to_tag=after, message=message,
                       seconds=round(time.monotonic() - started, 2))
 

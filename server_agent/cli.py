@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .clikit import print_json
+from .errors import ExitCode, exit_codes_help
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -84,14 +85,18 @@ def _tag(value: str | None) -> str | None:
     return None if value is None else validate_version(value)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_codes_help())
 @click.option("--root", envvar="OBS_AGENT_ROOT", default="/opt/observer", show_default=True,
               help=ROOT_HELP)
 @click.option("-v", "--verbose", is_flag=True, envvar="OBS_AGENT_VERBOSE",
               help="Log every command run (env OBS_AGENT_VERBOSE).")
 @click.pass_context
 def cli(ctx: click.Context, root: str, verbose: bool) -> None:
-    """obs-agent: deploy, check and roll back the service on this server (SPEC §7-§8)."""
+    """obs-agent: deploy, check and roll back the service on this server.
+
+    The README (sections "Using it", "Agent settings" and "How it works") describes every
+    command and setting.
+    """
     from .clikit import setup_logging
 
     setup_logging(verbose)
@@ -161,7 +166,8 @@ def _finish(outcome: Any, transaction: Any, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (SPEC §8 keys).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: current_tag, last_good_tag, healthy, "
+                                                            "services, last_action, proxy.")
 @click.pass_obj
 def status(ctx: Ctx, as_json: bool) -> None:
     """Current and last good release, container states, the last action."""
@@ -216,7 +222,7 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
         for p in problems:
             click.echo(f"problem [{p.code}]: {p.as_dict()['message']}")
         click.echo("ok" if not problems else f"{len(problems)} problem(s)")
-    sys.exit(10 if problems else 0)
+    sys.exit(int(ExitCode.PREFLIGHT if problems else ExitCode.OK))
 
 
 @cli.command()
@@ -245,7 +251,7 @@ def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
         for p in report.problems:
             if not p.code.startswith("plan."):
                 click.echo(f"  problem   [{p.code}] {p.as_dict()['message']}")
-    sys.exit(0 if report.ok else 10)
+    sys.exit(int(ExitCode.OK if report.ok else ExitCode.PREFLIGHT))
 
 
 @cli.command()
@@ -276,7 +282,7 @@ def verify(ctx: Ctx, as_json: bool) -> None:
         for m in result.last:
             click.echo(f"{m.verdict:<13} {m.check}: {REDACTOR(m.detail)}")
         click.echo(f"{tag or '-'}: " + ("ok" if result.ok else f"FAILED: {REDACTOR(result.reason or '')}"))
-    sys.exit(0 if result.ok else 22)
+    sys.exit(int(ExitCode.OK if result.ok else ExitCode.VERIFY_FAILED))
 
 
 @cli.command()

@@ -1,4 +1,8 @@
-"""One exception hierarchy for both CLIs; each class carries its SPEC §9 exit code.
+"""One exception hierarchy for both CLIs; each class carries its exit code.
+
+`ExitCode` is the one list of exit codes: their names in reports (`result_name`), what they
+mean (`meaning`, also the `--help` epilog of both CLIs) and which of them leave everything
+running as it was (`NOTHING_CHANGED`).
 
 The CLIs turn any `ObsError` into its message and exit code in one place; anything else is
 a bug (exit 1).
@@ -21,6 +25,56 @@ class ExitCode(IntEnum):
     ROLLBACK_FAILED = 21
     VERIFY_FAILED = 22
     SSH = 30
+
+    @property
+    def result_name(self) -> str:
+        """The word a report uses for this outcome (`obsdeploy`'s per-host `result`)."""
+        return _RESULT_NAMES[self]
+
+    @property
+    def meaning(self) -> str:
+        """What the code tells a user, as the CLIs' `--help` and the README list it."""
+        return _MEANINGS[self]
+
+
+_RESULT_NAMES = {
+    ExitCode.OK: "ok",
+    ExitCode.BUG: "agent_bug",
+    ExitCode.USAGE: "usage_error",
+    ExitCode.PREFLIGHT: "preflight_failed",
+    ExitCode.IMAGE: "image_failed",
+    ExitCode.LOCKED: "locked",
+    ExitCode.JOB_FAILED: "job_failed",
+    ExitCode.ROLLED_BACK: "rolled_back",
+    ExitCode.ROLLBACK_FAILED: "failed",
+    ExitCode.VERIFY_FAILED: "verify_failed",
+    ExitCode.SSH: "ssh_error",
+}
+
+_MEANINGS = {
+    ExitCode.OK: "done",
+    ExitCode.BUG: "unexpected error (a bug)",
+    ExitCode.USAGE: "usage or invalid input",
+    ExitCode.PREFLIGHT: "preflight failed; nothing changed",
+    ExitCode.IMAGE: "image or registry failure; nothing changed",
+    ExitCode.LOCKED: "another deploy holds the lock; nothing changed",
+    ExitCode.JOB_FAILED: "a job or accessory failed before the switch; nothing running was switched",
+    ExitCode.ROLLED_BACK: "release failed; rolled back, the previous release is healthy",
+    ExitCode.ROLLBACK_FAILED: "release failed; the rollback failed or there was nothing to roll back to",
+    ExitCode.VERIFY_FAILED: "verify: the running release fails its checks",
+    ExitCode.SSH: "SSH connection or host-key failure (obsdeploy)",
+}
+
+# The agent refused or stopped before anything running was switched: what ran before still
+# runs (a report's from and to tags are both the running release).
+NOTHING_CHANGED = frozenset({ExitCode.USAGE, ExitCode.PREFLIGHT, ExitCode.IMAGE,
+                             ExitCode.LOCKED, ExitCode.JOB_FAILED})
+
+
+def exit_codes_help() -> str:
+    """The exit-code list of both CLIs' `--help` (a click epilog; `\\b` keeps its lines)."""
+    lines = [f"  {int(code):>2}  {code.meaning}" for code in ExitCode]
+    return "Exit codes:\n\n\b\n" + "\n".join(lines)
 
 
 class ObsError(Exception):

@@ -185,8 +185,9 @@ class Caddy:
 
 # --- nginx -----------------------------------------------------------------------------------
 def nginx_upstreams(addresses: Sequence[str]) -> str:
-    return ("# written by obs-agent (SPEC §15): the upstream's servers, replaced on every "
-            "switch\n" + "".join(f"server {a};\n" for a in addresses))
+    return ("# written by obs-agent: the upstream's servers, replaced on every switch (see the "
+            "README of obsdeploy, \"Zero failed requests behind a proxy\")\n"
+            + "".join(f"server {a};\n" for a in addresses))
 
 
 def parse_nginx_upstreams(text: str) -> list[str]:

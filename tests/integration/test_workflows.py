@@ -24,7 +24,7 @@ WORKFLOWS = REPO / ".github" / "workflows"
 DEPLOY = WORKFLOWS / "deploy.yml"
 CI = WORKFLOWS / "ci.yml"
 SECRET_NAMES = ("DEPLOY_HOSTS", "DEPLOY_SSH_USER", "DEPLOY_SSH_KEY", "DEPLOY_KNOWN_HOSTS")
-OK = "ok"  # obsdeploy's per-host result for exit 0 (deploy_tool.remote.RESULT_NAMES)
+OK = "ok"  # obsdeploy's per-host result for exit 0 (ExitCode.OK.result_name)
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 
 import pytest
 
+from deploy_tool import remote
 from deploy_tool.git import source_url
 from deploy_tool.install import (
     SYSTEM_LINK,
@@ -26,9 +28,11 @@ from deploy_tool.remote import (
     SshOptions,
     batches,
     parse_hosts,
+    result_name,
     rollout,
+    run_on_host,
 )
-from server_agent.errors import UsageError
+from server_agent.errors import NOTHING_CHANGED, ExitCode, UsageError
 
 
 @pytest.mark.parametrize(
@@ -186,6 +190,75 @@ def test_status_asks_every_host_even_after_a_failure() -> None:
     report = rollout(hosts, "status", None, AgentCall(), SshOptions(), batch=1,
                      out=io.StringIO(), err=io.StringIO(), runner=fake_runner({"vm1": 2}, calls))
     assert sorted(calls) == ["vm1", "vm2", "vm3"] and report.exit_code == 2
+
+
+class FakeSession:
+    """An SshSession that answers `deploy|rollback --json` with `code` (and, unless `answer`
+    is None, that outcome as JSON) and `status --json` with the running `current` tag."""
+
+    answer: dict[str, object] | None = None
+    code = 0
+    current = "v1.0.0"
+    commands: list[str] = []
+
+    def __init__(self, host: HostSpec, opts: SshOptions) -> None:
+        pass
+
+    def __enter__(self) -> FakeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run(self, command: str, **kwargs: object) -> tuple[int, str]:
+        self.commands.append(command)
+        if shlex.split(command)[1] == "status":
+            return 0, json.dumps({"current_tag": self.current})
+        return self.code, json.dumps(self.answer) if self.answer is not None else "no json"
+
+
+def on_host(monkeypatch: pytest.MonkeyPatch, code: int, answer: dict[str, object] | None,
+            action: str = "deploy") -> HostResult:
+    session = type("Session", (FakeSession,), {"code": code, "answer": answer, "commands": []})
+    monkeypatch.setattr(remote, "SshSession", session)
+    return run_on_host(HostSpec(host="vm1"), action, "v1.1.0", AgentCall(),  # type: ignore[arg-type]
+                       SshOptions(), io.StringIO(), io.StringIO())
+
+
+@pytest.mark.parametrize("json_answer", [True, False], ids=["agent-answered", "no-answer"])
+def test_a_failed_job_is_reported_as_job_failed_with_nothing_switched(
+        monkeypatch: pytest.MonkeyPatch, json_answer: bool) -> None:
+    answer = {"from_tag": "v1.0.0", "current_tag": "v1.0.0", "exit_code": 13,
+              "message": "job migrate exited 1; nothing running was switched"}
+    host = on_host(monkeypatch, 13, answer if json_answer else None)
+    assert (host.result, host.exit_code) == ("job_failed", 13)
+    # Nothing running was switched: the release that ran before is the one running now.
+    assert (host.from_tag, host.to_tag) == ("v1.0.0", "v1.0.0")
+    if json_answer:
+        assert host.message == answer["message"]
+
+
+def test_a_failed_verify_is_reported_as_verify_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = on_host(monkeypatch, 22, None)
+    assert (host.result, host.exit_code) == ("verify_failed", 22)
+
+
+def test_a_rolled_back_deploy_does_not_claim_where_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = on_host(monkeypatch, 20, None)
+    assert (host.result, host.from_tag, host.to_tag) == ("rolled_back", None, "v1.0.0")
+
+
+def test_every_exit_code_has_its_own_result_name() -> None:
+    names = {code: result_name(int(code)) for code in ExitCode}
+    assert names[ExitCode.JOB_FAILED] == "job_failed"
+    assert names[ExitCode.VERIFY_FAILED] == "verify_failed"
+    assert len(set(names.values())) == len(ExitCode), names
+    assert all(name == code.result_name for code, name in names.items())
+    assert result_name(127) == "agent_not_found" and result_name(3) == "failed"
+
+
+def test_nothing_changed_is_what_leaves_the_running_release_alone() -> None:
+    assert {int(c) for c in NOTHING_CHANGED} == {2, 10, 11, 12, 13}
 
 
 def test_missing_key_files_are_usage_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
