@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server_agent.clikit import print_json
-from server_agent.errors import exit_codes_help
+from server_agent.common.clikit import print_json
+from server_agent.common.errors import exit_codes_help
 
 if TYPE_CHECKING:
     from .config import ObsdeployConfig
@@ -55,7 +55,7 @@ def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
 
     The README (sections "Using it" and "How it works") describes every command.
     """
-    from server_agent.clikit import setup_logging
+    from server_agent.common.clikit import setup_logging
 
     setup_logging(verbose, logging.WARNING)
     # Progress of a build or a push: a line every few seconds when stderr is not a terminal.
@@ -78,9 +78,9 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: b
     on a command line or shown. Re-running after a failure finishes the job and skips what is
     done; a version already released from another commit is refused.
     """
-    from server_agent.progress import configure as configure_progress
-    from server_agent.redact import REDACTOR
-    from server_agent.versions import validate_version
+    from server_agent.common.progress import configure as configure_progress
+    from server_agent.common.redact import REDACTOR
+    from server_agent.common.versions import validate_version
 
     from .git import Git
     from .release import ReleaseActions, execute, plan_release
@@ -184,7 +184,7 @@ def _batch_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _version(value: str | None) -> str | None:
-    from server_agent.versions import validate_version
+    from server_agent.common.versions import validate_version
 
     return None if value is None else validate_version(value)
 
@@ -276,7 +276,7 @@ def setup(ctx: Ctx, sudo: bool, venv: str | None, python: str, link: str | None,
 
 
 def main() -> None:
-    from server_agent import clikit
+    from server_agent.common import clikit
 
     # The distribution installs on 3.10 for the agent's sake (Ubuntu 22.04 servers); obsdeploy
     # itself reads obsdeploy.toml with tomllib (3.11+), so say that instead of an ImportError.

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from server_agent.errors import UsageError
+from server_agent.common.errors import UsageError
 
 ENV_PREFIX = "OBSDEPLOY_"
 CONFIG_NAME = "obsdeploy.toml"

@@ -1,12 +1,12 @@
-"""The app's git repository, through `server_agent.runner` (argv lists, logged, redacted)."""
+"""The app's git repository, through `server_agent.common.runner` (argv lists, logged, redacted)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from server_agent.errors import CommandError, UsageError
-from server_agent.runner import Result, run
+from server_agent.common.errors import CommandError, UsageError
+from server_agent.common.runner import Result, run
 
 
 class Git:

@@ -24,8 +24,8 @@ from typing import IO
 
 from pydantic import BaseModel, ValidationError
 
-from server_agent.errors import ExitCode, SSHError, UsageError
-from server_agent.runner import run
+from server_agent.common.errors import ExitCode, SSHError, UsageError
+from server_agent.common.runner import run
 
 from .remote import HostResult, HostSpec, SshOptions, SshSession, _PrefixWriter
 

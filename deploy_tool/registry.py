@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from server_agent.errors import ImageError
+from server_agent.common.errors import ImageError
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from server_agent.errors import ImageError, ObsError, UsageError
-from server_agent.progress import LayerTally, track
-from server_agent.redact import REDACTOR
-from server_agent.versions import validate_version
+from server_agent.common.errors import ImageError, ObsError, UsageError
+from server_agent.common.progress import LayerTally, track
+from server_agent.common.redact import REDACTOR
+from server_agent.common.versions import validate_version
 
 from .config import ObsdeployConfig
 from .git import Git, source_url
@@ -167,7 +167,7 @@ class ReleaseActions:
         self._build_legacy(plan, platforms[0])
 
     def _build_buildx(self, plan: ReleasePlan) -> None:
-        from server_agent.runner import run
+        from server_agent.common.runner import run
 
         res = run(buildx_argv(plan, self.cfg), check=False, timeout=3600)
         for line in (res.stdout + res.stderr).splitlines()[-40:]:

@@ -21,7 +21,7 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel
 
-from server_agent.errors import NOTHING_CHANGED, ExitCode, SSHError, UsageError
+from server_agent.common.errors import NOTHING_CHANGED, ExitCode, SSHError, UsageError
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ExitCode
+from .common.errors import ExitCode
 from .state import now_iso
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ObsError, UsageError
-from .progress import Tracker, track
+from .common.errors import ObsError, UsageError
+from .common.progress import Tracker, track
 from .root import AgentRoot
 
 log = logging.getLogger("obs.backup")

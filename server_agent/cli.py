@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .clikit import print_json
-from .errors import ExitCode, exit_codes_help
+from .common.clikit import print_json
+from .common.errors import ExitCode, exit_codes_help
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -32,7 +32,7 @@ class Ctx:
         other commands it is invalid input (exit 2). status and history do not validate:
         they read only the project name and the state, so they answer even while the
         configuration is broken (and without the cost of pydantic)."""
-        from .errors import PreflightError, UsageError
+        from .common.errors import PreflightError, UsageError
         from .root import AgentRoot
 
         try:
@@ -41,12 +41,12 @@ class Ctx:
                 _check_access(root)
             if validate:
                 root.validate()
-                from .progress import configure
+                from .common.progress import configure
 
                 configure(every=root.settings.progress_seconds)
         except UsageError as exc:
             if preflight:
-                from .preflight import Problem
+                from .plan import Problem
 
                 raise PreflightError([Problem("config", str(exc))]) from None
             raise
@@ -56,7 +56,7 @@ class Ctx:
 
 def _check_access(root: AgentRoot) -> None:
     """Before the lock, the log or .env are touched: can this user work in the root at all?"""
-    from .errors import PreflightError
+    from .common.errors import PreflightError
     from .preflight import access_problems, docker_socket_problem
 
     problems = access_problems(root.path)
@@ -80,7 +80,7 @@ def _log_to_state_dir(root: AgentRoot, create: bool) -> None:
 
 
 def _tag(value: str | None) -> str | None:
-    from .versions import validate_version
+    from .common.versions import validate_version
 
     return None if value is None else validate_version(value)
 
@@ -97,7 +97,7 @@ def cli(ctx: click.Context, root: str, verbose: bool) -> None:
     The README (sections "Using it", "Agent settings" and "How it works") describes every
     command and setting.
     """
-    from .clikit import setup_logging
+    from .common.clikit import setup_logging
 
     setup_logging(verbose)
     ctx.obj = Ctx(root, verbose)
@@ -150,7 +150,7 @@ def _backend(root: AgentRoot) -> Any:
 def _finish(outcome: Any, transaction: Any, as_json: bool) -> None:
     """Print the outcome; with --json, one object a caller (obsdeploy) can report from
     without asking `status` again."""
-    from .redact import REDACTOR
+    from .common.redact import REDACTOR
 
     if as_json:
         r = outcome.record
@@ -199,9 +199,9 @@ def status(ctx: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
     """Preflight only: exit 0, or 10 with every problem listed."""
-    from .errors import PreflightError
+    from .common.errors import PreflightError
+    from .common.redact import REDACTOR
     from .preflight import run_preflight
-    from .redact import REDACTOR
     from .state import ReleaseState
 
     try:
@@ -233,7 +233,7 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
 def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
     """What `deploy TAG` would do, changing nothing: jobs, ordered steps with their strategy
     and replicas, accessories, and what differs from the running services. Exit 0, or 10."""
-    from .errors import PreflightError
+    from .common.errors import PreflightError
     from .preflight import run_preflight
 
     valid = _tag(tag)
@@ -275,7 +275,7 @@ def verify(ctx: Ctx, as_json: bool) -> None:
         print_json({"ok": result.ok, "tag": tag, "reason": result.reason,
                     "checks": [m.as_dict() for m in result.last]})
     else:
-        from .redact import REDACTOR
+        from .common.redact import REDACTOR
 
         if not root.settings.watch.checks:
             click.echo("no checks configured (agent.watch.checks); only the containers were looked at")
@@ -359,8 +359,8 @@ def backup_restore(ctx: Ctx, name: str, stop_running: bool) -> None:
     Takes the deploy lock, and refuses while a container of the project bind-mounts
     something under DIR (it would be writing into the files being replaced), unless --stop."""
     from .backup import BackupArchive
+    from .common.errors import UsageError
     from .engine import Engine
-    from .errors import UsageError
     from .state import ReleaseState
 
     root = ctx.load_root()
@@ -402,6 +402,6 @@ def main() -> None:
     # transport, and paramiko imports invoke: about 0.15 s of every deploy, for nothing.
     # A None entry makes that optional import fail at once, as if paramiko were absent.
     sys.modules.setdefault("paramiko", None)  # type: ignore[arg-type]
-    from . import clikit
+    from .common import clikit
 
     clikit.run(cli)

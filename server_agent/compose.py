@@ -16,8 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ObsError
-from .runner import run
+from .common.errors import ObsError
+from .common.runner import run
 
 _PLUGIN_DIRS = (
     "~/.docker/cli-plugins",

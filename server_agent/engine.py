@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from .errors import ImageError, ObsError
-from .progress import LayerTally, track
-from .redact import REDACTOR
+from .common.errors import ImageError, ObsError
+from .common.progress import LayerTally, track
+from .common.redact import REDACTOR
 
 if TYPE_CHECKING:
     import docker
@@ -531,3 +531,10 @@ def _parallel(fn: Any, items: list[ContainerInfo]) -> None:
 
     with ThreadPoolExecutor(max_workers=len(items)) as pool:
         list(pool.map(fn, items))
+
+
+def engine_down(exc: BaseException) -> bool:
+    """The Docker engine is unreachable (restarting), as opposed to refusing something."""
+    import requests
+
+    return isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .redact import REDACTOR
+from .common.redact import REDACTOR
 
 log = logging.getLogger("obs.notify")
 
@@ -60,8 +60,8 @@ def send(urls: list[str], message: Notice, budget: float = BUDGET_S) -> bool | N
     cannot be stopped, and the interpreter's exit waits for apprise's worker threads."""
     if not urls:
         return True
-    from .errors import CommandError
-    from .runner import run
+    from .common.errors import CommandError
+    from .common.runner import run
 
     t0 = time.monotonic()
     payload = json.dumps({"urls": urls, **asdict(message)})

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .common.redact import REDACTOR
 from .compose import ComposeConfig, ServiceSpec
 from .engine import ROLE_LABEL, ContainerInfo
 
@@ -275,3 +276,28 @@ def definition_changes(spec: ServiceSpec, running: list[ContainerInfo]) -> list[
     if set(spec.container_ports) != set(c.ports):
         out.append(f"ports {sorted(c.ports)} -> {sorted(spec.container_ports)}")
     return out
+
+
+# --- what preflight found ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": REDACTOR(self.message)}
+
+
+@dataclass
+class PreflightReport:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    config: ComposeConfig | None = None
+    plan: RolloutPlan | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, code: str, message: str) -> None:
+        self.problems.append(Problem(code, message))

@@ -10,45 +10,20 @@ import logging
 import os
 import shutil
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .common.errors import CommandError, ObsError
+from .common.redact import REDACTOR
 from .compose import ComposeConfig, ComposeProject, ServiceSpec
 from .engine import Engine, socket_denied
-from .errors import CommandError, ObsError
-from .plan import RolloutPlan, build_plan, contract_services
-from .redact import REDACTOR
+from .plan import PreflightReport, Problem, RolloutPlan, build_plan, contract_services
 from .root import AgentRoot
 
 if TYPE_CHECKING:
     from .backends.base import Backend
 
 log = logging.getLogger("obs.preflight")
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": REDACTOR(self.message)}
-
-
-@dataclass
-class PreflightReport:
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    config: ComposeConfig | None = None
-    plan: RolloutPlan | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def add(self, code: str, message: str) -> None:
-        self.problems.append(Problem(code, message))
 
 
 def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from .common.errors import ObsError
+from .common.redact import REDACTOR
 from .engine import ContainerInfo
-from .errors import ObsError
-from .redact import REDACTOR
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -205,8 +205,8 @@ class Nginx:
         self.reload_command = list(reload_command)
 
     def point_at(self, addresses: Sequence[str]) -> None:
-        from .errors import CommandError
-        from .runner import run
+        from .common.errors import CommandError
+        from .common.runner import run
         from .state import atomic_write
 
         before = self.file.read_text() if self.file.exists() else None

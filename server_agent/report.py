@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import metrics, notify
-from .redact import REDACTOR
+from .common.redact import REDACTOR
 from .root import AgentRoot
 from .state import ReleaseState
 

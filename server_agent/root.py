@@ -13,9 +13,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .common.errors import UsageError
+from .common.redact import REDACTOR, url_secrets
 from .names import CONFIG_NAME, ENV_PREFIX
-from .redact import REDACTOR, url_secrets
 
 if TYPE_CHECKING:
     from .settings import AgentSettings

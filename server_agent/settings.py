@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import UsageError
+from .common.errors import UsageError
 from .names import CONFIG_NAME, ENV_PREFIX, NON_SETTING_ENV
 
 
@@ -198,7 +198,7 @@ class AgentSettings(BaseSettings):
     # Seconds a pull may go without progress before the attempt is retried (registry hangs).
     pull_timeout: float = Field(120, gt=0)
     # Off a terminal (CI logs, obsdeploy over SSH): one progress line per this many seconds
-    # of a long pull or backup (server_agent/progress.py).
+    # of a long pull or backup (server_agent/common/progress.py).
     progress_seconds: float = Field(5, gt=0)
     required_env: list[str] = Field(
         default_factory=lambda: ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"]

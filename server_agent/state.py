@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import LockedError, UsageError
-from .redact import REDACTOR
-from .versions import validate_version
+from .common.errors import LockedError, UsageError
+from .common.redact import REDACTOR
+from .common.versions import validate_version
 
 log = logging.getLogger("obs.state")
 

@@ -23,12 +23,13 @@ from .attempt import Attempt, Outcome
 from .backends.base import Backend, PreSwitchFailure, Release, S, Switched
 from .backup import BackupArchive, BackupSnapshot
 from .checkpoint import checkpoint
-from .errors import ExitCode, ObsError, PreflightError, UsageError
+from .common.errors import ExitCode, ObsError, PreflightError, UsageError
+from .common.redact import REDACTOR
+from .engine import engine_down
 from .gate.criteria import GateCriteria
 from .gate.loop import PASSED, Verdict, run_gate
 from .plan import RolloutPlan
 from .preflight import run_preflight
-from .redact import REDACTOR
 from .root import AgentRoot
 from .state import ReleaseState
 from .watch import Watch
@@ -131,8 +132,6 @@ class Transaction:
                 sw = self.backend.switch(step, release, reuse=attempt.action == "rollback",
                                          capture=capture if step is capture_at else None)
             except Exception as exc:
-                from .rollout import engine_down
-
                 if not switched or engine_down(exc):
                     # The switch failed before anything running was touched.
                     self._finish(attempt, "failed", ExitCode.BUG, "", writing)

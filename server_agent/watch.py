@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
+from .common.redact import REDACTOR
 from .engine import ContainerInfo
-from .redact import REDACTOR
 
 if TYPE_CHECKING:
     from .settings import HttpCheck, LogCheck, PrometheusCheck, WatchSettings

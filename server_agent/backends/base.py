@@ -12,8 +12,7 @@ if TYPE_CHECKING:
     from ..compose import ComposeConfig
     from ..engine import Engine
     from ..gate.loop import Observer, Verdict
-    from ..plan import RolloutPlan, Step
-    from ..preflight import PreflightReport
+    from ..plan import PreflightReport, RolloutPlan, Step
     from ..root import AgentRoot
     from ..watch import Watched
 

@@ -17,20 +17,27 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from ..common.errors import CommandError
+from ..common.redact import REDACTOR
+from ..common.runner import run
 from ..compose import ComposeProject
-from ..engine import PROJECT_LABEL, ContainerInfo, Engine, EngineUnreachable, newest_per_service, running_tag
-from ..errors import CommandError
+from ..engine import (
+    PROJECT_LABEL,
+    ContainerInfo,
+    Engine,
+    EngineUnreachable,
+    engine_down,
+    newest_per_service,
+    running_tag,
+)
 from ..gate.criteria import GateCriteria
 from ..gate.loop import Look, Observer, Unit, Verdict, run_gate
 from ..gate.probe import probe
-from ..plan import RolloutPlan, Step
-from ..redact import REDACTOR
-from ..rollout import Rollout, Switch, engine_down
-from ..runner import run
+from ..plan import PreflightReport, RolloutPlan, Step
 from .base import Capture, PreSwitchFailure, Release, WalkedBack
+from .rollout import Rollout, Switch
 
 if TYPE_CHECKING:
-    from ..preflight import PreflightReport
     from ..root import AgentRoot
     from ..settings import ProxySettings
     from ..state import ReleaseState
@@ -460,8 +467,8 @@ def proxy_view(root: AgentRoot, running: list[ContainerInfo]) -> dict[str, Any] 
     None without a proxy. A proxy that cannot be read is shown as such, not raised."""
     if root.raw_setting("proxy") is None:
         return None
+    from ..common.redact import REDACTOR
     from ..proxy import proxy_for
-    from ..redact import REDACTOR
 
     try:
         cutover = proxy_for(root)

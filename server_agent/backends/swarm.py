@@ -21,12 +21,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..common.errors import ImageError
+from ..common.redact import REDACTOR
+from ..common.runner import run
 from ..engine import ROLE_LABEL, Engine, EngineUnreachable
-from ..errors import ImageError
 from ..gate.loop import Look, Observer, Unit, Verdict
-from ..plan import RolloutPlan, ServicePlan, Step
-from ..redact import REDACTOR
-from ..runner import run
+from ..plan import PreflightReport, RolloutPlan, ServicePlan, Step
 from ..swarm import (
     RELEASE_LABEL,
     STACK_LABEL,
@@ -48,7 +48,6 @@ from ..swarm import (
 from .base import Capture, PreSwitchFailure, Release, Switched, WalkedBack
 
 if TYPE_CHECKING:
-    from ..preflight import PreflightReport
     from ..root import AgentRoot
 
 log = logging.getLogger("obs.swarm")

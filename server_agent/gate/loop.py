@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from ..redact import REDACTOR
+from ..common.redact import REDACTOR
 from .criteria import GateCriteria
 from .probe import FAILS_IN_A_ROW, HealthAnswer, ProbeRun, worst
 

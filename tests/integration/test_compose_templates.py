@@ -48,8 +48,8 @@ def check(root: Path, env: dict[str, str]) -> tuple[int, dict]:  # type: ignore[
 
 
 def compose(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    from server_agent.common.errors import ObsError
     from server_agent.compose import compose_command
-    from server_agent.errors import ObsError
 
     try:
         cmd = compose_command()

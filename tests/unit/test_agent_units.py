@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from server_agent.backup import BackupArchive
+from server_agent.common.errors import LockedError, UsageError
+from server_agent.common.redact import Redactor
+from server_agent.common.versions import validate_version
 from server_agent.compose import ComposeConfig, ComposeProject
-from server_agent.errors import LockedError, UsageError
 from server_agent.gate.probe import classify, probe
-from server_agent.redact import Redactor
 from server_agent.root import AgentRoot
 from server_agent.state import History, ReleaseState, atomic_write
-from server_agent.versions import validate_version
 
 
 @pytest.fixture(autouse=True)

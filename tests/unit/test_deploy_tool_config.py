@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deploy_tool.config import load_config
-from server_agent.errors import ExitCode, UsageError
+from server_agent.common.errors import ExitCode, UsageError
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ from deploy_tool.remote import (
     rollout,
     run_on_host,
 )
-from server_agent.errors import NOTHING_CHANGED, ExitCode, UsageError
+from server_agent.common.errors import NOTHING_CHANGED, ExitCode, UsageError
 
 
 @pytest.mark.parametrize(

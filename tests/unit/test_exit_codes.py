@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from deploy_tool.cli import cli as obsdeploy
 from server_agent.cli import cli as obs_agent
-from server_agent.errors import ExitCode
+from server_agent.common.errors import ExitCode
 from tests.parts import REPO
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server_agent import progress
-from server_agent.progress import LayerTally, Tracker
+from server_agent.common import progress
+from server_agent.common.progress import LayerTally, Tracker
 
 
 def test_a_line_per_interval_and_none_for_short_work(monkeypatch: pytest.MonkeyPatch) -> None:

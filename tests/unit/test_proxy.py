@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from server_agent.common.errors import UsageError
 from server_agent.compose import ComposeConfig
 from server_agent.engine import ContainerInfo
-from server_agent.errors import UsageError
 from server_agent.plan import build_plan
 from server_agent.proxy import (
     Nginx,

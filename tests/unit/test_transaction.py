@@ -16,11 +16,10 @@ import pytest
 
 from server_agent import transaction as transaction_module
 from server_agent.backends.base import PreSwitchFailure, Release, Switched, WalkedBack
+from server_agent.common.errors import ExitCode
 from server_agent.compose import ComposeConfig
-from server_agent.errors import ExitCode
 from server_agent.gate.loop import Look, Observer, Verdict
-from server_agent.plan import RolloutPlan, ServicePlan, Step
-from server_agent.preflight import PreflightReport
+from server_agent.plan import PreflightReport, RolloutPlan, ServicePlan, Step
 from server_agent.root import AgentRoot
 from server_agent.state import ReleaseState
 from server_agent.transaction import Transaction

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from server_agent import metrics
+from server_agent.common.redact import Redactor, url_secrets
 from server_agent.notify import notice
-from server_agent.redact import Redactor, url_secrets
 from server_agent.settings import AgentSettings, HttpCheck, LogCheck, PrometheusCheck, WatchSettings
 from server_agent.watch import counts_as_failed, judge_http, judge_log, judge_prometheus, prometheus_value
 

@@ -25,16 +25,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .backends.base import Capture, Switched
-from .checkpoint import checkpoint
-from .compose import ComposeConfig, ComposeProject, release_override
-from .engine import ContainerInfo, Engine
-from .errors import ObsError
-from .plan import Step
-from .proxy import ProxyCutover
-from .redact import REDACTOR
-from .root import AgentRoot
-from .state import ReleaseState, atomic_write
+from ..checkpoint import checkpoint
+from ..common.errors import ObsError
+from ..common.redact import REDACTOR
+from ..compose import ComposeConfig, ComposeProject, release_override
+from ..engine import ContainerInfo, Engine, engine_down
+from ..plan import Step
+from ..proxy import ProxyCutover
+from ..root import AgentRoot
+from ..state import ReleaseState, atomic_write
+from .base import Capture, Switched
 
 log = logging.getLogger("obs.rollout")
 
@@ -258,15 +258,6 @@ class Rollout:
     def _fresh(self, containers: Sequence[ContainerInfo]) -> list[ContainerInfo]:
         """Inspect again: a container's published ports are known only while it runs."""
         return [self.engine.inspect(c.id) for c in containers]
-
-
-def engine_down(exc: BaseException) -> bool:
-    """The Docker engine is unreachable (restarting), as opposed to refusing something."""
-    import requests
-
-    from .engine import EngineUnreachable
-
-    return isinstance(exc, EngineUnreachable | requests.exceptions.ConnectionError)
 
 
 def _since(t: float) -> float:
