@@ -10,10 +10,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests import parts
+
+if TYPE_CHECKING:
+    from tests.parts_swarm import SwarmLab
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # Set once the session has built the fixture images (so it used the engine, and the base
@@ -92,3 +96,25 @@ def agent_root(tmp_path: Path, images: dict[str, str], registry: parts.Registry)
     root.down()
     leaks = root.secret_leaks()
     assert not leaks, f"secret values leaked into: {leaks}"
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[SwarmLab]:
+    """A two-node Docker Swarm (tests/parts_swarm.py), built once per session."""
+    import shutil
+
+    from tests.parts_swarm import SwarmLab
+
+    if os.geteuid() != 0:
+        missing("root (network namespaces for the swarm lab)")
+    for tool in ("dockerd", "docker-registry", "nsenter", "curl", "ip"):
+        if not shutil.which(tool):
+            missing(tool)
+    # The host engine is never used here (the end-of-session bridge check needs no entry).
+    lab = SwarmLab()
+    try:
+        lab.start()
+        lab.push_fixture_images()
+        yield lab
+    finally:
+        lab.destroy()
