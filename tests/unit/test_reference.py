@@ -151,6 +151,17 @@ def test_schema_rejects_a_bad_file(edit: dict[str, Any], where: str) -> None:
             load_settings(config["agent"], "deployment_config.json")
 
 
+def test_config_schema_command_prints_the_schema() -> None:
+    from click.testing import CliRunner
+
+    from server_agent.cli import cli
+
+    res = CliRunner().invoke(cli, ["--root", "/nonexistent", "config", "schema"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == reference.config_schema()
+    assert res.output == (DOCS / reference.SCHEMA_FILE).read_text(encoding="utf-8")
+
+
 # --- what users read must not point outside the repository ---------------------------------
 OURS = ["settings.md", "exit-codes.md", reference.SCHEMA_FILE]
 
