@@ -1,11 +1,13 @@
-"""The reference in docs/ agrees with the code: the generated files are current, and the JSON
-Schema takes the templates and refuses what the agent refuses."""
+"""The reference in docs/ agrees with the code: the generated files are current, the JSON
+Schema takes the templates and refuses what the agent refuses, and the hand-written pages name
+what the code reads and writes."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +165,7 @@ def test_config_schema_command_prints_the_schema() -> None:
 
 
 # --- what users read must not point outside the repository ---------------------------------
-OURS = ["settings.md", "exit-codes.md", reference.SCHEMA_FILE]
+OURS = ["settings.md", "exit-codes.md", "labels.md", "files.md", "json.md", reference.SCHEMA_FILE]
 
 
 @pytest.mark.parametrize("name", OURS)
@@ -172,3 +174,205 @@ def test_docs_do_not_point_outside_the_repository(name: str) -> None:
     for word in ("SPEC", "../shared"):
         assert word not in text, f"docs/{name} mentions {word!r}, which users do not have"
 
+
+# --- the hand-written pages name what the code reads and writes ----------------------------
+SOURCE = sorted((REPO / "server_agent").rglob("*.py"))
+
+
+def _source_strings(pattern: str) -> set[str]:
+    return {m for path in SOURCE for m in re.findall(pattern, path.read_text(encoding="utf-8"))}
+
+
+def _doc_keys(name: str, section: str) -> set[str]:
+    """The backquoted first cells of the tables under the `## ...` heading `section`."""
+    text = (DOCS / name).read_text(encoding="utf-8")
+    parts = re.split(r"^## ", text, flags=re.M)
+    body = next(p for p in parts if p.split("\n", 1)[0].strip() == section)
+    return set(re.findall(r"^\| `([^`]+)` \|", body, flags=re.M))
+
+
+def test_labels_doc_has_every_obsdeploy_label_of_the_agent() -> None:
+    in_code = _source_strings(r"obsdeploy\.[a-z_]+") - {"obsdeploy.toml", "obsdeploy.prom"}
+    in_doc = set(re.findall(r"^\| `(obsdeploy\.[a-z_]+)` \|", (DOCS / "labels.md").read_text(), flags=re.M))
+    assert in_code == in_doc, "docs/labels.md: add " + ", ".join(sorted(in_code - in_doc)) + \
+        "; drop " + ", ".join(sorted(in_doc - in_code))
+
+
+def test_files_doc_has_every_file_the_agent_names_under_the_root(tmp_path: Path) -> None:
+    from server_agent.names import CONFIG_NAME
+    from server_agent.root import KEPT_COMPOSE, AgentRoot
+    from server_agent.state import ReleaseState
+    from server_agent.transaction import KEPT_RELEASES
+
+    text = (DOCS / "files.md").read_text(encoding="utf-8")
+    root = AgentRoot(tmp_path)
+    state = ReleaseState(root.state_dir)
+    paths = [root.env_file, root.state_dir, root.backups_dir, root.releases_dir, root.config_file,
+             state.last_good_path, state.journal_path, state.history.path, state.lock.path,
+             root.path / AgentSettings().compose_file]
+    named = {str(p.relative_to(tmp_path)) for p in paths}
+    # Literal names under the state directory anywhere in the agent (the log, scratch files).
+    named |= {f"state/{n}" for n in _source_strings(r'state_dir / "([^"]+)"')}
+    named |= {f"{host.removeprefix('./')}/" for host in AgentSettings().mounts}
+    missing = sorted(n for n in named if not re.search(rf"`{re.escape(n.rstrip('/'))}/?[`A-Z]", text))
+    assert not missing, f"docs/files.md does not describe {missing}"
+    assert f"`{CONFIG_NAME}`" in text and f"(`{KEPT_COMPOSE}`)" in text
+    assert f"newest good releases ({KEPT_RELEASES})" in text
+
+
+def _status_root(tmp_path: Path, agent: dict[str, Any]) -> Any:
+    from server_agent.root import AgentRoot
+    from server_agent.state import ReleaseState
+
+    (tmp_path / "deployment_config.json").write_text(json.dumps({"agent": agent}))
+    root = AgentRoot(tmp_path)
+    state = ReleaseState(root.state_dir)
+    state.ensure()
+    state.history.append({"action": "deploy", "tag": "v1.0.0", "from_tag": None, "result": "success",
+                          "started_at": "t", "finished_at": "t", "duration_s": 1.0, "backup": None})
+    return root
+
+
+def _paths(value: Any, maps: tuple[str, ...] = ()) -> set[str]:
+    """`a`, `a.b`, `a[].b` for every key of a JSON value; not into the objects at `maps`,
+    whose keys are data (service names)."""
+    def walk(v: Any, prefix: str) -> set[str]:
+        out: set[str] = set()
+        if isinstance(v, dict) and prefix not in maps:
+            for k, sub in v.items():
+                path = f"{prefix}.{k}" if prefix else k
+                out.add(path)
+                out |= walk(sub, path)
+        elif isinstance(v, list):
+            for item in v:
+                out |= walk(item, f"{prefix}[]")
+        return out
+    return walk(value, "")
+
+
+def _container(**kw: Any) -> Any:
+    from server_agent.engine import ContainerInfo
+
+    base: dict[str, Any] = dict(
+        id="c1", name="observer-observer-1", service="observer", number=1, image="reg/observer:v1.0.0",
+        state="running", health=None, exit_code=0, restart_count=0, env_names=frozenset(),
+        stop_timeout=None, restart_policy={}, tag="v1.0.0", role="release", config_hash="",
+        binds=frozenset(), ports=frozenset(), host_ports=(("8000/tcp", "127.0.0.1:32768"),))
+    return ContainerInfo(**{**base, **kw})
+
+
+class _Engine:
+    def __init__(self, containers: list[Any]) -> None:
+        self.containers = containers
+
+    def project_containers(self, project: str) -> list[Any]:
+        return self.containers
+
+
+def test_json_doc_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server_agent.proxy
+    from server_agent.views import status
+
+    class Cutover:
+        service, port = "observer", 8000
+
+        class driver:  # noqa: N801
+            @staticmethod
+            def current() -> list[str]:
+                return ["127.0.0.1:32768", "10.0.0.9:8000"]
+
+    root = _status_root(tmp_path, {"proxy": CADDY})
+    monkeypatch.setattr(server_agent.proxy, "proxy_for", lambda root: Cutover())
+    got = _paths(status(root, _Engine([_container()])))  # type: ignore[arg-type]
+
+    def unreadable(root: Any) -> None:
+        raise RuntimeError("caddy does not answer")
+
+    monkeypatch.setattr(server_agent.proxy, "proxy_for", unreadable)
+    got |= _paths(status(root, _Engine([_container()])))  # type: ignore[arg-type]
+    assert got == _doc_keys("json.md", "`obs-agent status --json`")
+
+
+def test_json_doc_status_on_a_swarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server_agent.backends.swarm
+    from server_agent.swarm import NodeInfo, TaskInfo
+    from server_agent.views import status
+
+    class Swarm:
+        def __init__(self, engine: Any, stack: str) -> None:
+            pass
+
+        def services(self) -> dict[str, Any]:
+            return {"observer": {"Spec": {"Labels": {"obsdeploy.role": "release", "obsdeploy.release": "v1.0.0"},
+                                          "TaskTemplate": {"ContainerSpec": {"Image": "reg/observer:v1.0.0"}},
+                                          "Mode": {"Replicated": {"Replicas": 1}}}}}
+
+        def nodes(self) -> dict[str, Any]:
+            return {"n1": NodeInfo("n1", "vm1", "10.0.0.1", "ready", "active")}
+
+        def tasks(self, services: Any) -> list[Any]:
+            return [TaskInfo("t1", "observer", 1, "n1", "running", "running", "v1.0.0", "", None, None,
+                             frozenset())]
+
+    root = _status_root(tmp_path, {"engine": "swarm"})
+    monkeypatch.setattr(server_agent.backends.swarm, "Swarm", Swarm)
+    got = _paths(status(root, _Engine([])))  # type: ignore[arg-type]
+    # last_action is the same object as without a swarm, described there.
+    got = {p for p in got if not p.startswith("last_action.")}
+    assert got == _doc_keys("json.md", "`obs-agent status --json` with `engine: swarm`")
+
+
+def test_json_doc_history() -> None:
+    from server_agent.attempt import Attempt
+    from server_agent.views import HISTORY_KEYS
+
+    section = _doc_keys("json.md", "`obs-agent history --json [--limit N]`")
+    attempt = Attempt("deploy", "v1.0.0", failure={"reason": "x"}, watch={"result": "passed"},
+                      rollback_gate={"healthy": True, "reason": "healthy"})
+    record = attempt.record("success")
+    assert set(HISTORY_KEYS) <= section
+    assert set(record) == section, "docs/json.md: the history keys are " + ", ".join(record)
+    # The stages whose seconds `steps` holds.
+    text = (DOCS / "json.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `steps` |"))
+    stages = _source_strings(r'attempt\.(?:took|add)\(f?"([a-z_:]+)')
+    assert stages, "the pattern no longer finds the stages"
+    missing = sorted(st for st in stages if f"`{st}" not in row)
+    assert not missing, f"docs/json.md: steps also holds {missing}"
+
+
+def test_json_doc_plan_and_check() -> None:
+    from server_agent.plan import AccessoryPlan, RolloutPlan, ServicePlan, Step
+    from server_agent.preflight import Problem
+
+    plan = RolloutPlan("v1.0.0", ("migrate",), (Step(1, (ServicePlan("observer", "stop-first", 1, None, True),)),),
+                       (AccessoryPlan("redis", "leave", False),), {"observer": ["image a -> b"]})
+    problems = [Problem("env.missing", "x").as_dict()]
+    # What cli.plan prints: the plan, today's problems over the plan's own, and ok.
+    printed = {**plan.as_dict(), "problems": problems, "ok": False}
+    assert _paths(printed, maps=("changes",)) == _doc_keys("json.md", "`obs-agent plan TAG --json`")
+    assert _paths({"ok": False, "problems": problems, "notes": ["n"]}) == \
+        _doc_keys("json.md", "`obs-agent check --json`")
+
+
+def test_json_doc_matches_what_the_cli_prints() -> None:
+    """plan, check, deploy, verify and backup list build their JSON in cli.py: the keys
+    written there are the documented ones."""
+    import ast
+
+    tree = ast.parse((REPO / "server_agent" / "cli.py").read_text())
+    printed: dict[str, set[str]] = {}
+    for fn in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
+        keys: set[str] = set()
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Dict):
+                keys |= {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+            if isinstance(node, ast.Tuple) and fn.name == "_finish":
+                keys |= {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        printed[fn.name] = keys
+    sections = {"plan": "`obs-agent plan TAG --json`", "check": "`obs-agent check --json`",
+                "_finish": "`obs-agent deploy --json TAG`, `obs-agent rollback --json [TAG]`",
+                "verify": "`obs-agent verify --json`", "backup_list": "`obs-agent backup list --json`"}
+    for fn_name, section in sections.items():
+        documented = _doc_keys("json.md", section)
+        assert printed[fn_name] <= documented, (fn_name, printed[fn_name] - documented)
