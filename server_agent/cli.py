@@ -396,6 +396,20 @@ def backup_restore(ctx: Ctx, name: str, stop_running: bool) -> None:
     click.echo(f"restored {name}; the files it replaced are in {safety.name}")
 
 
+@cli.group()
+def config() -> None:
+    """The configuration file, DIR/deployment_config.json."""
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of deployment_config.json, for editors and CI: save it, e.g. as
+    deployment_config.schema.json, and name it in the file's "$schema" key. Reads no root."""
+    from .reference import schema_json
+
+    click.echo(schema_json(), nl=False)
+
+
 def main() -> None:
     # The agent talks only to the Docker engine of its own server (an ssh:// DOCKER_HOST is
     # refused, see Engine.client). The docker SDK imports paramiko for that optional

@@ -25,14 +25,27 @@ def _relative_path(value: str) -> str:
     return value
 
 
-class VerifySettings(BaseModel):
-    """Post-start success criteria beyond container health (SPEC §6)."""
+# The descriptions below are the users' reference: docs/settings.md and the JSON Schema of
+# `obs-agent config schema` are generated from them (server_agent/reference.py), so they are
+# written for users and never point outside the repository.
+
+
+class VerifySettings(BaseModel):  # SPEC §6
+    """Post-start success criteria, besides container health and health_url, checked on the
+    release services that carry the path contract."""
 
     model_config = ConfigDict(extra="forbid")
-    paths: list[str] = Field(default_factory=lambda: ["config/observer"])
-    log_pattern: str | None = None
-    # None means "the same as required_env".
-    container_env: list[str] | None = None
+    paths: list[str] = Field(
+        default_factory=lambda: ["config/observer"],
+        description="Paths, relative to the agent root, that must exist on the host before a "
+                    "release passes its gate.")
+    log_pattern: str | None = Field(
+        default=None, description="A regular expression that must appear in the release containers' "
+                          "log before the release passes. null: none.")
+    container_env: list[str] | None = Field(
+        default=None, description="Variables that must be set, non-empty, inside the running "
+                          "containers, under their standard names. null: the same as "
+                          "required_env.")
 
     @field_validator("paths")
     @classmethod
@@ -59,17 +72,26 @@ def _http(v: str) -> str:
     return v
 
 
+_CHECK_NAME = "Shown in history, `verify` and notifications. null: the kind and its {what}."
+
+
 class HttpCheck(BaseModel):
-    """The seed's smoke test: the answer's status and JSON fields ({tag}: the release's tag)."""
+    """A smoke test: GET the URL; the answer's HTTP status and JSON fields must be as given.
+    The service not answering is a failure, not inconclusive."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    kind: Literal["http"]
-    name: str | None = None
-    url: str
-    status: int = Field(200, ge=100, le=599)
-    # Top-level keys (or dotted paths) of the JSON answer and the values they must have.
-    json_fields: dict[str, Any] = Field(default_factory=dict, alias="json")
-    timeout: float = Field(2, gt=0, le=30)
+    kind: Literal["http"] = Field(description="`http`.")
+    name: str | None = Field(None, description=_CHECK_NAME.format(what="url"))
+    url: str = Field(description="The http:// or https:// URL to GET; `{tag}` is replaced "
+                                 "with the release's tag. Proxies from the environment are "
+                                 "not used.")
+    status: int = Field(200, ge=100, le=599, description="The HTTP status the answer must have.")
+    json_fields: dict[str, Any] = Field(
+        default_factory=dict, alias="json",
+        description="Keys of the JSON answer (or dotted paths, e.g. `build.commit`) and the "
+                    "values they must have; `{tag}` in string values is replaced with the "
+                    "release's tag.")
+    timeout: float = Field(2, gt=0, le=30, description="Seconds to wait for the answer.")
 
     @field_validator("url")
     @classmethod
@@ -79,16 +101,24 @@ class HttpCheck(BaseModel):
 
 class PrometheusCheck(BaseModel):
     """A PromQL query with one value: at or under `max`, and no more than `max_increase`
-    above its value measured just before the switch."""
+    above its value measured just before the switch. At least one of the two is required.
+    No answer, an error answer, NaN, no series or several series are inconclusive."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["prometheus"]
-    name: str | None = None
-    url: str
-    query: str = Field(min_length=1)
-    max: float | None = None
-    max_increase: float | None = Field(None, ge=0)
-    timeout: float = Field(3, gt=0, le=30)
+    kind: Literal["prometheus"] = Field(description="`prometheus`.")
+    name: str | None = Field(None, description=_CHECK_NAME.format(what="query"))
+    url: str = Field(description="Prometheus's base URL (http:// or https://); the check "
+                                 "GETs URL/api/v1/query.")
+    query: str = Field(min_length=1, description="PromQL whose answer is a scalar or a vector "
+                                                 "of exactly one series.")
+    max: float | None = Field(None, description="The value must be at or under this. null: no "
+                                                "such limit.")
+    max_increase: float | None = Field(
+        None, ge=0,
+        description="The value may be at most this much above its baseline, measured just "
+                    "before the first step switches (no baseline: inconclusive). `verify` has "
+                    "no switch: only `max` applies there. null: no such limit.")
+    timeout: float = Field(3, gt=0, le=30, description="Seconds to wait for Prometheus's answer.")
 
     @field_validator("url")
     @classmethod
@@ -106,10 +136,15 @@ class LogCheck(BaseModel):
     """Matching lines per minute in the release containers' logs."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["log"]
-    name: str | None = None
-    pattern: str
-    max_per_minute: float = Field(0, ge=0)
+    kind: Literal["log"] = Field(description="`log`.")
+    name: str | None = Field(None, description=_CHECK_NAME.format(what="pattern"))
+    pattern: str = Field(description="A regular expression matched against each line the "
+                                     "release containers wrote (stdout and stderr) since the "
+                                     "switch.")
+    max_per_minute: float = Field(
+        0, ge=0,
+        description="Matching lines per minute allowed: the matches divided by the minutes "
+                    "since the switch, never by less than one. `verify` counts the last minute.")
 
     @field_validator("pattern")
     @classmethod
@@ -120,34 +155,64 @@ class LogCheck(BaseModel):
 WatchCheck = Annotated[HttpCheck | PrometheusCheck | LogCheck, Field(discriminator="kind")]
 
 
-class WatchSettings(BaseModel):
-    """The probation after the gate (SPEC §16); `seconds: 0` turns it off."""
+class WatchSettings(BaseModel):  # SPEC §16
+    """The probation of a deploy after its gate: the checks are measured every `interval`
+    for `seconds`; too many failed measurements roll the release back like a failed gate,
+    and only a passed watch makes it the last good release. `seconds: 0` turns it off.
+    A rollback is never watched."""
 
     model_config = ConfigDict(extra="forbid")
-    seconds: float = Field(default=0, ge=0)
-    interval: float = Field(default=5, gt=0)
-    failure_limit: int = Field(default=1, ge=1)
-    checks: list[WatchCheck] = Field(default_factory=list)
-    inconclusive: Literal["fail", "pass"] = "fail"
+    seconds: float = Field(default=0, ge=0, description="How long the probation lasts; 0 turns "
+                                                        "the watch off.")
+    interval: float = Field(default=5, gt=0, description="Seconds between rounds of checks "
+                                                         "(the first round is one interval "
+                                                         "after the gate).")
+    failure_limit: int = Field(
+        default=1, ge=1, description="Failed measurements (each check of each round counts "
+                                     "one) that roll the release back.")
+    checks: list[WatchCheck] = Field(
+        default_factory=list,
+        description="What each round measures, one after the other: objects of kind `http`, "
+                    "`prometheus` or `log`. Also what `obs-agent verify` measures. Without "
+                    "checks, the watch still fails a release whose containers exit or restart.")
+    inconclusive: Literal["fail", "pass"] = Field(
+        default="fail", description="What a measurement that could not be made (e.g. Prometheus not "
+                            "answering) counts as: `fail` counts it as a failed measurement, "
+                            "`pass` does not. It is reported either way.")
 
 
-class ProxySettings(BaseModel):
-    """The reverse proxy in front of one release service (SPEC §15)."""
+class ProxySettings(BaseModel):  # SPEC §15
+    """The reverse proxy in front of one release service: that service's new containers
+    start beside the old ones (start-first), are gated at their own addresses, then the
+    proxy is pointed at them and the old ones drain and stop."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["caddy", "nginx"]
-    service: str = Field(min_length=1)
-    port: int = Field(gt=0, lt=65536)
-    # caddy: the admin API, and the server the agent owns in caddy's config.
-    admin_url: str = "http://127.0.0.1:2019"
-    listen: list[str] = Field(default_factory=list)
-    hosts: list[str] = Field(default_factory=list)
-    # nginx: the file of `server ...;` lines the user's upstream block includes, and the
-    # command that reloads nginx gracefully.
-    upstream_file: str | None = None
-    reload_command: list[str] = Field(default_factory=lambda: ["nginx", "-s", "reload"], min_length=1)
-    # None: the service's stop_grace_period, at most MAX_DRAIN_SECONDS.
-    drain_seconds: float | None = Field(None, ge=0, le=300)
+    kind: Literal["caddy", "nginx"] = Field(description="`caddy` (through its admin API) or "
+                                                        "`nginx` (an upstream file and a reload).")
+    service: str = Field(min_length=1, description="The release service behind the proxy.")
+    port: int = Field(gt=0, lt=65536, description="The service's container port the proxy "
+                                                  "sends requests to.")
+    admin_url: str = Field("http://127.0.0.1:2019", description="caddy: the base URL of its "
+                                                               "admin API.")
+    listen: list[str] = Field(
+        default_factory=list,
+        description="caddy, required: the listen addresses of the server the agent owns in "
+                    "caddy's config (named obsdeploy-PROJECT), e.g. [\":80\", \":443\"].")
+    hosts: list[str] = Field(default_factory=list, description="caddy: the host names that "
+                                                               "server answers; empty: any host.")
+    upstream_file: str | None = Field(
+        None, description="nginx, required: the absolute path of the file of `server ...;` "
+                          "lines the agent writes, which your upstream block includes.")
+    reload_command: list[str] = Field(
+        default_factory=lambda: ["nginx", "-s", "reload"], min_length=1,
+        description="nginx: the command (a list: program and arguments) that reloads nginx "
+                    "gracefully.")
+    drain_seconds: float | None = Field(
+        None, ge=0, le=300,
+        description="Seconds the old containers keep running after the proxy left them, for "
+                    "the requests in flight. null: their stop timeout (the service's "
+                    # proxy.DEFAULT_STOP_TIMEOUT and MAX_DRAIN_SECONDS (a test holds them equal)
+                    "stop_grace_period, else 10), at most 30.")
 
     @field_validator("admin_url")
     @classmethod
@@ -182,47 +247,92 @@ DEFAULT_MOUNTS = {
 
 
 class AgentSettings(BaseSettings):
+    """The "agent" object of deployment_config.json. Each key can also be set in the
+    environment as OBS_AGENT_<KEY> (lists and objects as JSON), which wins over the file."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    compose_file: str = "docker-compose.server.yml"
-    # compose: a compose project on this host; swarm: a stack on the swarm this node manages.
-    engine: Literal["compose", "swarm"] = "compose"
-    project_name: str | None = None
-    health_timeout: float = Field(60, gt=0)
-    stabilize_seconds: float = Field(2, ge=0)
-    health_url: str | None = None
-    allow_degraded: bool = False
-    backup_keep: int = Field(5, ge=1)
-    backup_paths: list[str] = Field(default_factory=lambda: ["config", "logs"])
-    min_free_mb: int = Field(1024, ge=0)
-    # Seconds a pull may go without progress before the attempt is retried (registry hangs).
-    pull_timeout: float = Field(120, gt=0)
-    # Off a terminal (CI logs, obsdeploy over SSH): one progress line per this many seconds
-    # of a long pull or backup (server_agent/common/progress.py).
-    progress_seconds: float = Field(5, gt=0)
+    compose_file: str = Field(
+        "docker-compose.server.yml",
+        description="The compose file, relative to the agent root. It writes the release's "
+                    "image as REPO:${IMAGE_TAG:?IMAGE_TAG required}; the agent sets IMAGE_TAG.")
+    engine: Literal["compose", "swarm"] = Field(
+        "compose", description="`compose`: a compose project on this host; `swarm`: a stack on "
+                               "the swarm this node manages (the stack's name is the project "
+                               "name).")
+    project_name: str | None = Field(
+        None, description="The compose project: lowercase letters, digits, `-` and `_`. null: the "
+                          "agent root's base name, lowercased, without other characters "
+                          "(`observer` when nothing is left).")
+    health_timeout: float = Field(60, gt=0, description="Seconds a release has to become healthy "
+                                                        "in its gate.")
+    stabilize_seconds: float = Field(2, ge=0, description="Seconds a healthy release must then "
+                                                          "stay healthy to pass its gate.")
+    health_url: str | None = Field(
+        None, description="An http:// or https:// URL the gate probes, e.g. "
+                          "http://127.0.0.1:8000/health: it must answer 2xx. A JSON body's "
+                          "`status` of `healthy` passes, `initializing` or `starting` keeps "
+                          "waiting (whatever the HTTP status), `degraded` passes only with "
+                          "allow_degraded, anything else fails. null: no HTTP probe.")
+    allow_degraded: bool = Field(False, description="A `degraded` health answer counts as "
+                                                    "healthy.")
+    backup_keep: int = Field(5, ge=1, description="Backup archives kept in backups/; older ones "
+                                                  "are removed after every attempt.")
+    backup_paths: list[str] = Field(
+        default_factory=lambda: ["config", "logs"],
+        description="What each backup archives, relative to the agent root, besides the compose "
+                    "file, deployment_config.json and state/.")
+    min_free_mb: int = Field(
+        1024, ge=0, description="Free disk space, in MB, needed under the agent root (also once "
+                                "the backup is written) and under Docker's root directory.")
+    pull_timeout: float = Field(
+        120, gt=0, description="Seconds a pull may go without progress before the attempt is "
+                               "retried (a registry that hangs); 5 attempts, with backoff.")
+    progress_seconds: float = Field(
+        5, gt=0, description="Off a terminal (CI logs, obsdeploy over SSH): one progress line per "
+                             "this many seconds of a long pull or backup.")
     required_env: list[str] = Field(
-        default_factory=lambda: ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"]
-    )
-    secret_env: list[str] = Field(default_factory=lambda: ["KIS_API_KEY", "KIS_API_SECRET"])
+        default_factory=lambda: ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"],
+        description="Variables that must be set, non-empty: in the \"environment\" object, in "
+                    ".env or in the agent's own environment.")
+    secret_env: list[str] = Field(
+        default_factory=lambda: ["KIS_API_KEY", "KIS_API_SECRET"],
+        description="Variables required too, whose values are never shown: `***` in output, "
+                    "logs, history and messages. Best kept in .env.")
     env_aliases: dict[str, str] = Field(
-        default_factory=lambda: {"OBSERVER_STANDALONE": "QTS_OBSERVER_STANDALONE"}
-    )
-    verify: VerifySettings = Field(default_factory=VerifySettings)
-    mounts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MOUNTS))
-    # Seconds a job (label obsdeploy.role: job) may run before the deploy stops with exit 13.
-    job_timeout: float = Field(300, gt=0)
-    # The release services that carry the path contract, health_url and verify (SPEC §14).
-    # None: the release services that bind-mount a host directory of `mounts`.
-    contract_services: list[str] | None = None
-    # The probation after the gate: checks every `interval` for `seconds` (SPEC §16).
-    watch: WatchSettings = Field(default_factory=WatchSettings)
-    # apprise URLs told after every deploy and rollback; they hold tokens (redacted as secrets).
-    notify: list[str] = Field(default_factory=list)
-    # Prometheus text file rewritten after every attempt (node_exporter's textfile collector);
-    # relative paths are relative to the agent root.
-    metrics_file: str | None = None
-    # The reverse proxy in front of one release service (SPEC §15); None: no proxy.
-    proxy: ProxySettings | None = None
+        default_factory=lambda: {"OBSERVER_STANDALONE": "QTS_OBSERVER_STANDALONE"},
+        description="Non-standard name → standard name: a variable set under the non-standard "
+                    "name (in the environment or the compose file) is a preflight problem that "
+                    "names the standard one.")
+    verify: VerifySettings = Field(default_factory=lambda: VerifySettings(),
+                                   description="Post-start success criteria; see below.")
+    mounts: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_MOUNTS),
+        description="The path contract, host directory (relative to the agent root) → container "
+                    "path: the release services that carry the contract must bind-mount exactly "
+                    "these. Missing host directories are created; they must be writable by the "
+                    "user the service runs as.")
+    job_timeout: float = Field(
+        300, gt=0, description="Seconds a job (a service labelled obsdeploy.role: job) may run "
+                               "before the deploy stops with exit 13.")
+    contract_services: list[str] | None = Field(
+        None, description="The release services that carry the path contract, health_url and "
+                          "verify. null: the release services that bind-mount a host directory "
+                          "of mounts.")
+    watch: WatchSettings = Field(default_factory=lambda: WatchSettings(),
+                                 description="The probation after the gate; see below.")
+    notify: list[str] = Field(
+        default_factory=list,
+        description="apprise URLs (e.g. tgram://BOT_TOKEN/CHAT_ID) told the outcome of every "
+                    "deploy and rollback that has a history record. They hold tokens: they are "
+                    "masked like secrets.")
+    metrics_file: str | None = Field(
+        None, description="A Prometheus text file rewritten after every attempt, for "
+                          "node_exporter's textfile collector (name it *.prom); a relative path "
+                          "is relative to the agent root. null: none.")
+    proxy: ProxySettings | None = Field(
+        None, description="The reverse proxy in front of one release service; see below. null: "
+                          "no proxy.")
 
     @field_validator("compose_file")
     @classmethod
