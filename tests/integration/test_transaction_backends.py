@@ -50,6 +50,10 @@ def last(root: AgentRootDir) -> dict[str, Any]:
 def test_a_failed_release_goes_back_and_the_next_good_one_commits(backend_root: AgentRootDir) -> None:
     root = backend_root
     assert deploy(root, "v1.0.0").returncode == 0
+    plan = root.agent("plan", "v1.1.0", "--json", env=root.env())
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    shown = json.loads(plan.stdout)
+    assert [s["name"] for step in shown["steps"] for s in step["services"]] == ["observer"], shown
     good = deploy(root, "v1.1.0")
     assert good.returncode == 0, good.stdout + good.stderr
     assert (running(root), root.last_good()) == ("v1.1.0", "v1.1.0")
@@ -80,8 +84,15 @@ def test_verify_log_pattern_and_the_watch_hold_on_either_engine(backend_root: Ag
         {"paths": [], "log_pattern": "observer v1.1.0 ready"}))
     assert printed.returncode == 0, printed.stdout + printed.stderr
 
-    never = deploy(root, "v1.2.0", OBS_AGENT_HEALTH_TIMEOUT="10",
-                   OBS_AGENT_VERIFY=json.dumps({"paths": [], "log_pattern": "never printed"}))
+    # In the release's own configuration, not the agent's environment: the environment would
+    # judge the rollback to v1.1.0 by the same pattern, and v1.1.0 never printed it either.
+    config_file = root.path / "deployment_config.json"
+    config = json.loads(config_file.read_text())
+    released = json.loads(json.dumps(config))
+    released["agent"].update(health_timeout=25, verify={"paths": [], "log_pattern": "never printed"})
+    config_file.write_text(json.dumps(released))
+    never = deploy(root, "v1.2.0")
+    config_file.write_text(json.dumps(config))
     assert never.returncode == 20, never.stdout + never.stderr
     assert running(root) == "v1.1.0"
     assert "verify.log_pattern 'never printed'" in last(root)["failure"]["reason"]
