@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from server_agent.backup import BackupArchive
-from server_agent.common.errors import LockedError, UsageError
+from server_agent.common.errors import LockedError, ObsError, UsageError
 from server_agent.common.redact import Redactor
 from server_agent.common.versions import validate_version
 from server_agent.compose import ComposeConfig, ComposeProject
@@ -138,6 +138,31 @@ def test_compose_config_model() -> None:
     assert (svc.name, svc.image, svc.binds, svc.has_healthcheck) == (
         "observer", "r/o:v1", {"/x/data": "/app/data"}, True)
     assert cfg.images == ["r/o:v1"]
+
+
+def test_compose_command_is_the_plugin_run_directly(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compose plugin the docker CLI would run, run without the docker CLI in front;
+    $DOCKER_CONFIG/cli-plugins first, as the CLI searches."""
+    from server_agent import compose
+
+    plugin = tmp_path / "cli-plugins" / "docker-compose"
+    plugin.parent.mkdir()
+    plugin.write_text("#!/bin/sh\n")
+    plugin.chmod(0o755)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setattr(compose, "_PLUGIN_DIRS", ())
+    monkeypatch.setattr(compose.shutil, "which",
+                        lambda name: "/usr/bin/docker" if name == "docker" else None)
+    compose.compose_command.cache_clear()
+    try:
+        assert compose.compose_command() == (str(plugin),)
+        plugin.chmod(0o644)  # not executable: not a plugin the CLI would run
+        compose.compose_command.cache_clear()
+        with pytest.raises(ObsError, match="compose v2 not found"):
+            compose.compose_command()
+    finally:
+        compose.compose_command.cache_clear()
 
 
 @pytest.mark.parametrize(("status", "body", "degraded", "kind"), [
