@@ -266,6 +266,7 @@ class Engine:
         self._client = client
         self.timeout = timeout
         self.socket = EngineSocket.from_env() if client is None else None
+        self._version: dict[str, Any] | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -276,8 +277,13 @@ class Engine:
                     "the Docker engine there", hint="unset DOCKER_HOST, or use unix:// or tcp://")
             import docker
 
+            # The API version the engine answered already (version()): the SDK would ask
+            # for it again with a /version of its own (10-25 ms here), as it does for
+            # version="auto".
+            known = (self._version or {}).get("ApiVersion")
             try:
-                self._client = docker.from_env(timeout=self.timeout)
+                self._client = docker.from_env(timeout=self.timeout,
+                                               **({"version": str(known)} if known else {}))
             except docker.errors.DockerException as exc:
                 raise EngineUnreachable(f"cannot reach the Docker engine: {exc}",
                                         hint="is dockerd running? is DOCKER_HOST right?") from None
@@ -309,7 +315,12 @@ class Engine:
             raise
 
     def version(self) -> dict[str, Any]:
-        return dict(self._get("/version"))
+        """The engine's /version, asked once per Engine: dockerd 20.10 takes 10-25 ms to
+        answer it (median 16 ms of 10 here, against 1 ms for /_ping), and a deploy needs it
+        for the platform check, the SDK client's API version and the start_interval note."""
+        if self._version is None:
+            self._version = dict(self._get("/version"))
+        return dict(self._version)
 
     def platform(self) -> str:
         """The engine's own platform, `os/arch` as images name it (linux/amd64)."""
