@@ -44,6 +44,9 @@ RUNNING_STATES = ("running", "restarting", "paused")
 
 # Pull retries: transient registry errors (5xx, connection resets) back off 0.5 s, 1 s, 2 s...
 PULL_ATTEMPTS = 5
+# The one manifest request that tells whether a present image is up to date gives up after
+# this long (or pull_timeout, when shorter): the pull that follows has its own retries.
+DIGEST_CHECK_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -193,10 +196,18 @@ class EngineSocket:
         finally:
             conn.close()
 
-    def get(self, path: str, **params: Any) -> Any:
-        conn = _UnixHTTPConnection(self.path, self.timeout)
+    def distribution(self, ref: str, auth_header: str | None, timeout: float) -> dict[str, Any]:
+        """GET /distribution/REF/json: the engine asks the registry for `ref`'s manifest (one
+        manifest request) and answers its descriptor; nothing is pulled."""
+        return dict(self.get(f"/distribution/{quote(ref, safe='')}/json", _timeout=timeout,
+                             _headers={"X-Registry-Auth": auth_header} if auth_header else {}))
+
+    def get(self, path: str, _timeout: float | None = None, _headers: dict[str, str] | None = None,
+            **params: Any) -> Any:
+        conn = _UnixHTTPConnection(self.path, self.timeout if _timeout is None else _timeout)
         try:
-            conn.request("GET", path + ("?" + urlencode(params) if params else ""))
+            conn.request("GET", path + ("?" + urlencode(params) if params else ""),
+                         headers=_headers or {})
             resp = conn.getresponse()
             body = resp.read()
         except OSError as exc:
@@ -347,8 +358,47 @@ class Engine:
                      "release it again, then deploy")
 
     def pull(self, refs: list[str]) -> None:
+        """Pull each of `refs`, except those already here as the registry has them now."""
         for ref in refs:
-            self._pull_one(ref)
+            if not self._up_to_date(ref):
+                self._pull_one(ref)
+
+    def _up_to_date(self, ref: str) -> bool:
+        """`ref` is present locally and is what the registry has under its tag now, so a
+        pull would change nothing: the registry's manifest digest (one manifest request,
+        through the engine's /distribution endpoint with the credentials a pull sends) is
+        one of the local image's RepoDigests. A re-pushed tag has a new digest: it is
+        pulled. A reference pinned by digest names its content: present, it is not asked
+        for at all. Whatever goes wrong asking (no such image, registry away or answering
+        5xx, an engine without the endpoint) answers False, and the pull runs as before,
+        with its retries and its exit 11.
+
+        What it buys: no pull stream to follow, no layer tally, no image `pull` event; on
+        a remote registry, a pull of an up-to-date tag costs the same manifest round trip
+        and then some. On this machine's loopback registry the two cost about the same
+        (25 ms against 30 ms, median of 8)."""
+        try:
+            local = self._get(f"/images/{quote(ref, safe='')}/json")
+            repo, tag = pull_reference(ref)
+            if tag.startswith("sha256:"):
+                log.info("%s is present (pinned by digest): not pulled", ref)
+                return True
+            if self.socket is not None:
+                remote = self.socket.distribution(ref, _auth_header(repo),
+                                                  min(self.timeout, DIGEST_CHECK_TIMEOUT))
+            else:
+                remote = self.client.api.inspect_distribution(ref)
+            digest = str((remote.get("Descriptor") or {}).get("digest") or "")
+        except Exception as exc:  # the pull that follows retries, and reports what fails
+            if not (isinstance(exc, EngineHTTPError) and exc.status == 404):  # 404: not here
+                log.debug("could not compare %s with the registry (%s): pulling it",
+                          ref, REDACTOR(str(exc))[:200])
+            return False
+        local_digests = {d.rsplit("@", 1)[1] for d in local.get("RepoDigests") or [] if "@" in d}
+        if digest and digest in local_digests:
+            log.info("%s is up to date (%s, as the registry has it): not pulled", ref, digest[:19])
+            return True
+        return False
 
     def _pull_one(self, ref: str) -> None:
         import docker.errors
