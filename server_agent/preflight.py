@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .common.errors import CommandError, ObsError
 from .common.redact import REDACTOR
 from .compose import ComposeConfig, ComposeProject, ServiceSpec
-from .engine import Engine, socket_denied
+from .engine import Engine, preload_sdk, socket_denied
 from .plan import PreflightReport, Problem, RolloutPlan, build_plan, contract_services
 from .root import AgentRoot
 
@@ -32,6 +32,8 @@ def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
     running accessory with its compose definition (one more compose call: check and plan do
     it, deploy does not)."""
     engine = backend.engine
+    if not accessory_changes:  # a deploy or a rollback: it goes on to pull and switch
+        preload_sdk()
     report = PreflightReport()
     report.problems += access_problems(root.path)
     env = root.compose_env(tag)
