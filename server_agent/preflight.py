@@ -6,6 +6,7 @@ except creating missing host directories of the path contract, which it reports 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .common.errors import CommandError, ObsError
 from .common.redact import REDACTOR
 from .compose import ComposeConfig, ComposeProject, ServiceSpec
-from .engine import Engine, socket_denied
+from .engine import Engine, importing_sdk_meanwhile, socket_denied
 from .plan import PreflightReport, Problem, RolloutPlan, build_plan, contract_services
 from .root import AgentRoot
 
@@ -38,7 +39,8 @@ def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
     _check_env(root, env, report)
     _check_env_file(root, report)
     docker_ok = _check_docker(engine, report)
-    _check_compose(root, env, report)
+    # A deploy or a rollback (not check or plan) goes on to pull and switch, with the SDK.
+    _check_compose(root, env, report, import_sdk=not accessory_changes)
     if report.config is not None:
         report.plan = rollout_plan(root, engine if docker_ok else None, report.config, tag,
                                    accessory_changes=accessory_changes)
@@ -228,7 +230,10 @@ def _check_docker(engine: Engine, report: PreflightReport) -> bool:
         return False
 
 
-def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:
+def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport, *,
+                   import_sdk: bool = False) -> None:
+    """compose config for the tag; with `import_sdk`, the docker SDK is imported meanwhile
+    (engine.importing_sdk_meanwhile: the block runs a subprocess and imports nothing)."""
     if not root.compose_file.exists():
         report.add("compose.missing",
                    f"compose file {root.compose_file} does not exist (setting compose_file)")
@@ -244,7 +249,8 @@ def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport
                    "image: REPO:${IMAGE_TAG:?IMAGE_TAG required}")
     project = ComposeProject(root.path, root.compose_file, root.project)
     try:
-        report.config = project.config(env)
+        with importing_sdk_meanwhile() if import_sdk else contextlib.nullcontext():
+            report.config = project.config(env)
     except CommandError as exc:
         report.add("compose.invalid", f"{root.compose_file} is not valid with IMAGE_TAG set: "
                                       f"{exc.stderr.strip()[-400:]}")

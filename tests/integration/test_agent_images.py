@@ -3,8 +3,10 @@ and `rollback` without a tag walking back through the history."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -67,6 +69,82 @@ def test_digest_pinned_images_pull_and_deploy(agent_root: AgentRootDir, images: 
     finally:
         agent_root.down()
         forget(f"{pinned}@{release_digest}", kv_ref)
+
+
+def pulls_during(docker_client, since: float, until: float, ref: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    """The engine's image `pull` events for `ref` between two times: the engine records one
+    for every pull, also of an image that was up to date."""
+    events = docker_client.api.events(since=int(since) - 1, until=int(until) + 2, decode=True,
+                                      filters={"type": "image", "event": "pull"})
+    return [e for e in events if e.get("id") == ref and since - 1 <= e["timeNano"] / 1e9 <= until + 1]
+
+
+def own_release_repository(agent_root: AgentRootDir, docker_client, images: dict[str, str],  # type: ignore[no-untyped-def]
+                           tags: tuple[str, ...]) -> str:
+    """A repository of this test's own, holding the fixture releases `tags` (pushed, so each
+    local image knows its registry digest), which the agent root's compose file now uses: a
+    test may re-push its tags without touching the session's images."""
+    repo = f"{agent_root.registry}/obs/own-{uuid.uuid4().hex[:8]}"
+    for tag in tags:
+        docker_client.images.get(images[tag]).tag(repo, tag)
+        push(docker_client, f"{repo}:{tag}")
+    compose = agent_root.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(f"{agent_root.registry}/{REPOSITORY}:", f"{repo}:"))
+    return repo
+
+
+def test_an_image_present_with_the_registrys_digest_is_not_pulled_again(
+        agent_root: AgentRootDir, images: dict[str, str], docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A deploy of a tag whose image is here with the digest the registry has for it asks
+    the registry once (the manifest) and pulls nothing: the engine records no pull."""
+    repo = own_release_repository(agent_root, docker_client, images, ("v1.0.0", "v1.1.0"))
+    try:
+        for tag in ("v1.0.0", "v1.1.0"):
+            t = time.time()
+            res = agent_root.agent("deploy", tag)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert pulls_during(docker_client, t, time.time(), f"{repo}:{tag}") == []
+            assert f"{repo}:{tag} is up to date" in res.stderr, res.stderr
+            assert agent_root.health()["version"] == tag
+        # An image that is not here is pulled, as always.
+        forget(f"{repo}:v1.0.0")
+        t = time.time()
+        res = agent_root.agent("deploy", "v1.0.0")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert len(pulls_during(docker_client, t, time.time(), f"{repo}:v1.0.0")) == 1
+        assert agent_root.health()["version"] == "v1.0.0"
+    finally:
+        agent_root.down()
+        forget(f"{repo}:v1.0.0", f"{repo}:v1.1.0")
+
+
+def test_a_re_pushed_tag_is_pulled_again(agent_root: AgentRootDir, images: dict[str, str],
+                                         docker_client) -> None:  # type: ignore[no-untyped-def]
+    """v1.1.0 re-pushed with other content (a new digest) while this engine still has the
+    old image under that tag: the deploy pulls it, and the new image is what runs."""
+    repo = own_release_repository(agent_root, docker_client, images, ("v1.0.0", "v1.1.0"))
+    old_id = docker_client.images.get(f"{repo}:v1.1.0").id
+    try:
+        assert agent_root.agent("deploy", "v1.0.0").returncode == 0
+        rebuilt, _ = docker_client.images.build(
+            fileobj=io.BytesIO(f"FROM {images['v1.1.0']}\nLABEL rebuilt=yes\n".encode()),
+            tag=f"{repo}:v1.1.0", rm=True)
+        push(docker_client, f"{repo}:v1.1.0")
+        docker_client.images.get(old_id).tag(repo, "v1.1.0")  # this engine: still the old one
+        assert docker_client.images.get(f"{repo}:v1.1.0").id == old_id != rebuilt.id
+        t = time.time()
+        res = agent_root.agent("deploy", "v1.1.0")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert len(pulls_during(docker_client, t, time.time(), f"{repo}:v1.1.0")) == 1, res.stderr
+        assert "is up to date" not in res.stderr
+        assert docker_client.images.get(f"{repo}:v1.1.0").id == rebuilt.id
+        (running,) = docker_client.containers.list(
+            filters={"label": f"com.docker.compose.project={agent_root.project}"})
+        assert running.image.id == rebuilt.id and running.labels.get("rebuilt") == "yes"
+        assert agent_root.health()["version"] == "v1.1.0"
+    finally:
+        agent_root.down()
+        forget(f"{repo}:v1.0.0", f"{repo}:v1.1.0", old_id)
 
 
 def test_an_image_for_another_platform_is_refused_before_anything_changes(

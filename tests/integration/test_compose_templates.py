@@ -282,3 +282,52 @@ def test_the_proxied_templates_render_and_pass_preflight(docker_client, tmp_path
         "admin_url": "http://127.0.0.1:9"}), **SECRETS))
     assert (code, report["problems"]) == (0, []), report
     assert any("asked again after starting the accessories caddy" in n for n in report["notes"]), report
+
+
+def _two_runs(project, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """ComposeProject.config as it was: `config` with the tag, then `--no-interpolate`."""
+    from server_agent.common.runner import run
+    from server_agent.compose import ComposeConfig
+
+    res = run(project.config_argv(), env=env, cwd=project.root)
+    raw = run(project.config_argv(interpolate=False), env=env, cwd=project.root)
+    return ComposeConfig(json.loads(res.stdout), {
+        n: str(s.get("image", "")) for n, s in json.loads(raw.stdout)["services"].items()})
+
+
+@pytest.mark.parametrize("template", ["docker-compose.server.yml", "docker-compose.proxied.yml"])
+def test_one_compose_run_resolves_the_templates_as_two_did(tmp_path: Path, template: str) -> None:
+    """ComposeProject.config runs compose once (IMAGE_TAG a marker, put back afterwards): the
+    same resolved project and the same release services as the two runs it replaces, for
+    every shipped template, with a tag that also appears in an environment value."""
+    from server_agent.compose import ComposeProject
+    from server_agent.plan import role_of
+
+    shutil.copy(COMPOSE_DIR / template, tmp_path / template)
+    text = (tmp_path / template).read_text()
+    (tmp_path / template).write_text(text.replace(
+        "      PYTHONPATH:", "      RELEASE: obs-${IMAGE_TAG}\n      PYTHONPATH:", 1))
+    env = base_env(IMAGE_TAG="v1.2.3-rc.1", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src",
+                   **SECRETS)
+    project = ComposeProject(tmp_path, tmp_path / template, "observer")
+    one, two = project.config(env), _two_runs(project, env)
+    assert one.raw == two.raw
+    assert one.raw["services"]["observer"]["environment"]["RELEASE"] == "obs-v1.2.3-rc.1"
+    assert ({s.name: role_of(s) for s in one.services}
+            == {s.name: role_of(s) for s in two.services})
+    assert role_of(one.service("observer")) == "release"
+
+
+def test_a_project_the_marker_cannot_stand_in_for_is_resolved_with_the_tag(tmp_path: Path) -> None:
+    """An env_file named after the tag: compose cannot resolve it with the marker, so the
+    project is resolved with the tag itself (and --no-interpolate), as before."""
+    from server_agent.compose import ComposeProject
+
+    (tmp_path / "c.yml").write_text(
+        "services:\n  web:\n    image: r/web:${IMAGE_TAG}\n    env_file: .env.${IMAGE_TAG}\n")
+    (tmp_path / ".env.v1.2.3").write_text("GREETING=hello\n")
+    env = base_env(IMAGE_TAG="v1.2.3")
+    cfg = ComposeProject(tmp_path, tmp_path / "c.yml", "web").config(env)
+    assert cfg.service("web").image == "r/web:v1.2.3"
+    assert cfg.service("web").environment == {"GREETING": "hello"}
+    assert cfg.service("web").image_template == "r/web:${IMAGE_TAG}"

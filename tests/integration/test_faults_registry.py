@@ -1,8 +1,9 @@
 """Issue 5, case 2: the registry unreachable, answering 5xx (then recovering), slow, stalled.
 
 Each agent root here pulls through its own `FaultProxy` (tests/faults.py) in front of the
-session registry, so the test decides what the registry does. A deploy always pulls, so the
-images of the proxy's address are fetched through it every time.
+session registry, so the test decides what the registry does. A deploy always asks the
+registry through it: a pull, or, for an image already here, its manifest digest (pulled when
+the registry has another, or does not answer).
 
 Asserted: retries with backoff (SPEC §7.3), then exit 11 with the running release untouched
 (serving, last_good_tag, history byte for byte); a registry that recovers within the retries
@@ -121,3 +122,25 @@ def test_stalled_registry_is_given_up_in_bounded_time(
     assert_untouched(root, history_before, snap)
     proxy.set("forward")
     assert_next_deploy_works(root, "v1.1.0")
+
+
+def test_a_present_image_is_still_pulled_with_retries_when_the_registry_fails(
+        proxied: tuple[AgentRootDir, FaultProxy]) -> None:
+    """v1.0.0 is here (the fixture pulled it through the proxy), so the deploy first asks the
+    registry whether it is up to date. A registry answering 5xx to that is no answer: the
+    pull runs, with its retries and its exit 11, and nothing changes."""
+    root, proxy = proxied
+    history_before = (root.path / "state" / "history.jsonl").read_bytes()
+    snap = DataSnapshot.take(root)
+    proxy.set("fail", fail_count=10**6)
+    res = root.agent("deploy", "v1.0.0")
+    no_traceback(res)
+    assert res.returncode == 11, res.stdout + res.stderr
+    assert "cannot pull" in res.stderr and "503" in res.stderr
+    assert len(RETRY.findall(res.stderr)) == 4, res.stderr
+    assert "is up to date" not in res.stderr
+    assert_untouched(root, history_before, snap)
+    proxy.set("forward")
+    res = root.agent("deploy", "v1.0.0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "is up to date" in res.stderr, res.stderr

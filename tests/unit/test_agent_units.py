@@ -7,12 +7,13 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from server_agent.backup import BackupArchive
-from server_agent.common.errors import LockedError, UsageError
+from server_agent.common.errors import CommandError, LockedError, ObsError, UsageError
 from server_agent.common.redact import Redactor
 from server_agent.common.versions import validate_version
 from server_agent.compose import ComposeConfig, ComposeProject
@@ -138,6 +139,89 @@ def test_compose_config_model() -> None:
     assert (svc.name, svc.image, svc.binds, svc.has_healthcheck) == (
         "observer", "r/o:v1", {"/x/data": "/app/data"}, True)
     assert cfg.images == ["r/o:v1"]
+
+
+def _fake_compose(calls: list[tuple[list[str], dict[str, str]]], fails: Callable[[str], bool]):  # type: ignore[no-untyped-def]
+    """A stand-in for runner.run: `compose config` of a project whose observer image and
+    VERSION follow IMAGE_TAG, and whose kv accessory is pinned."""
+    from server_agent.common.errors import CommandError
+    from server_agent.common.runner import Result
+
+    def run(argv: list[str], *, env: dict[str, str], cwd: Path) -> Result:
+        calls.append((list(argv), dict(env)))
+        tag = env["IMAGE_TAG"]
+        if fails(tag):
+            raise CommandError(" ".join(argv), 1, f"env file .env.{tag} not found")
+        image = "r/o:${IMAGE_TAG}" if "--no-interpolate" in argv else f"r/o:{tag}"
+        raw = {"services": {"observer": {"image": image, "environment": {"VERSION": tag},
+                                         "labels": {f"built-{tag}": "yes"}},
+                            "kv": {"image": "kv:7"}}}
+        return Result(tuple(argv), 0, json.dumps(raw), "")
+    return run
+
+
+def test_compose_config_is_one_compose_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One `compose config` per preflight: IMAGE_TAG is a marker in that run, the images
+    holding it are the release's, and the tag is put back everywhere, keys too."""
+    from server_agent import compose
+    from server_agent.plan import role_of
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(compose, "run", _fake_compose(calls, lambda tag: False))
+    cfg = ComposeProject(tmp_path, tmp_path / "c.yml", "obs").config({"IMAGE_TAG": "v1.2.3", "A": "1"})
+    assert len(calls) == 1 and "--no-interpolate" not in calls[0][0]
+    assert calls[0][1]["A"] == "1" and calls[0][1]["IMAGE_TAG"] != "v1.2.3"
+    assert cfg.raw == {"services": {"observer": {"image": "r/o:v1.2.3",
+                                                 "environment": {"VERSION": "v1.2.3"},
+                                                 "labels": {"built-v1.2.3": "yes"}},
+                                    "kv": {"image": "kv:7"}}}
+    assert {s.name: role_of(s) for s in cfg.services} == {"observer": "release", "kv": "accessory"}
+    assert cfg.service("observer").image_template == "r/o:${IMAGE_TAG}"
+
+
+def test_compose_config_falls_back_to_two_runs_when_the_marker_cannot_stand_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A project compose cannot resolve with the marker (an env_file named after the tag) is
+    resolved with the tag itself and --no-interpolate, as before."""
+    from server_agent import compose
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(compose, "run", _fake_compose(calls, lambda tag: tag != "v1.2.3"))
+    cfg = ComposeProject(tmp_path, tmp_path / "c.yml", "obs").config({"IMAGE_TAG": "v1.2.3"})
+    assert [c[1]["IMAGE_TAG"] == "v1.2.3" for c in calls] == [False, True, True]
+    assert ["--no-interpolate" in c[0] for c in calls] == [False, False, True]
+    assert cfg.service("observer").image == "r/o:v1.2.3"
+    assert cfg.service("observer").image_template == "r/o:${IMAGE_TAG}"
+    # and a project that is invalid with the tag too reports compose's error, as before
+    calls.clear()
+    monkeypatch.setattr(compose, "run", _fake_compose(calls, lambda tag: True))
+    with pytest.raises(CommandError, match="v1.2.3"):
+        ComposeProject(tmp_path, tmp_path / "c.yml", "obs").config({"IMAGE_TAG": "v1.2.3"})
+
+
+def test_compose_command_is_the_plugin_run_directly(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compose plugin the docker CLI would run, run without the docker CLI in front;
+    $DOCKER_CONFIG/cli-plugins first, as the CLI searches."""
+    from server_agent import compose
+
+    plugin = tmp_path / "cli-plugins" / "docker-compose"
+    plugin.parent.mkdir()
+    plugin.write_text("#!/bin/sh\n")
+    plugin.chmod(0o755)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setattr(compose, "_PLUGIN_DIRS", ())
+    monkeypatch.setattr(compose.shutil, "which",
+                        lambda name: "/usr/bin/docker" if name == "docker" else None)
+    compose.compose_command.cache_clear()
+    try:
+        assert compose.compose_command() == (str(plugin),)
+        plugin.chmod(0o644)  # not executable: not a plugin the CLI would run
+        compose.compose_command.cache_clear()
+        with pytest.raises(ObsError, match="compose v2 not found"):
+            compose.compose_command()
+    finally:
+        compose.compose_command.cache_clear()
 
 
 @pytest.mark.parametrize(("status", "body", "degraded", "kind"), [
