@@ -488,13 +488,16 @@ def serving(root: AgentRootDir) -> str | None:
 
 
 def running_tags(root: AgentRootDir) -> list[str]:
+    """The release of each running container of the project, from the `obsdeploy.release`
+    label the agent puts on it (an image reference may be a digest, or another tag of the same
+    image: it does not say which release runs)."""
     docker_host = getattr(root, "docker_host", None)
     base = ["docker"] + (["-H", docker_host] if docker_host else [])
     out = subprocess.run(
         [*base, "ps", "--filter", f"label=com.docker.compose.project={root.project}",
-         "--format", "{{.Image}}"], capture_output=True, text=True,
-    ).stdout.split()
-    return sorted(i.rsplit(":", 1)[-1] for i in out)
+         "--format", '{{.Label "obsdeploy.release"}}'], capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    return sorted(out)
 
 
 def assert_serving_good(root: AgentRootDir, expected: str | None) -> None:
