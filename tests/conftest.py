@@ -15,8 +15,9 @@ its workers join. How the parts are shared:
   the same way: a session fixture calling `runs.shared`, and its parts class in tests/parts_*.py
   calling `runs.record_process` (or `runs.record`) for what it starts.
 - A part whose tests disturb it (the swarm lab: nodes go down) is one per worker, and every test
-  using it runs on that one worker: `xdist_group` (here, for every test using `lab`; by hand,
-  `pytest.mark.xdist_group(name)`, for a module whose module-scoped fixture must not run twice).
+  using it runs on that one worker: `xdist_group` (here, for every test naming `lab` among its
+  fixtures; by hand, `pytest.mark.xdist_group(name)`, for a test that gets it through
+  `request.getfixturevalue`, or a module whose module-scoped fixture must not run twice).
 - Per-test parts (agent roots, sshds, proxies, private engines) take free ports and unique names,
   as they always did: workers never collide on them.
 """
