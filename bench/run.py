@@ -2,7 +2,7 @@
 """The benchmark: downtime, time to restore, backup cost and CLI overhead of obs-agent,
 side by side with the baselines, in one run on this machine.
 
-    .venv/bin/python bench/run.py [--quick] [--json-out bench/results/latest.json] [--no-swarm]
+    .venv/bin/python -m bench.run [--quick] [--json-out bench/results/latest.json] [--no-swarm]
 
 Sides, all on the same engine, fixture images (tests/parts.py) and compose file:
   obs-agent   default settings (stabilize_seconds 2, backup_keep 5, backup_paths config+logs,
@@ -38,12 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench import harness as h
+from tests import parts
 
-from bench import harness as h  # noqa: E402
-from tests import parts  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 HEALTH_TIMEOUT = 10
 AGENT_SETTINGS: dict[str, Any] = {

@@ -3,7 +3,7 @@
 alone, on the same two-node swarm (tests/parts_swarm.py builds it in network namespaces and
 removes it at the end).
 
-    .venv/bin/python bench/swarm.py [--runs N] [--json-out bench/results/swarm.json]
+    .venv/bin/python -m bench.swarm [--runs N] [--json-out bench/results/swarm.json]
 
 Sides, same compose file (2 replicas, one per node, port published in host mode, the same
 Docker healthcheck), same fixture images:
@@ -37,11 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.parts_swarm import SwarmLab, SwarmRoot, make_swarm_root
 
-from tests.parts_swarm import SwarmLab, SwarmRoot, make_swarm_root  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SCENARIOS = {"good": "v1.1.0", "crash": "v2.0.0-crash", "error": "v2.0.0-error"}
 CLONE_NEWNET = 0x40000000

@@ -94,10 +94,6 @@ class ComposeConfig:
     def service(self, name: str) -> ServiceSpec:
         return _service_spec(name, self.raw["services"][name], self.templates.get(name, ""))
 
-    @property
-    def images(self) -> list[str]:
-        return sorted({s.image for s in self.services if s.image})
-
 
 def _service_spec(name: str, svc: dict[str, Any], template: str) -> ServiceSpec:
     binds = {

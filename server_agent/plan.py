@@ -79,9 +79,6 @@ class RolloutPlan:
     def release_services(self) -> list[ServicePlan]:
         return [s for step in self.steps for s in step.services]
 
-    def service(self, name: str) -> ServicePlan:
-        return next(s for s in self.release_services if s.name == name)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "tag": self.tag,

@@ -1,12 +1,31 @@
-"""Session-wide real parts: one engine, one registry, fixture images built once.
+"""Session-wide real parts: one engine, one registry, fixture images built once per run.
 
 Under CI=true a missing part fails the test (a green CI means the real parts ran); on a
 developer machine it skips with the command that installs it.
+
+The suite runs on every core (pytest-xdist, `scripts/test` passes `-n`). The controller sweeps
+what dead runs left (tests/sweep.py), then makes this run's directory (tests/runs.py), which
+its workers join. How the parts are shared:
+
+- A session daemon every worker may use (the registry, the fixture images) is started once per
+  run, by the first worker that asks, with `runs.shared(name, start)`: `start(workdir)` starts
+  it, notes each process, namespace, bridge, project, ... with `runs.record*` (what the sweeper
+  removes after a killed run), and returns its state as JSON (a port, image references). The
+  others read that state. The run's end stops it, once every worker is done. A new daemon joins
+  the same way: a session fixture calling `runs.shared`, and its parts class in tests/parts_*.py
+  calling `runs.record_process` (or `runs.record`) for what it starts.
+- A part whose tests disturb it (the swarm lab: nodes go down) is one per worker, and every test
+  using it runs on that one worker: `xdist_group` (here, for every test naming `lab` among its
+  fixtures; by hand, `pytest.mark.xdist_group(name)`, for a test that gets it through
+  `request.getfixturevalue`, or a module whose module-scoped fixture must not run twice).
+- Per-test parts (agent roots, sshds, proxies, private engines) take free ports and unique names,
+  as they always did: workers never collide on them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,15 +33,65 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests import parts
+from tests import parts, runs
 
 if TYPE_CHECKING:
     from tests.parts_swarm import SwarmLab
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+SWEPT = pytest.StashKey[list[str]]()
 # Set once the session has built the fixture images (so it used the engine, and the base
 # image is there for the end-of-session check).
 ENGINE_USED: list[str] = []
+
+
+def _controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts the workers: they inherit the run
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _controller(session.config):
+        from tests.sweep import sweep
+
+        swept = sweep()
+        if swept:
+            session.config.stash[SWEPT] = swept
+        runs.start_run()
+    else:
+        runs.join_run()
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown, and after the workers
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = runs.current()
+    if _controller(session.config) and run is not None:
+        from tests.sweep import sweep_run
+
+        sweep_run(run)  # the shared daemons, and whatever a test's teardown did not remove
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    swept = config.stash.get(SWEPT, None)
+    return f"swept what dead test runs left: {len(swept)} things ({', '.join(swept[:8])}...)" if swept else None
+
+
+# Slow and independent: started first, so that no worker is left with a long one at the end.
+SLOW_FIRST = ("swarm-lab", "test_bench_smoke.py", "test_nonroot_user.py", "test_progress_over_ssh.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # The lab's tests take its nodes down and up: they share one lab, on one worker.
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("swarm-lab"))
+
+    def rank(item: pytest.Item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        key = (group.args[0] if group and group.args else "") + " " + item.nodeid
+        return next((i for i, slow in enumerate(SLOW_FIRST) if slow in key), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: collection order within each rank
 
 
 def missing(part: str) -> None:
@@ -72,19 +141,22 @@ def docker_client():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[parts.Registry]:
-    import shutil
-
+def registry() -> parts.Registry:
+    """The run's registry, shared by every worker (started once per run, stopped at its end)."""
     if not shutil.which("docker-registry"):
         missing("docker-registry")
-    reg = parts.Registry(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
+
+    def start(workdir: Path) -> dict[str, object]:
+        return {"workdir": str(workdir), "port": parts.Registry(workdir).start().port}
+
+    state = runs.shared("registry", start)
+    return parts.Registry(Path(str(state["workdir"])), port=int(state["port"]))
 
 
 @pytest.fixture(scope="session")
 def images(docker_client, registry: parts.Registry) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    refs = parts.build_fixture_images(docker_client, registry.address)
+    """The fixture releases, built and pushed once per run: tag -> reference."""
+    refs = runs.shared("images", lambda _: parts.build_fixture_images(docker_client, registry.address))
     ENGINE_USED.append(parts.FIXTURE_BASE)
     return refs
 
@@ -100,9 +172,8 @@ def agent_root(tmp_path: Path, images: dict[str, str], registry: parts.Registry)
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[SwarmLab]:
-    """A two-node Docker Swarm (tests/parts_swarm.py), built once per session."""
-    import shutil
-
+    """A two-node Docker Swarm (tests/parts_swarm.py), built once per worker; its tests all
+    run on one worker (pytest_collection_modifyitems)."""
     from tests.parts_swarm import SwarmLab
 
     if os.geteuid() != 0:

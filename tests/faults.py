@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests import parts
+from tests import parts, runs
 from tests.parts import VENV_BIN, AgentRootDir, history, no_traceback
 
 TAG_LINE = re.compile(r"v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?\n")
@@ -262,6 +262,7 @@ class PrivateEngine:
         with open(BRIDGE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             net = free_subnet("a private engine's bridge")
+            runs.record("link", self.bridge)
             ip("link", "add", self.bridge, "type", "bridge")
             self.bridge_net = net  # from here on destroy() removes it
             ip("addr", "add", f"{net[1]}/{net.prefixlen}", "dev", self.bridge)
@@ -273,6 +274,8 @@ class PrivateEngine:
             self.bridge_net = None
 
     def start(self, timeout: float = 60) -> PrivateEngine:
+        runs.record("dir", str(self.base))
+        runs.record("engine", self.host)
         self.make_bridge()
         log = open(self.base / "dockerd.log", "ab")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(
@@ -281,6 +284,7 @@ class PrivateEngine:
              "--iptables=false", "--ip-masq=false"],
             stdout=log, stderr=log, start_new_session=True,
         )
+        runs.record_process(self.proc.pid, "private dockerd")
         deadline = time.monotonic() + timeout
         while self.docker("info", timeout=10).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -330,6 +334,7 @@ class PrivateEngine:
 @contextlib.contextmanager
 def tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
+    runs.record("mount", str(path))
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
                    check=True, capture_output=True)
     try:
@@ -483,13 +488,16 @@ def serving(root: AgentRootDir) -> str | None:
 
 
 def running_tags(root: AgentRootDir) -> list[str]:
+    """The release of each running container of the project, from the `obsdeploy.release`
+    label the agent puts on it (an image reference may be a digest, or another tag of the same
+    image: it does not say which release runs)."""
     docker_host = getattr(root, "docker_host", None)
     base = ["docker"] + (["-H", docker_host] if docker_host else [])
     out = subprocess.run(
         [*base, "ps", "--filter", f"label=com.docker.compose.project={root.project}",
-         "--format", "{{.Image}}"], capture_output=True, text=True,
-    ).stdout.split()
-    return sorted(i.rsplit(":", 1)[-1] for i in out)
+         "--format", '{{.Label "obsdeploy.release"}}'], capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    return sorted(out)
 
 
 def assert_serving_good(root: AgentRootDir, expected: str | None) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import runs
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 IMAGE_DIR = HERE / "fixtures" / "image"
@@ -80,6 +82,7 @@ class Registry:
         )
         log = open(self.workdir / "registry.log", "wb")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=log, stderr=log)
+        runs.record_process(self.proc.pid, "docker-registry")
         wait_port(self.port)
         return self
 
@@ -243,6 +246,7 @@ def history(root: AgentRootDir) -> list[dict[str, Any]]:
 
 def make_agent_root(path: Path, registry: str, project: str, **agent: object) -> AgentRootDir:
     port = free_port()
+    runs.record("project", project)
     path.mkdir(parents=True, exist_ok=True)
     (path / "docker-compose.server.yml").write_text(
         COMPOSE_TEMPLATE.format(registry=registry, repository=REPOSITORY, port=port)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import runs
 from tests.parts import free_port, wait_port
 
 
@@ -50,6 +51,7 @@ class CaddyProcess:
                "XDG_DATA_HOME": str(self.workdir / "data")}
         self.proc = subprocess.Popen([caddy_binary(), "run", "--config", str(cfg)],
                                      stdout=log, stderr=log, env=env)
+        runs.record_process(self.proc.pid, "caddy")
         wait_port(self.admin_port)
         return self
 
@@ -128,6 +130,7 @@ class NginxProcess:
         self.upstream_file.write_text("server 127.0.0.1:9;\n")
         log = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=log)
+        runs.record_process(self.proc.pid, "nginx")
         wait_port(self.listen_port)
         return self
 

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import runs
 from tests.parts import VENV_BIN, free_port, wait_port
 
 SSHD = Path("/usr/sbin/sshd")
@@ -95,6 +96,7 @@ class Sshd:
         self.proc = subprocess.Popen(
             [str(SSHD), "-D", "-f", str(config), "-E", str(self.workdir / "sshd.log")],
         )
+        runs.record_process(self.proc.pid, "sshd")
         wait_port(self.port)
         return self
 

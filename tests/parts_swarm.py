@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests import parts
+from tests import parts, runs
 from tests.faults import BRIDGE_LOCK, free_subnet, ip
 from tests.parts import VENV_BIN, AgentRootDir, no_traceback
 
@@ -98,6 +98,7 @@ class SwarmLab:
 
     # --- bring-up ------------------------------------------------------------------------------
     def start(self) -> SwarmLab:
+        runs.record("dir", str(self.base))
         self._network()
         self._registry()
         for node in self.nodes:
@@ -112,6 +113,7 @@ class SwarmLab:
         with open(BRIDGE_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             net = free_subnet("the swarm lab")
+            runs.record("netns", self.switch)
             ip("netns", "add", self.switch)
             self.namespaces.append(self.switch)
             self.net = net
@@ -121,6 +123,7 @@ class SwarmLab:
             ip("-n", self.switch, *args)
         for i in range(1, self.nodes_wanted + 1):
             ns = f"{self.switch[:-1]}n{i}"
+            runs.record("netns", ns)
             ip("netns", "add", ns)
             self.namespaces.append(ns)
             # Both ends are made on the host under unique names, then moved out of it at once.
@@ -165,6 +168,7 @@ class SwarmLab:
         log = open(work / "registry.log", "wb")  # noqa: SIM115 (lives with the process)
         self.registry_proc = subprocess.Popen(self.in_switch("docker-registry", "serve", str(cfg)),
                                               stdout=log, stderr=log, start_new_session=True)
+        runs.record_process(self.registry_proc.pid, "the swarm lab's registry")
         _wait(lambda: self.http_get(f"http://{self.registry}/v2/")[0] == 200, 15, "the lab's registry")
 
     def _dockerd(self, node: Node) -> None:
@@ -176,6 +180,7 @@ class SwarmLab:
                             "--exec-root", str(node.base / "x"), "--pidfile", str(node.base / "d.pid"),
                             "-H", node.host, "--insecure-registry", self.registry),
             stdout=log, stderr=log, start_new_session=True)
+        runs.record_process(node.proc.pid, f"dockerd of {node.name}")
         deadline = time.monotonic() + 60
         while node.docker("info", timeout=10, check=False).returncode != 0:
             if node.proc.poll() is not None or time.monotonic() > deadline:

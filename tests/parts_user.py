@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import runs
+
 
 @dataclass
 class LinuxUser:
@@ -19,6 +21,7 @@ class LinuxUser:
     @classmethod
     def create(cls, *, groups: tuple[str, ...] = ()) -> LinuxUser:
         name = f"obsu{uuid.uuid4().hex[:8]}"
+        runs.record("user", name)
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash",
                         *(["--groups", ",".join(groups)] if groups else []), name],
                        check=True, capture_output=True, text=True)

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests import runs
 from tests.parts import free_port, wait_port
 
 
@@ -73,6 +74,7 @@ class Prometheus:
              "--log.level=warn"],
             stdout=log, stderr=log,
         )
+        runs.record_process(self.proc.pid, "prometheus")
         wait_port(self.port, 30)
         return self
 
@@ -117,6 +119,7 @@ class NodeExporter:
              f"--collector.textfile.directory={self.textfile_dir}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        runs.record_process(self.proc.pid, "prometheus-node-exporter")
         wait_port(self.port, 20)
         return self
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import parts
+from tests import parts, runs
 from tests.parts import history, no_traceback, status
 from tests.parts_project import (
     build_project_images,
@@ -25,9 +25,10 @@ from tests.parts_project import (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def project_images(docker_client, images, registry: parts.Registry) -> None:  # type: ignore[no-untyped-def]
-    build_project_images(docker_client, registry.address)
+    """Built and pushed once per run, whichever worker gets there first."""
+    runs.shared("project-images", lambda _: build_project_images(docker_client, registry.address) or {})
 
 
 @pytest.fixture

@@ -105,7 +105,7 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
         missing("docker-registry")
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, str(parts.REPO / "bench" / "run.py"), "--quick", "--json-out", str(out),
+        [sys.executable, "-m", "bench.run", "--quick", "--json-out", str(out),
          "--lock-wait", "600"],  # another benchmark on this engine runs first (bounded)
         capture_output=True, text=True, timeout=1200, cwd=parts.REPO,
     )

@@ -23,7 +23,8 @@ from tests.integration.obsdeploy_fixtures import obsdeploy
 from tests.parts_ssh import SSHD, Sshd
 from tests.parts_user import LinuxUser
 
-pytestmark = pytest.mark.integration
+# One user and one `obsdeploy setup` for the module, on one worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("nonroot-user")]
 
 
 @dataclass

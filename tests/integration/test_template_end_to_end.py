@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import parts
+from tests import parts, runs
 from tests.conftest import missing
 from tests.parts import REPO, SECRETS, AgentRootDir, Registry, history, status
 
@@ -32,15 +32,19 @@ def example_images(docker_client, registry: Registry) -> dict[str, str]:  # type
 
     if not shutil.which("debootstrap"):
         missing("debootstrap")
-    parts_debian.ensure_base_image()
     repo = f"{registry.address}/tawbury/observer-e2e"
-    docker_client.images.build(path=str(REPO / "examples" / "observer"), tag=f"{repo}:v1.0.0", rm=True)
-    docker_client.images.get(f"{repo}:v1.0.0").tag(repo, "v1.1.0")
-    for tag in ("v1.0.0", "v1.1.0"):
-        for line in docker_client.api.push(repo, tag=tag, stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(f"push {repo}:{tag}: {line['error']}")
-    return {"repo": repo}
+
+    def build(_: Path) -> dict[str, str]:  # once per run, whichever worker gets there first
+        parts_debian.ensure_base_image()
+        docker_client.images.build(path=str(REPO / "examples" / "observer"), tag=f"{repo}:v1.0.0", rm=True)
+        docker_client.images.get(f"{repo}:v1.0.0").tag(repo, "v1.1.0")
+        for tag in ("v1.0.0", "v1.1.0"):
+            for line in docker_client.api.push(repo, tag=tag, stream=True, decode=True):
+                if "error" in line:
+                    raise RuntimeError(f"push {repo}:{tag}: {line['error']}")
+        return {"repo": repo}
+
+    return runs.shared("example-images", build)  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ from tests import parts
 from tests.parts import AgentRootDir, no_traceback
 
 
-@pytest.fixture(params=["compose", "swarm"])
+# The swarm side gets the lab at run time (getfixturevalue), which the conftest's grouping
+# by fixture name cannot see: its group is named here.
+@pytest.fixture(params=["compose", pytest.param("swarm", marks=pytest.mark.xdist_group("swarm-lab"))])
 def backend_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentRootDir]:
     if request.param == "compose":
         root: AgentRootDir = request.getfixturevalue("agent_root")

@@ -138,7 +138,7 @@ def test_compose_config_model() -> None:
     svc = cfg.services[0]
     assert (svc.name, svc.image, svc.binds, svc.has_healthcheck) == (
         "observer", "r/o:v1", {"/x/data": "/app/data"}, True)
-    assert cfg.images == ["r/o:v1"]
+    assert [s.image for s in cfg.services] == ["r/o:v1"]
 
 
 def _fake_compose(calls: list[tuple[list[str], dict[str, str]]], fails: Callable[[str], bool]):  # type: ignore[no-untyped-def]

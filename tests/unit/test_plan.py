@@ -6,7 +6,7 @@ from typing import Any
 
 from server_agent.compose import ComposeConfig, release_override
 from server_agent.engine import ContainerInfo
-from server_agent.plan import build_plan, contract_services
+from server_agent.plan import RolloutPlan, ServicePlan, build_plan, contract_services
 
 IMG = "reg/app:${IMAGE_TAG:?IMAGE_TAG required}"
 
@@ -39,15 +39,19 @@ SEED = {
 }
 
 
+def service_of(plan: RolloutPlan, name: str) -> ServicePlan:
+    return next(s for s in plan.release_services if s.name == name)
+
+
 def test_roles_steps_and_strategies() -> None:
     plan = build_plan(_config(SEED), "v2", [], contract={"gateway"})
     assert plan.jobs == ("migrate",)
     assert [a.name for a in plan.accessories] == ["kv"]
     assert [(st.order, st.names) for st in plan.steps] == [
         (1, ["gateway"]), (2, ["scanner"]), (None, ["monitor", "worker"])]
-    worker = plan.service("worker")
+    worker = service_of(plan, "worker")
     assert (worker.strategy, worker.replicas) == ("start-first", 2)
-    gateway = plan.service("gateway")
+    gateway = service_of(plan, "gateway")
     assert (gateway.strategy, gateway.container_name, gateway.contract) == (
         "stop-first", "qts-gateway", True)
     assert plan.steps[0].contract == {"gateway"} and plan.steps[2].contract == set()

@@ -132,7 +132,8 @@ def _config(ports: list[dict[str, object]]) -> ComposeConfig:
 def test_the_proxied_service_is_start_first_and_must_not_publish_a_fixed_port() -> None:
     ephemeral = build_plan(_config([{"target": 8000, "host_ip": "127.0.0.1"}]), "v2", [], set(),
                            proxy_service="web")
-    assert ephemeral.problems == () and ephemeral.service("web").strategy == "start-first"
+    [web] = [s for s in ephemeral.release_services if s.name == "web"]
+    assert ephemeral.problems == () and web.strategy == "start-first"
     assert ephemeral.proxied == "web" and ephemeral.as_dict()["proxied"] == "web"
     assert any("web (start-first" in line and "behind the proxy" in line
                for line in ephemeral.describe())
