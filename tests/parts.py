@@ -163,7 +163,7 @@ services:
       - ./config:/app/config
     healthcheck:
       test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
-      interval: 1s
+      interval: 0.5s
       timeout: 1s
       retries: 3
 """

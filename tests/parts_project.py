@@ -26,7 +26,7 @@ services:
     restart: unless-stopped
     healthcheck: &health
       test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/health"]
-      interval: 1s
+      interval: 0.5s
       timeout: 1s
       retries: 3
   migrate:
