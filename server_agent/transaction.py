@@ -100,6 +100,9 @@ class Transaction:
         t = time.monotonic()
         self.backend.ensure_images(report_.plan, release, refresh=attempt.action == "deploy")
         attempt.took("pull", t)
+        # Secrets sent with --secrets-stdin: into .env only now that nothing refused the
+        # attempt (a preflight or pull failure leaves .env as it was).
+        self.root.write_incoming()
         return report_.plan, release
 
     def _run_jobs(self, attempt: Attempt, plan: RolloutPlan, release: Release) -> None:
