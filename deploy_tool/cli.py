@@ -151,14 +151,15 @@ def _agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _remote(action: str, ctx: Ctx, version: str | None, batch: int | None, as_json: bool,
-            **o: Any) -> None:
-    from .remote import AgentCall, SshOptions, parse_hosts, rollout
+            secrets: tuple[str, ...] = (), **o: Any) -> None:
+    from .remote import AgentCall, SshOptions, parse_hosts, read_secrets, rollout
 
     cfg = ctx.config().deploy
     hosts = parse_hosts(list(o["hosts"]) or cfg.hosts, user=o["user"] or cfg.user,
                         port=o["port"] or cfg.port)
     call = AgentCall(agent_command=o["agent_command"] or cfg.agent_command,
-                     agent_root=o["agent_root"] or cfg.agent_root)
+                     agent_root=o["agent_root"] or cfg.agent_root,
+                     secrets=read_secrets(_secret_names(secrets, cfg.secrets)))
     opts = SshOptions(identity=o["identity"] or cfg.identity,
                       known_hosts=o["known_hosts"] or cfg.known_hosts,
                       connect_timeout=cfg.connect_timeout)
@@ -183,6 +184,26 @@ def _batch_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "stops the rollout (env OBSDEPLOY_BATCH; default 1).")(f)
 
 
+def _secret_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--secret", "secrets", multiple=True, metavar="NAME",
+        help="Send the value of NAME, from this process's environment, to every host's .env "
+             "(over the SSH session's standard input, never a command line); repeatable "
+             "(env OBSDEPLOY_SECRETS, comma-separated; [deploy].secrets). A name not set is "
+             "exit 2 before any host is touched.")(f)
+
+
+def _secret_names(given: tuple[str, ...], configured: list[str]) -> list[str]:
+    from server_agent.common.errors import UsageError
+
+    from .config import SECRET_NAME
+
+    for name in given:
+        if not SECRET_NAME.fullmatch(name):
+            raise UsageError(f"--secret {name!r} is not a variable name (letters, digits, _)")
+    return list(given) or configured
+
+
 def _version(value: str | None) -> str | None:
     from server_agent.common.versions import validate_version
 
@@ -192,6 +213,7 @@ def _version(value: str | None) -> str | None:
 @cli.command()
 @click.argument("version")
 @_batch_option
+@_secret_option
 @_agent_options
 @click.pass_obj
 def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -> None:
@@ -205,6 +227,7 @@ def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -
 @cli.command()
 @click.argument("version", required=False)
 @_batch_option
+@_secret_option
 @_agent_options
 @click.pass_obj
 def rollback(ctx: Ctx, version: str | None, batch: int | None, as_json: bool, **o: Any) -> None:

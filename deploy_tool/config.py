@@ -2,7 +2,7 @@
 
 Precedence: command-line option > `OBSDEPLOY_<KEY>` > obsdeploy.toml > built-in default.
 Every key, top-level or of the `[deploy]` table, has one flat env name (`OBSDEPLOY_IMAGE`,
-`OBSDEPLOY_HOSTS`, `OBSDEPLOY_BATCH`...). `OBSDEPLOY_HOSTS` is comma-separated and
+`OBSDEPLOY_HOSTS`, `OBSDEPLOY_BATCH`...). `OBSDEPLOY_HOSTS`, `OBSDEPLOY_SECRETS` are comma-separated and
 `OBSDEPLOY_BUILD_ARGS` is a JSON object. Unknown keys, unknown `OBSDEPLOY_*` variables and
 bad values are refused (exit 2) with the field and where its value came from.
 
@@ -29,6 +29,7 @@ CONFIG_ENV = "OBSDEPLOY_CONFIG"
 # Env vars with our prefix that are not settings: CLI options of their own and the test hook.
 NON_SETTING_ENV = {CONFIG_ENV, "OBSDEPLOY_VERBOSE", "OBSDEPLOY_DIE_AFTER"}
 
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(
     r"(?:[a-z0-9.-]+(?::[0-9]+)?/)?"  # optional registry host[:port]/
@@ -50,6 +51,17 @@ class DeployConfig(BaseModel):
     agent_command: str = "obs-agent"
     batch: int = Field(default=1, ge=1)
     connect_timeout: float = Field(default=15, gt=0)
+    # Names of variables of obsdeploy's own environment whose values go to every host's .env
+    # (over the SSH session's standard input, never a command line).
+    secrets: list[str] = Field(default_factory=list)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not SECRET_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a variable name (letters, digits, _)")
+        return v
 
     @field_validator("agent_command")
     @classmethod
@@ -137,8 +149,9 @@ class _EnvOverrides(BaseSettings):
     agent_command: str | None = None
     batch: int | None = None
     connect_timeout: float | None = None
+    secrets: Annotated[list[str] | None, NoDecode] = None
 
-    @field_validator("hosts", "platforms", mode="before")
+    @field_validator("hosts", "platforms", "secrets", mode="before")
     @classmethod
     def _comma_separated(cls, v: Any) -> Any:
         return _split_hosts(v)

@@ -9,7 +9,9 @@ the hosts in batches and stops after the first batch with a failure.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import shlex
 import threading
@@ -19,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from server_agent.common.errors import NOTHING_CHANGED, ExitCode, SSHError, UsageError
+from server_agent.common.redact import REDACTOR
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
@@ -86,11 +89,40 @@ def parse_hosts(texts: Sequence[str], *, user: str | None, port: int | None) -> 
     return hosts
 
 
+def read_secrets(names: Sequence[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Each NAME's value from obsdeploy's own environment; every name missing or empty is
+    refused at once (exit 2), before any host is touched. The values are masked from here on."""
+    env = os.environ if environ is None else environ
+    missing = [n for n in dict.fromkeys(names) if not env.get(n)]
+    if missing:
+        raise UsageError(f"secret(s) {', '.join(missing)} not set or empty in obsdeploy's "
+                         "environment", hint="export them (in CI: the job's env: from "
+                                             "${{ secrets.NAME }}), or drop them from --secret, "
+                                             "OBSDEPLOY_SECRETS or [deploy].secrets")
+    unfit = [n for n in names if "${" in env[n] or any(c in env[n] for c in "\r\n\0")]
+    if unfit:
+        # A .env entry is one line, and `${` in it is expanded by whoever reads it.
+        raise UsageError(f"secret(s) {', '.join(unfit)} hold '${{', a line break or NUL, which "
+                         "a host's .env cannot keep as given",
+                         hint="rotate the secret to a value without them")
+    values = {n: env[n] for n in dict.fromkeys(names)}
+    REDACTOR.add(values.values())
+    return values
+
+
 class AgentCall(BaseModel):
-    """How to invoke the agent on a server; builds command lines, runs nothing."""
+    """How to invoke the agent on a server; builds command lines and its standard input,
+    runs nothing. `secrets` go only to the standard input (`--secrets-stdin`)."""
 
     agent_command: str = "obs-agent"
     agent_root: str | None = None
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+
+    def stdin(self) -> str | None:
+        """NAME=VALUE lines for `--secrets-stdin`, or None when there is nothing to send."""
+        if not self.secrets:
+            return None
+        return "".join(f"{k}={v}\n" for k, v in self.secrets.items())
 
     def argv(self, *args: str) -> list[str]:
         try:
@@ -128,7 +160,8 @@ class _PrefixWriter:
         *lines, self.buf = self.buf.split("\n")
         if lines:
             with self.lock:
-                self.target.write("".join(f"{self.label} | {line}\n" for line in lines))
+                # The agent masks its own output; masked here too, in case it is an old one.
+                self.target.write("".join(f"{self.label} | {REDACTOR(line)}\n" for line in lines))
                 self.target.flush()
 
     def flush(self) -> None:
@@ -209,13 +242,16 @@ class SshSession:
 
 
     def run(self, command: str, *, out: IO[str] | None = None,
-            err: IO[str] | None = None) -> tuple[int, str]:
+            err: IO[str] | None = None, stdin: str | None = None) -> tuple[int, str]:
         """Run `command`; returns (exit code, stdout). Given `err`, its stderr is streamed
-        there line by line, prefixed with the host; given `out` too, its stdout as well."""
+        there line by line, prefixed with the host; given `out` too, its stdout as well.
+        `stdin` is written to the command's standard input, which is then closed (never
+        echoed: it carries secrets)."""
         import paramiko
 
         streams: list[_PrefixWriter] = []
-        kwargs: dict[str, Any] = {"warn": True, "in_stream": False, "pty": False, "hide": True}
+        kwargs: dict[str, Any] = {"warn": True, "pty": False, "hide": True, "echo_stdin": False,
+                                  "in_stream": io.StringIO(stdin) if stdin is not None else False}
         if err is not None:
             e = _PrefixWriter(self.host.label, err)
             streams.append(e)
@@ -284,8 +320,10 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
                 return HostResult(host=host.label, result=result_name(code),
                                   exit_code=code, status=_json_object(stdout) if code == 0 else None,
                                   seconds=round(time.monotonic() - started, 2))
-            args = [action, "--json", *([version] if version else [])]
-            code, stdout = session.run(call.command(*args), err=err)
+            stdin = call.stdin()
+            args = [action, "--json", *(["--secrets-stdin"] if stdin else []),
+                    *([version] if version else [])]
+            code, stdout = session.run(call.command(*args), err=err, stdin=stdin)
             outcome = _json_object(stdout)
             message = None
             if outcome is not None:

@@ -26,6 +26,8 @@ command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 command -v curl >/dev/null || need_pkgs+=(curl)
+# agent.secret_sources of kind age: the tests decrypt with Debian's age (and age-keygen).
+command -v age >/dev/null || need_pkgs+=(age)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 # The system python3 too: SSH sessions of a test deploy user (and obsdeploy setup) use it.
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \

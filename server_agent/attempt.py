@@ -26,6 +26,7 @@ class Attempt:
     failure: dict[str, Any] | None = None
     watch: dict[str, Any] | None = None
     rollback_gate: dict[str, Any] | None = None
+    sent_secrets: bool = False  # secrets came with --secrets-stdin (written into .env)
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step of the work
     t0: float = field(default_factory=time.monotonic)
 

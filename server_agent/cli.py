@@ -26,6 +26,7 @@ class Ctx:
     def __init__(self, root: str, verbose: bool) -> None:
         self.root_path = root
         self.verbose = verbose
+        self.incoming: dict[str, str] = {}  # --secrets-stdin
 
     def load_root(self, *, preflight: bool = False, validate: bool = True) -> AgentRoot:
         """Load the agent root and, unless `validate` is False, its settings. For
@@ -37,7 +38,7 @@ class Ctx:
         from .root import AgentRoot
 
         try:
-            root = AgentRoot(self.root_path)
+            root = AgentRoot(self.root_path, incoming=self.incoming)
             if preflight:
                 _check_access(root)
             if validate:
@@ -104,6 +105,19 @@ def cli(ctx: click.Context, root: str, verbose: bool) -> None:
     ctx.obj = Ctx(root, verbose)
 
 
+SECRETS_STDIN_HELP = ("Read NAME=VALUE lines from standard input (until it closes) and write "
+                      "them into .env once preflight passed; their values are secrets "
+                      "(obsdeploy --secret sends them this way).")
+
+
+def _read_secrets(ctx: Ctx, secrets_stdin: bool) -> None:
+    from .secrets import check_dotenv_safe, parse_secret_lines
+
+    if secrets_stdin:
+        ctx.incoming = parse_secret_lines(sys.stdin.read(), where="--secrets-stdin")
+        check_dotenv_safe(ctx.incoming, where="--secrets-stdin")
+
+
 JSON_OUTCOME_HELP = ("Print the outcome as JSON on stdout: action, tag, from_tag, result, exit_code, "
                      "current_tag, duration_s, backup, message (the log stays on stderr).")
 
@@ -111,11 +125,13 @@ JSON_OUTCOME_HELP = ("Print the outcome as JSON on stdout: action, tag, from_tag
 @cli.command()
 @click.argument("tag")
 @click.option("--json", "as_json", is_flag=True, help=JSON_OUTCOME_HELP)
+@click.option("--secrets-stdin", is_flag=True, help=SECRETS_STDIN_HELP)
 @click.pass_obj
-def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
+def deploy(ctx: Ctx, tag: str, as_json: bool, secrets_stdin: bool) -> None:
     """Pull TAG, back up, start it, gate it; roll back by itself when it fails."""
     valid = _tag(tag)
     assert valid is not None
+    _read_secrets(ctx, secrets_stdin)
     transaction = _transaction(ctx)
     _finish(transaction.deploy(valid), transaction, as_json)
 
@@ -123,9 +139,11 @@ def deploy(ctx: Ctx, tag: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("tag", required=False)
 @click.option("--json", "as_json", is_flag=True, help=JSON_OUTCOME_HELP)
+@click.option("--secrets-stdin", is_flag=True, help=SECRETS_STDIN_HELP)
 @click.pass_obj
-def rollback(ctx: Ctx, tag: str | None, as_json: bool) -> None:
+def rollback(ctx: Ctx, tag: str | None, as_json: bool, secrets_stdin: bool) -> None:
     """Go back to TAG, or to the good release before the current one; gated like a deploy."""
+    _read_secrets(ctx, secrets_stdin)
     transaction = _transaction(ctx)
     _finish(transaction.rollback(_tag(tag)), transaction, as_json)
 

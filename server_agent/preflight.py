@@ -36,6 +36,8 @@ def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
     report = PreflightReport()
     report.problems += access_problems(root.path)
     env = root.compose_env(tag)
+    for problem in root.sourced.problems:
+        report.add("secret_source", problem)
     _check_env(root, env, report)
     _check_env_file(root, report)
     docker_ok = _check_docker(engine, report)
@@ -120,7 +122,9 @@ def _check_env(root: AgentRoot, env: dict[str, str], report: PreflightReport) ->
     for name in s.secret_env:
         if not env.get(name):
             report.add("env.secret_missing",
-                       f"secret variable {name} is not set (put it in {root.env_file}, mode 0600)")
+                       f"secret variable {name} is not set (put it in {root.env_file}, mode 0600, "
+                       "send it with `obsdeploy deploy --secret`, or name a store in "
+                       "agent.secret_sources)")
     for alias, standard in s.env_aliases.items():
         if alias in env:
             report.add("env.alias",

@@ -178,6 +178,10 @@ def _sections(agent: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     defs = agent.get("$defs", {})
     out: list[tuple[str, str, dict[str, Any]]] = [("agent", "", agent)]
     for key, prop in agent["properties"].items():
+        for item in prop.get("items", {}).get("oneOf", []):  # a list of kinds, e.g. secret_sources
+            kind_schema = defs[_def_name(item["$ref"])]
+            kind = kind_schema["properties"]["kind"]["const"]
+            out.append((f"agent.{key}[] kind {kind}", f"{key}[].", kind_schema))
         refs = [x["$ref"] for x in [prop, *prop.get("anyOf", [])] if "$ref" in x]
         for ref in refs:
             model = defs[_def_name(ref)]

@@ -18,6 +18,7 @@ from .common.redact import REDACTOR, url_secrets
 from .names import CONFIG_NAME, ENV_PREFIX
 
 if TYPE_CHECKING:
+    from .secrets import SourcedEnv
     from .settings import AgentSettings
 
 KEPT_COMPOSE = "compose.yml"  # a kept release's compose file, under state/releases/TAG/
@@ -29,11 +30,16 @@ class AgentRoot:
     `kept`: the directory where a good release's compose file and deployment_config.json
     were kept (`keep_release`); such a root judges and re-creates that release as it passed,
     with today's .env and secrets ("a release is its image and its configuration"): see
-    `as_released`, the only maker of such a root. Nothing of a root changes once it is made."""
+    `as_released`, the only maker of such a root. Nothing of a root changes once it is made.
+
+    `incoming`: secrets sent with `--secrets-stdin`, seen as .env entries from the start (so
+    preflight checks them) and written into .env by `write_incoming` once preflight passed."""
 
     def __init__(self, path: str | os.PathLike[str], kept: Path | None = None, *,
                  today_env: dict[str, str] | None = None,
-                 host_agent: dict[str, Any] | None = None) -> None:
+                 host_agent: dict[str, Any] | None = None,
+                 incoming: dict[str, str] | None = None,
+                 today: AgentRoot | None = None) -> None:
         self.path = Path(path).absolute()
         if not self.path.is_dir():
             raise UsageError(f"agent root {self.path} does not exist",
@@ -41,14 +47,17 @@ class AgentRoot:
         self.kept = kept
         raw = self._read_config()
         if host_agent is not None:
-            # The proxy is the host's, not the release's: today's drives and shapes every gate.
-            agent = {k: v for k, v in raw.get("agent", {}).items() if k != "proxy"}
-            if "proxy" in host_agent:
-                agent["proxy"] = host_agent["proxy"]
+            # The proxy and the secret stores are the host's, not the release's: today's drive
+            # and shape every gate.
+            host_keys = ("proxy", "secret_sources")
+            agent = {k: v for k, v in raw.get("agent", {}).items() if k not in host_keys}
+            agent.update({k: host_agent[k] for k in host_keys if k in host_agent})
             raw = {**raw, "agent": agent}
         self.raw_config = raw
         # A kept root: today's JSON "environment" fills in the secrets its copy lacks.
         self.today_env = dict(today_env or {})
+        self.incoming = dict(incoming or {})
+        self._today = today  # a kept root reads the secret sources through today's root
         # The same raw value the settings validate; `status` needs no more than this.
         self.project = str(self.raw_setting("project_name") or _default_project(self.path))
 
@@ -93,7 +102,8 @@ class AgentRoot:
         if kept is None or not (kept / KEPT_COMPOSE).is_file():
             return self
         return AgentRoot(self.path, kept=kept, today_env=self.json_env(),
-                         host_agent=self.raw_config.get("agent", {}))
+                         host_agent=self.raw_config.get("agent", {}), incoming=self.incoming,
+                         today=self)
 
     def keep_release(self, tag: str, keep: list[str]) -> None:
         """Keep the compose file and deployment_config.json `tag` passed with, never .env nor
@@ -159,23 +169,53 @@ class AgentRoot:
     # --- environment -----------------------------------------------------------------------
     @cached_property
     def dotenv(self) -> dict[str, str]:
+        """.env as it is once this attempt's incoming secrets are written into it."""
         from dotenv import dotenv_values
 
         if not self.env_file.exists():
-            return {}
-        return {k: v or "" for k, v in dotenv_values(self.env_file).items()}
+            return dict(self.incoming)
+        return {**{k: v or "" for k, v in dotenv_values(self.env_file).items()}, **self.incoming}
+
+    def write_incoming(self) -> None:
+        """Write the incoming secrets into .env (mode 0600, replaced atomically; every other
+        line kept where it was). Only once preflight passed: a refused attempt leaves .env
+        byte for byte as it was."""
+        from .secrets import updated_dotenv
+        from .state import atomic_write
+
+        if not self.incoming:
+            return
+        current = self.env_file.read_text(encoding="utf-8") if self.env_file.exists() else ""
+        text = updated_dotenv(current, self.incoming)
+        if text != current:
+            atomic_write(self.env_file, text, mode=0o600)
+
+    @cached_property
+    def sourced(self) -> SourcedEnv:
+        """The values of agent.secret_sources (each read once per attempt), and why a source
+        gave none."""
+        from .secrets import read_sources
+
+        if self._today is not None:
+            return self._today.sourced
+        return read_sources(self.settings.secret_sources, self.path, dict(os.environ))
 
     def json_env(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.raw_config.get("environment", {}).items()}
 
     def merged_env(self) -> dict[str, str]:
-        """JSON "environment" < .env < the agent's own environment (later wins, SPEC §4). A
-        kept release's JSON lacks the secrets: today's JSON fills them in."""
-        return {**self.today_env, **self.json_env(), **self.dotenv, **os.environ}
+        """JSON "environment" < agent.secret_sources < .env < the agent's own environment
+        (later wins). A kept release's JSON lacks the secrets: today's JSON fills them in."""
+        return self._merged(self.sourced.values)
+
+    def _merged(self, sourced: dict[str, str]) -> dict[str, str]:
+        return {**self.today_env, **self.json_env(), **sourced, **self.dotenv, **os.environ}
 
     def secret_values(self, secret_env: list[str]) -> list[str]:
-        """The values of `secret_env` and of every .env entry: never to be shown."""
-        env = self.merged_env()
+        """The values of `secret_env` and of every .env entry (incoming ones included): never
+        to be shown. Without the sources (they need the settings this is called while
+        loading); every value a source gives is masked as it is read."""
+        env = self._merged({})
         values = [env[k] for k in secret_env if env.get(k)]
         values += [v for v in self.dotenv.values() if v]
         return values

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .common.errors import UsageError
 from .names import CONFIG_NAME, ENV_PREFIX, NON_SETTING_ENV
+from .secrets import SecretSource
 
 
 def _relative_path(value: str) -> str:
@@ -299,6 +300,15 @@ class AgentSettings(BaseSettings):
         default_factory=lambda: ["KIS_API_KEY", "KIS_API_SECRET"],
         description="Variables required too, whose values are never shown: `***` in output, "
                     "logs, history and messages. Best kept in .env.")
+    secret_sources: list[SecretSource] = Field(
+        default_factory=list,
+        description="More places values may come from, read in order after the JSON's "
+                    "\"environment\" and before .env: `{\"kind\": \"age\", \"file\": \".env.age\", "
+                    "\"identity\": \"/etc/obsdeploy/age.key\"}` (an age-encrypted file of KEY=VALUE "
+                    "lines, decrypted with the `age` program) or `{\"kind\": \"command\", \"argv\": "
+                    "[\"op\", \"inject\", \"-i\", \"secrets.tpl\"]}` (a command that prints KEY=VALUE "
+                    "lines). Every value they give is a secret; a source that fails is a preflight "
+                    "problem naming it.")
     env_aliases: dict[str, str] = Field(
         default_factory=lambda: {"OBSERVER_STANDALONE": "QTS_OBSERVER_STANDALONE"},
         description="Non-standard name → standard name: a variable set under the non-standard "

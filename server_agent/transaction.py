@@ -100,6 +100,10 @@ class Transaction:
         t = time.monotonic()
         self.backend.ensure_images(report_.plan, release, refresh=attempt.action == "deploy")
         attempt.took("pull", t)
+        # Secrets sent with --secrets-stdin: into .env only now that nothing refused the
+        # attempt (a preflight or pull failure leaves .env as it was).
+        self.root.write_incoming()
+        attempt.sent_secrets = bool(self.root.incoming)
         return report_.plan, release
 
     def _run_jobs(self, attempt: Attempt, plan: RolloutPlan, release: Release) -> None:
@@ -129,7 +133,10 @@ class Transaction:
 
         for n, step in enumerate(plan.steps, 1):
             try:
-                sw = self.backend.switch(step, release, reuse=attempt.action == "rollback",
+                # A rollback reuses the release's stopped containers, unless secrets came
+                # with it: those containers hold the values they were created with.
+                sw = self.backend.switch(step, release, reuse=attempt.action == "rollback"
+                                         and not attempt.sent_secrets,
                                          capture=capture if step is capture_at else None)
             except Exception as exc:
                 if not switched or engine_down(exc):

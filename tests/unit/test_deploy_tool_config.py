@@ -142,3 +142,15 @@ def test_the_deploy_lock_pins_every_dependency_of_pyproject_with_hashes() -> Non
     pinned = re.findall(r"^([a-z0-9][a-z0-9._-]*)==\S+ \\\n(\s+--hash=sha256:[0-9a-f]{64})?", lock, re.M)
     assert wanted <= {name for name, _ in pinned}, f"not locked: {sorted(wanted - {n for n, _ in pinned})}"
     assert all(first_hash for _, first_hash in pinned), [n for n, h in pinned if not h]
+
+
+def test_secret_names_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, '[deploy]\nsecrets = ["KIS_API_KEY", "KIS_API_SECRET"]\n')
+    assert load_config().deploy.secrets == ["KIS_API_KEY", "KIS_API_SECRET"]
+    monkeypatch.setenv("OBSDEPLOY_SECRETS", "TELEGRAM_TOKEN, KIS_API_KEY,")
+    assert load_config().deploy.secrets == ["TELEGRAM_TOKEN", "KIS_API_KEY"]
+    monkeypatch.setenv("OBSDEPLOY_SECRETS", "NOT-A-NAME")
+    with pytest.raises(UsageError, match="env OBSDEPLOY_SECRETS.*not a variable name"):
+        load_config()
