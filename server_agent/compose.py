@@ -76,6 +76,7 @@ class ServiceSpec:
     container_ports: list[str]  # every port the service publishes, as "target/protocol"
     depends_on: list[str]
     user: str | None = None  # compose's `user:`, e.g. "1000:1000"
+    exposed: list[str] = field(default_factory=list)  # `expose:` ports, as "8000/tcp"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def _service_spec(name: str, svc: dict[str, Any], template: str) -> ServiceSpec:
         container_ports=[f"{p.get('target')}/{p.get('protocol') or 'tcp'}" for p in ports],
         depends_on=sorted((svc.get("depends_on") or {}).keys()),
         user=str(svc["user"]) if svc.get("user") not in (None, "") else None,
+        exposed=[p if "/" in str(p) else f"{p}/tcp" for p in (svc.get("expose") or [])],
     )
 
 

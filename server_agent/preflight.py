@@ -52,6 +52,7 @@ def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
                                     "running container; deploys leave it as it is (recreate it with "
                                     f"docker compose up -d {a.name} when you mean to)")
         _check_mounts(root, report.config, report.plan, report)
+        _check_health_url(root, report.config, report.plan, report)
         _check_aliases_in_compose(root, report.config, report)
         if docker_ok:
             _note_start_interval(engine, report.config, report)
@@ -108,6 +109,27 @@ def rollout_plan(root: AgentRoot, engine: Engine | None, cfg: ComposeConfig, tag
     proxy = root.settings.proxy
     return build_plan(cfg, tag, containers, contract_of(root, cfg), hashes,
                       proxy_service=proxy.service if proxy else None)
+
+
+def _check_health_url(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
+                      report: PreflightReport) -> None:
+    """health_url is asked of a release service at its published port or its container
+    address (backends/compose.py health_urls): one of them must publish or listen on its
+    port, else every gate would wait on an answer that never comes."""
+    from .gate.probe import url_port
+
+    url = root.settings.health_url
+    if url is None or plan.proxied is not None:  # the proxied service is asked at its own address
+        return
+    port = url_port(url)
+    for s in (cfg.service(r.name) for r in plan.release_services):
+        if any(p.rpartition(":")[2] == str(port) for p in s.published_ports) or (
+                f"{port}/tcp" in s.container_ports + s.exposed):
+            return
+    report.add("health_url.unanswered",
+               f"agent.health_url {url} names port {port}, which no release service of "
+               f"{root.settings.compose_file} publishes or listens on (ports:, expose:): set "
+               "agent.health_url to the release service's published port, or null for none")
 
 
 def _check_env(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:

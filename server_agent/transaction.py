@@ -147,8 +147,7 @@ class Transaction:
             if sw.start_error:
                 verdict = Verdict(False, sw.start_error, 0.0)
             else:
-                verdict = run_gate(self.backend.observe(sw), criteria.for_step(
-                    contract=sw.contract, proxied=self.backend.proxied(sw)))
+                verdict = run_gate(self.backend.observe(sw), criteria.for_step(contract=sw.contract))
             attempt.add("gate", verdict.seconds)
             if verdict.healthy:
                 verdict = self._cut_over(sw, verdict)
@@ -247,7 +246,7 @@ class Transaction:
         if again.healthy and restored is not None:
             judge = self.root.as_released(back_tag or previous)
             again = run_gate(self.backend.observe(restored), GateCriteria.of(judge.settings, judge.path)
-                             .for_step(contract=restored.contract, proxied=self.backend.proxied(restored)))
+                             .for_step(contract=restored.contract))
         attempt.rollback_gate = {"healthy": again.healthy, "reason": again.reason}
         attempt.took("restore", t_fail)
         if again.healthy:

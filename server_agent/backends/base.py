@@ -95,10 +95,6 @@ class Backend(Protocol[S]):
     def switch(self, step: Step, release: Release, *, reuse: bool,
                capture: Capture | None) -> S: ...
 
-    def proxied(self, sw: S) -> bool:
-        """The step switches the service behind the proxy."""
-        ...
-
     def observe(self, sw: S) -> Observer:
         """The gate's view of the units `sw` started."""
         ...

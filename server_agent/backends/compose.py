@@ -32,7 +32,7 @@ from ..engine import (
 )
 from ..gate.criteria import GateCriteria
 from ..gate.loop import Look, Observer, Unit, Verdict, run_gate
-from ..gate.probe import probe
+from ..gate.probe import probe, url_port
 from ..plan import PreflightReport, RolloutPlan, Step
 from .base import Capture, PreSwitchFailure, Release, WalkedBack
 from .rollout import Rollout, Switch
@@ -154,9 +154,6 @@ class ComposeBackend:
         return self.rollout.switch(step, release.tag, release.root, release.config, reuse=reuse,
                                    hold=self._hold_restarts, capture=capture)
 
-    def proxied(self, sw: Switch) -> bool:
-        return self.rollout.proxied(sw.step)
-
     def observe(self, sw: Switch) -> Observer:
         return self._observer(sw.new, sw.started_ns, sw.tag, contract=sw.step.contract)
 
@@ -228,9 +225,7 @@ class ComposeBackend:
             tags = {c.tag for c in containers}
             tag = tags.pop() if len(tags) == 1 else None
             judge = self.root.as_released(tag or previous)
-            proxy = self.root.settings.proxy
-            proxied = proxy is not None and any(c.service == proxy.service for c in containers)
-            criteria = GateCriteria.of(judge.settings, judge.path).for_step(contract=False, proxied=proxied)
+            criteria = GateCriteria.of(judge.settings, judge.path).for_step(contract=False)
             observer = self._observer(containers, started_ns, tag, contract=())
             return run_gate(observer, criteria.without_stabilize()).healthy
         return ready
@@ -359,18 +354,25 @@ class ContainerObserver:
                     units=tuple(Unit(c.name, c.id in self.contract_ids, frozenset(c.env_names)) for c in infos))
 
     def health_urls(self, url: str) -> list[str]:
-        """health_url; for the proxied service, asked of each of its containers at its own
-        address (its ephemeral host port or its network address), never through the proxy,
-        which still serves the old release."""
-        if self.proxy is None:
-            return [url]
+        """Where health_url is asked of these containers: as written when one of them
+        publishes its port; at each container's own address when they listen on that port
+        without publishing it (the proxied service, never through the proxy, which still
+        serves the old release; a service behind the project's own nginx); else as written
+        (another service publishes it, e.g. a later step's)."""
         from ..proxy import rewrite_url
 
-        proxied = [c for c in self.infos if c.service == self.proxy.service]
-        if not proxied:
+        if self.proxy is not None:
+            proxied = [c for c in self.infos if c.service == self.proxy.service]
+            if proxied:
+                addresses = [c.address(self.proxy.port) for c in proxied]
+                return [rewrite_url(url, a) for a in addresses if a is not None]
+        port = url_port(url)
+        if any(c.publishes(port) for c in self.infos):
             return [url]
-        addresses = [c.address(self.proxy.port) for c in proxied]
-        return [rewrite_url(url, a) for a in addresses if a is not None]
+        listening = [c for c in self.infos if f"{port}/tcp" in c.exposed]
+        if listening:
+            return [rewrite_url(url, a) for c in listening if (a := c.address(port)) is not None]
+        return [url]
 
     def logs_contain(self, pattern: re.Pattern[str]) -> bool:
         return all(self.engine.logs_contain(cid, pattern) for cid in self.contract_ids)

@@ -271,9 +271,6 @@ class SwarmBackend:
         return SwarmSwitch(step, release.tag, round(time.monotonic() - t, 3), None, snapshot,
                            started_ns, before=before, seen=seen)
 
-    def proxied(self, sw: SwarmSwitch) -> bool:
-        return False  # preflight refuses agent.proxy on a swarm
-
     def observe(self, sw: SwarmSwitch) -> Observer:
         return TaskObserver(self.swarm, sw.replicas, sw.tag, sw.seen, contract=sw.step.contract,
                             since=sw.started_ns / 1e9)

@@ -89,9 +89,6 @@ class FakeBackend:
             self.running[s] = release.tag
         return sw
 
-    def proxied(self, sw: Switched) -> bool:
-        return False
-
     def observe(self, sw: Switched) -> Observer:
         bad = self.broken.get(sw.tag or "")
         if bad is not None and bad in sw.step.names:
