@@ -261,7 +261,7 @@ def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
 def verify(ctx: Ctx, as_json: bool) -> None:
     """The watch checks (agent.watch.checks) once against the running release, e.g. from
     cron: exit 0, or 22 with what failed. Changes nothing."""
-    from .backends.compose import WatchedContainers
+    from .backends.compose import WatchedContainers, accessories_down
     from .engine import Engine, running_tag
     from .watch import Watch
 
@@ -271,6 +271,12 @@ def verify(ctx: Ctx, as_json: bool) -> None:
     tag = running_tag(release)
     running = [c for c in release if c.tag == tag and c.running] if tag else []
     result = Watch(root.settings.watch).verify(tag or "", running, WatchedContainers(engine, running))
+    down = accessories_down(root, engine.project_containers(root.project))
+    if down and result.ok:
+        from dataclasses import replace
+
+        result = replace(result, ok=False, reason="accessory " + ", ".join(
+            f"{a['name']} is {a['state']}" for a in down))
     if as_json:
         print_json({"ok": result.ok, "tag": tag, "reason": result.reason,
                     "checks": [m.as_dict() for m in result.last]})
@@ -291,6 +297,7 @@ def verify(ctx: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
     """Deploy and rollback attempts, newest first."""
+    from .attempt import log_tail_lines
     from .views import history as read_history
 
     records = read_history(ctx.load_root(validate=False), limit)
@@ -304,6 +311,8 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
         click.echo(f"{r['started_at'] or '-':<25} {r['action'] or '-':<8} {r['from_tag'] or '-':>10} -> "
                    f"{r['tag'] or '-':<10} {r['result'] or '-':<12} {took}"
                    + (f"  ({reason})" if reason else ""))
+        for line in log_tail_lines(failure):
+            click.echo(f"{'':<25} {line}")
         watch = r.get("watch")
         if isinstance(watch, dict) and watch.get("result") == "failed":
             # Why the watch rolled it back: each measurement that did not pass.

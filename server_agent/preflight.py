@@ -128,7 +128,7 @@ def _check_health_url(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
             return
     report.add("health_url.unanswered",
                f"agent.health_url {url} names port {port}, which no release service of "
-               f"{root.settings.compose_file} publishes or listens on (ports:, expose:): set "
+               f"{root.compose_file.name} publishes or listens on (ports:, expose:): set "
                "agent.health_url to the release service's published port, or null for none")
 
 
@@ -154,7 +154,7 @@ def _check_aliases_in_compose(root: AgentRoot, cfg: ComposeConfig, report: Prefl
         for alias, standard in root.settings.env_aliases.items():
             if alias in svc.environment:
                 report.add("env.alias",
-                           f"service {svc.name} sets {alias} in {root.settings.compose_file}: "
+                           f"service {svc.name} sets {alias} in {root.compose_file.name}: "
                            f"rename it to {standard}")
 
 
@@ -295,7 +295,7 @@ def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
     mounting = [cfg.service(s.name) for s in plan.release_services if s.contract]
     if not mounting and root.settings.mounts:
         report.add("mounts.none",
-                   f"no release service in {root.settings.compose_file} mounts the path contract "
+                   f"no release service in {root.compose_file.name} mounts the path contract "
                    + ", ".join(f"{h}:{c}" for h, c in root.settings.mounts.items())
                    + " (or name the services that carry it in agent.contract_services)")
     for svc in mounting:

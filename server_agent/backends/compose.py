@@ -23,6 +23,7 @@ from ..common.runner import run
 from ..compose import ComposeProject
 from ..engine import (
     PROJECT_LABEL,
+    ROLE_LABEL,
     ContainerInfo,
     Engine,
     EngineUnreachable,
@@ -93,22 +94,25 @@ class ComposeBackend:
         return [i for i in images if not self.engine.has_image(i)]
 
     # --- before the switch: accessories and jobs -------------------------------------------
-    def start_accessories(self, plan: RolloutPlan, release: Release,
+    def start_accessories(self, names: list[str], release: Release,
                           gate: Callable[[Observer], Verdict]) -> None:
-        """Start the accessories that are missing or stopped (never one that runs), and wait
-        for those with a healthcheck to be healthy."""
-        names = [a.name for a in plan.accessories if a.action == "start"]
+        """Start accessories that are missing or stopped (never one that runs) and gate them:
+        running, and healthy where they have a healthcheck, for stabilize_seconds. What
+        they depend on runs already (accessories started before them, release services
+        switched by the steps before), so `--no-deps` skips nothing they need."""
         if not names:
             return
         log.info("starting accessories: %s", ", ".join(names))
         started_ns = time.time_ns()
         root = release.root
         ComposeProject(root.path, root.compose_file, root.project).up(names, root.compose_env(release.tag))
-        running = [c for c in self.rollout.containers(names) if c.running]
-        verdict = gate(self._observer(running, started_ns, None, contract=()))
+        # The newest container of each, running or not: one that exited at once fails here.
+        started = list(newest_per_service(self.rollout.containers(names)).values())
+        verdict = gate(self._observer(started, started_ns, None, contract=()))
         if not verdict.healthy:
+            tails = {c.name: REDACTOR(self.engine.logs_tail(c.id, LOG_TAIL_LINES)) for c in started}
             raise PreSwitchFailure(f"accessory {', '.join(names)} did not start: {verdict.reason}",
-                                   {"accessories": names})
+                                   {"accessories": names, "log_tail": tails})
         if self.rollout.proxy is not None:  # the proxy may be one of them
             problem = self._proxy_problem()
             if problem is not None:
@@ -444,7 +448,11 @@ def compose_status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     running = [c for c in containers if c.running]
     # Every running container (replicas, accessories); with none running, the newest of each.
     shown = running or list(newest_per_service(containers).values())
-    healthy = bool(running) and all(
+    services = [{"name": c.service, "container": c.name, "image": c.image, "state": c.state,
+                 "health": c.health, "role": c.role, "tag": c.tag} for c in shown]
+    down = accessories_down(root, containers) if running else []
+    services += [a for a in down if a["container"] not in {c.name for c in shown}]
+    healthy = bool(running) and not down and all(
         c.state == "running" and c.health in (None, "healthy") for c in running
     )
     # Unvalidated settings (see Ctx.load_root): a broken URL only makes the probe fail.
@@ -455,13 +463,32 @@ def compose_status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     return {
         "current_tag": running_tag(containers),
         "healthy": healthy,
-        "services": [
-            {"name": c.service, "container": c.name, "image": c.image, "state": c.state,
-             "health": c.health, "role": c.role, "tag": c.tag}
-            for c in shown
-        ],
+        "services": services,
         "proxy": proxy_view(root, running),
     }
+
+
+def accessories_down(root: AgentRoot, containers: list[ContainerInfo]) -> list[dict[str, Any]]:
+    """The accessories of the compose file that do not run: their newest container (exited,
+    created...), or `missing` when they have none. Jobs and release services are not."""
+    from ..plan import ROLES
+
+    out = []
+    newest = newest_per_service(containers)
+    for name, svc in root.compose_services().items():
+        labels = svc.get("labels") or {}
+        role = (labels.get(ROLE_LABEL) if isinstance(labels, dict) else None) or (
+            "release" if "IMAGE_TAG" in str(svc.get("image", "")) else "accessory")
+        if role not in ROLES or role != "accessory":
+            continue
+        c = newest.get(name)
+        if c is None:
+            out.append({"name": name, "container": None, "image": str(svc.get("image", "")),
+                        "state": "missing", "health": None, "role": "accessory", "tag": None})
+        elif not c.running:
+            out.append({"name": name, "container": c.name, "image": c.image, "state": c.state,
+                        "health": c.health, "role": "accessory", "tag": None})
+    return out
 
 
 def proxy_view(root: AgentRoot, running: list[ContainerInfo]) -> dict[str, Any] | None:

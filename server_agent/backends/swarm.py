@@ -208,9 +208,8 @@ class SwarmBackend:
                                  hint="push the release first (obsdeploy release), and log the "
                                       "manager in to the registry (docker login)")
 
-    def start_accessories(self, plan: RolloutPlan, release: Release,
+    def start_accessories(self, names: list[str], release: Release,
                           gate: Callable[[Observer], Verdict]) -> None:
-        names = [a.name for a in plan.accessories if a.action == "start"]
         if not names:
             return
         log.info("deploying accessories: %s", ", ".join(names))

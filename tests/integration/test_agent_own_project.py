@@ -171,7 +171,7 @@ FRONT = """\
       - sh
       - -c
       - >-
-        wget -q -T 3 -O /dev/null http://web:8000/cgi-bin/health
+        nslookup web >/dev/null 2>&1
         || {{ echo 'host not found in upstream web' >&2; exit 1; }};
         exec httpd -f -p 80
 """
