@@ -301,9 +301,10 @@ def definition_changes(spec: ServiceSpec, running: list[ContainerInfo]) -> list[
     if added:
         out.append("environment adds " + ", ".join(added))
     binds = {(h, t) for h, t in spec.binds.items()}
-    if binds != set(c.binds):
-        gone = sorted(f"{h}:{t}" for h, t in set(c.binds) - binds)
-        new = sorted(f"{h}:{t}" for h, t in binds - set(c.binds))
+    mounted = {(h, t) for h, t in c.binds if t not in spec.file_targets}  # secrets, configs: not mounts
+    if binds != mounted:
+        gone = sorted(f"{h}:{t}" for h, t in mounted - binds)
+        new = sorted(f"{h}:{t}" for h, t in binds - mounted)
         out.append("mounts" + (" add " + ", ".join(new) if new else "")
                    + (" drop " + ", ".join(gone) if gone else ""))
     if set(spec.container_ports) != set(c.ports):

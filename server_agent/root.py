@@ -50,7 +50,10 @@ class AgentRoot:
         # A kept root: today's JSON "environment" fills in the secrets its copy lacks.
         self.today_env = dict(today_env or {})
         # The same raw value the settings validate; `status` needs no more than this.
-        self.project = str(self.raw_setting("project_name") or _default_project(self.path))
+        # project_name, else the compose file's top-level `name:` (so `docker compose ps` in
+        # the root finds the project), else the root's base name.
+        self.project = str(self.raw_setting("project_name") or self._compose_name()
+                           or _default_project(self.path))
 
     @cached_property
     def settings(self) -> AgentSettings:
@@ -88,16 +91,24 @@ class AgentRoot:
             return self.kept / KEPT_COMPOSE
         return self.path / str(self.raw_setting("compose_file") or default_compose_file(self.path))
 
-    def compose_services(self) -> dict[str, Any]:
-        """The compose file's services as written (YAML, not resolved by compose); {} when
-        it cannot be read. For `status`, which runs no compose command."""
+    def _compose_doc(self) -> dict[str, Any]:
+        """The compose file as written (YAML, not resolved by compose); {} when it cannot
+        be read. For what is known without running compose (the project name, `status`)."""
         import yaml
 
         try:
             doc = yaml.safe_load(self.compose_file_unvalidated().read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return {}
-        services = doc.get("services") if isinstance(doc, dict) else None
+        return doc if isinstance(doc, dict) else {}
+
+    def _compose_name(self) -> str | None:
+        name = self._compose_doc().get("name")
+        return name if isinstance(name, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) else None
+
+    def compose_services(self) -> dict[str, Any]:
+        """The compose file's services as written; {} when it cannot be read."""
+        services = self._compose_doc().get("services")
         return {str(k): v for k, v in services.items() if isinstance(v, dict)} if isinstance(services, dict) else {}
 
     @property

@@ -5,6 +5,7 @@ of its own. Real engine, registry and compose; busybox images only."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -221,3 +222,92 @@ def test_status_and_verify_see_an_accessory_that_is_down(own: parts.AgentRootDir
     res = agent(own, "verify")
     assert res.returncode == 22, res.stdout + res.stderr
     assert "cache" in res.stdout
+
+
+# --- the observer's defaults, check and plan ----------------------------------------------
+def check_json(root: parts.AgentRootDir) -> tuple[int, dict]:  # type: ignore[type-arg]
+    res = agent(root, "check", "--json")
+    return res.returncode, json.loads(res.stdout)
+
+
+def test_the_observers_defaults_say_which_key_to_set_and_check_creates_nothing(
+        own: parts.AgentRootDir) -> None:
+    cfg_path = own.path / "deployment_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("required_env", "secret_env", "mounts", "verify"):
+        del cfg["agent"][key]
+    cfg_path.write_text(json.dumps(cfg))
+    before = sorted(p.name for p in own.path.iterdir())
+    code, doc = check_json(own)
+    assert code == 10
+    by_code: dict[str, list[str]] = {}
+    for p in doc["problems"]:
+        by_code.setdefault(p["code"], []).append(p["message"])
+    assert sorted(by_code) == ["env.missing", "env.secret_missing", "mounts.none"], doc
+    assert all("agent.required_env is the observer's default: set it to []" in m for m in by_code["env.missing"])
+    assert all("agent.secret_env is the observer's default: set it to []" in m
+               for m in by_code["env.secret_missing"])
+    assert "agent.mounts is the observer's default: set it to {}" in by_code["mounts.none"][0]
+    assert any("a deploy will create the missing host directory" in n for n in doc["notes"]), doc
+    assert sorted(p.name for p in own.path.iterdir()) == before  # no state/, data/, logs/, config/
+
+    # A contract service that mounts none of the default verify.paths: said now, not after 60 s.
+    cfg["agent"].update(required_env=[], secret_env=[], mounts={"./app": "/srv"}, contract_services=["web"])
+    cfg_path.write_text(json.dumps(cfg))
+    code, doc = check_json(own)
+    assert code == 10
+    assert len(doc["problems"]) == 1, doc
+    [problem] = doc["problems"]
+    assert problem["code"] == "verify.paths" and "config/observer" in problem["message"]
+    assert "agent.verify.paths is the observer's default: set it to []" in problem["message"]
+
+
+SECRET_WEB = """\
+name: {project}
+services:
+  web:
+    image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
+    command: ["/bin/sh", "/srv/serve.sh"]
+    stop_grace_period: 1s
+    ports:
+      - "127.0.0.1:{port}:8000"
+    secrets: [db_password]
+    volumes:
+      - ./app:/srv:ro
+      - .:/code
+secrets:
+  db_password:
+    file: ./db_password.txt
+"""
+
+
+def test_plan_and_check_on_compose_secrets_a_compose_name_and_a_source_mount(
+        tmp_path: Path, images: dict[str, str], registry: parts.Registry) -> None:
+    project = f"own-{uuid.uuid4().hex[:8]}"
+    root = make_root(tmp_path / "named", registry.address, project)
+    cfg = json.loads((root.path / "deployment_config.json").read_text())
+    del cfg["agent"]["project_name"]  # the compose file's name: is the project's
+    (root.path / "deployment_config.json").write_text(json.dumps(cfg))
+    (root.path / "db_password.txt").write_text("not-a-real-password\n")
+    (root.path / "docker-compose.server.yml").write_text(SECRET_WEB.format(
+        project=project, registry=registry.address, repository=parts.REPOSITORY, port=root.port))
+    try:
+        code, doc = check_json(root)
+        assert code == 0, doc
+        assert any("bind-mounts" in n and "/code" in n for n in doc["notes"]), doc
+        assert agent(root, "deploy", "v1.0.0").returncode == 0
+        ps = subprocess.run(["docker", "compose", "-f", "docker-compose.server.yml", "ps", "-q"], cwd=root.path,
+                            capture_output=True, text=True, env={**os.environ, "IMAGE_TAG": "v1.0.0"})
+        assert len(ps.stdout.split()) == 1, ps.stdout + ps.stderr
+        res = agent(root, "plan", "v1.1.0", "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert json.loads(res.stdout)["changes"] == {"web": [
+            f"image {registry.address}/{parts.REPOSITORY}:v1.0.0 -> {registry.address}/{parts.REPOSITORY}:v1.1.0"]}
+    finally:
+        root.down()
+
+
+def test_versions() -> None:
+    for cli in ("obs-agent", "obsdeploy"):
+        res = subprocess.run([str(parts.VENV_BIN / cli), "--version"], capture_output=True, text=True)
+        assert res.returncode == 0 and res.stdout.startswith(f"{cli}, version "), res
