@@ -44,6 +44,7 @@ def _console(stderr: bool) -> Any:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_codes_help())
+@click.version_option(package_name="obsdeploy", prog_name="obsdeploy")
 @click.option("--config", "config", envvar="OBSDEPLOY_CONFIG", type=click.Path(dir_okay=False),
               help="obsdeploy.toml to read (env OBSDEPLOY_CONFIG; default ./obsdeploy.toml "
                    "when present).")

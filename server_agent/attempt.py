@@ -55,6 +55,21 @@ class Attempt:
         return rec
 
 
+def log_tail_lines(failure: dict[str, Any] | None, lines: int = 5) -> list[str]:
+    """The first `lines` lines of each log tail a failure record holds (a job's, the
+    accessories' or the failed containers'), each prefixed with whose it is."""
+    if not isinstance(failure, dict):
+        return []
+    tails: dict[str, Any] = {}
+    job = failure.get("job")
+    if isinstance(job, dict) and job.get("log_tail"):
+        tails[str(job.get("name") or "job")] = job["log_tail"]
+    if isinstance(failure.get("log_tail"), dict):
+        tails.update(failure["log_tail"])
+    return [f"{who}: {line}" for who, tail in tails.items() if isinstance(tail, str)
+            for line in tail.splitlines()[:lines]]
+
+
 @dataclass(frozen=True)
 class Outcome:
     exit_code: ExitCode

@@ -95,7 +95,7 @@ class BackupArchive:
 
     def members_to_back_up(self) -> list[str]:
         s = self.root.settings
-        rel = [*s.backup_paths, s.compose_file, "deployment_config.json", "state"]
+        rel = [*s.backup_paths, self.root.compose_file.name, "deployment_config.json", "state"]
         return [r for r in dict.fromkeys(rel) if (self.root.path / r).exists()]
 
     # --- capture ---------------------------------------------------------------------------

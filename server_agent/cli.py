@@ -26,12 +26,15 @@ class Ctx:
         self.root_path = root
         self.verbose = verbose
 
-    def load_root(self, *, preflight: bool = False, validate: bool = True) -> AgentRoot:
+    def load_root(self, *, preflight: bool = False, validate: bool = True,
+                  create: bool | None = None) -> AgentRoot:
         """Load the agent root and, unless `validate` is False, its settings. For
         deploy/rollback/check a bad configuration is a preflight problem (exit 10); for the
         other commands it is invalid input (exit 2). status and history do not validate:
         they read only the project name and the state, so they answer even while the
-        configuration is broken (and without the cost of pydantic)."""
+        configuration is broken (and without the cost of pydantic). `create` (default: as
+        `preflight`) lets it create the state directory for the agent log; check and plan
+        create nothing."""
         from .common.errors import PreflightError, UsageError
         from .root import AgentRoot
 
@@ -50,7 +53,7 @@ class Ctx:
 
                 raise PreflightError([Problem("config", str(exc))]) from None
             raise
-        _log_to_state_dir(root, create=preflight)
+        _log_to_state_dir(root, create=preflight if create is None else create)
         return root
 
 
@@ -86,6 +89,7 @@ def _tag(value: str | None) -> str | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_codes_help())
+@click.version_option(package_name="obsdeploy", prog_name="obs-agent")
 @click.option("--root", envvar="OBS_AGENT_ROOT", default="/opt/observer", show_default=True,
               help=ROOT_HELP)
 @click.option("-v", "--verbose", is_flag=True, envvar="OBS_AGENT_VERBOSE",
@@ -205,7 +209,7 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
     from .state import ReleaseState
 
     try:
-        root = ctx.load_root(preflight=True)
+        root = ctx.load_root(preflight=True, create=False)
     except PreflightError as exc:
         problems = exc.problems
         notes: list[str] = []
@@ -238,7 +242,7 @@ def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
 
     valid = _tag(tag)
     assert valid is not None
-    root = ctx.load_root(preflight=True)
+    root = ctx.load_root(preflight=True, create=False)
     report = run_preflight(root, _backend(root), valid, accessory_changes=True)
     if report.plan is None:
         raise PreflightError(report.problems)
@@ -261,7 +265,7 @@ def plan(ctx: Ctx, tag: str, as_json: bool) -> None:
 def verify(ctx: Ctx, as_json: bool) -> None:
     """The watch checks (agent.watch.checks) once against the running release, e.g. from
     cron: exit 0, or 22 with what failed. Changes nothing."""
-    from .backends.compose import WatchedContainers
+    from .backends.compose import WatchedContainers, accessories_down
     from .engine import Engine, running_tag
     from .watch import Watch
 
@@ -271,6 +275,12 @@ def verify(ctx: Ctx, as_json: bool) -> None:
     tag = running_tag(release)
     running = [c for c in release if c.tag == tag and c.running] if tag else []
     result = Watch(root.settings.watch).verify(tag or "", running, WatchedContainers(engine, running))
+    down = accessories_down(root, engine.project_containers(root.project))
+    if down and result.ok:
+        from dataclasses import replace
+
+        result = replace(result, ok=False, reason="accessory " + ", ".join(
+            f"{a['name']} is {a['state']}" for a in down))
     if as_json:
         print_json({"ok": result.ok, "tag": tag, "reason": result.reason,
                     "checks": [m.as_dict() for m in result.last]})
@@ -291,6 +301,7 @@ def verify(ctx: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
     """Deploy and rollback attempts, newest first."""
+    from .attempt import log_tail_lines
     from .views import history as read_history
 
     records = read_history(ctx.load_root(validate=False), limit)
@@ -304,6 +315,8 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
         click.echo(f"{r['started_at'] or '-':<25} {r['action'] or '-':<8} {r['from_tag'] or '-':>10} -> "
                    f"{r['tag'] or '-':<10} {r['result'] or '-':<12} {took}"
                    + (f"  ({reason})" if reason else ""))
+        for line in log_tail_lines(failure):
+            click.echo(f"{'':<25} {line}")
         watch = r.get("watch")
         if isinstance(watch, dict) and watch.get("result") == "failed":
             # Why the watch rolled it back: each measurement that did not pass.

@@ -76,6 +76,10 @@ class ServiceSpec:
     container_ports: list[str]  # every port the service publishes, as "target/protocol"
     depends_on: list[str]
     user: str | None = None  # compose's `user:`, e.g. "1000:1000"
+    exposed: list[str] = field(default_factory=list)  # `expose:` ports, as "8000/tcp"
+    # Where compose `secrets:` and `configs:` land in the container (compose bind-mounts
+    # file-based ones there): not the service's own mounts.
+    file_targets: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ def _service_spec(name: str, svc: dict[str, Any], template: str) -> ServiceSpec:
         container_ports=[f"{p.get('target')}/{p.get('protocol') or 'tcp'}" for p in ports],
         depends_on=sorted((svc.get("depends_on") or {}).keys()),
         user=str(svc["user"]) if svc.get("user") not in (None, "") else None,
+        exposed=[p if "/" in str(p) else f"{p}/tcp" for p in (svc.get("expose") or [])],
+        file_targets=frozenset(
+            [str(x.get("target") or f"/run/secrets/{x.get('source')}") for x in svc.get("secrets") or []]
+            + [str(x.get("target") or f"/{x.get('source')}") for x in svc.get("configs") or []]),
     )
 
 

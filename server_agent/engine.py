@@ -73,6 +73,11 @@ class ContainerInfo:
     # port bound on the host, and its address on each network.
     host_ports: tuple[tuple[str, str], ...] = ()
     ips: tuple[str, ...] = ()
+    exposed: frozenset[str] = frozenset()  # "8000/tcp" for each port it listens on (EXPOSE, expose:, ports:)
+
+    def publishes(self, host_port: int) -> bool:
+        """Host port `host_port` reaches one of its container ports."""
+        return any(where.rpartition(":")[2] == str(host_port) for _, where in self.host_ports)
 
     def address(self, port: int) -> str | None:
         """host:port where container port `port` answers: its published host port (an
@@ -118,6 +123,7 @@ class ContainerInfo:
             ips=tuple(n["IPAddress"] for n in
                       ((a.get("NetworkSettings") or {}).get("Networks") or {}).values()
                       if n.get("IPAddress")),
+            exposed=frozenset((cfg.get("ExposedPorts") or {}).keys()),
         )
 
 

@@ -10,7 +10,9 @@ reports its problems, and `rollout.py` carries it out step by step.
     steps        release services by ascending obsdeploy.order, one service a step; the
                  unlabelled ones together in one last step
     strategy     deploy.update_config.order: stop-first (default) or start-first
-    accessories  left alone when running, started when missing or stopped
+    accessories  left alone when running, started when missing or stopped: before the first
+                 step, or, when they depend on release services (a project's own nginx),
+                 right after the step that switched the last of those
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ class Step:
 @dataclass(frozen=True)
 class AccessoryPlan:
     name: str
-    action: str  # leave (it runs) | start (missing or stopped: started before the first step)
+    action: str  # leave (it runs) | start (missing or stopped)
     definition_changed: bool  # its compose definition differs from its container's
+    needs: tuple[str, ...] = ()  # the release services it depends on, directly or through accessories
+    after_step: int = 0  # started after this step (1-based); 0: before the first step
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,11 @@ class RolloutPlan:
     changes: dict[str, list[str]] = field(default_factory=dict)
     problems: tuple[tuple[str, str], ...] = ()
     proxied: str | None = None  # the release service behind agent.proxy (SPEC §15)
+
+    def accessories_starting(self, after_step: int) -> list[str]:
+        """The accessories to start once `after_step` steps have passed (0: before the
+        first), in compose file order (compose orders them by their depends_on)."""
+        return [a.name for a in self.accessories if a.action == "start" and a.after_step == after_step]
 
     @property
     def release_services(self) -> list[ServicePlan]:
@@ -99,7 +108,10 @@ class RolloutPlan:
         lines = [f"plan for {self.tag}:"]
         lines += [f"  job       {j}: compose run --rm, must exit 0 before any switch" for j in self.jobs]
         for a in self.accessories:
-            note = "running, left alone" if a.action == "leave" else "missing or stopped: started first"
+            note = ("running, left alone" if a.action == "leave" else
+                    "missing or stopped: started first" if not a.after_step else
+                    f"missing or stopped: started after step {a.after_step} (it depends on "
+                    f"{', '.join(a.needs)})")
             if a.definition_changed:
                 note += "; its definition differs from the running container (recreate it yourself)"
             lines.append(f"  accessory {a.name}: {note}")
@@ -189,25 +201,46 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
 
     running = [c for c in containers if c.running]
     hashes = accessory_hashes or {}
-    accessories = tuple(
-        AccessoryPlan(
+    step_of = {svc.name: n for n, st in enumerate(steps, 1) for svc in st.services}
+    accessories = []
+    for s in specs:
+        if roles[s.name] != "accessory":
+            continue
+        needs = _release_needs(s.name, {x.name: x for x in specs}, roles)
+        accessories.append(AccessoryPlan(
             name=s.name,
             action="leave" if any(c.service == s.name for c in running) else "start",
             definition_changed=s.name in hashes and any(
                 c.service == s.name and c.config_hash != hashes[s.name] for c in running),
-        )
-        for s in specs if roles[s.name] == "accessory")
+            needs=needs, after_step=max((step_of[n] for n in needs), default=0)))
     changes = {s.name: diffs for s in releases
                if (diffs := definition_changes(s, [c for c in running if c.service == s.name]))}
     return RolloutPlan(
         tag=tag,
         jobs=tuple(sorted(s.name for s in specs if roles[s.name] == "job")),
         steps=tuple(steps),
-        accessories=accessories,
+        accessories=tuple(accessories),
         changes=changes,
         problems=tuple(problems),
         proxied=proxy_service if proxy_service in {s.name for s in releases} else None,
     )
+
+
+def _release_needs(name: str, specs: dict[str, ServiceSpec], roles: dict[str, str]) -> tuple[str, ...]:
+    """The release services `name` depends on, directly or through other accessories."""
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = list(specs[name].depends_on)
+    while todo:
+        dep = todo.pop()
+        if dep in seen or dep not in specs:
+            continue
+        seen.add(dep)
+        if roles[dep] == "release":
+            found.add(dep)
+        elif roles[dep] == "accessory":
+            todo += specs[dep].depends_on
+    return tuple(sorted(found))
 
 
 def _order_problems(releases: list[ServiceSpec], orders: dict[str, int | None]) -> list[tuple[str, str]]:
@@ -268,9 +301,10 @@ def definition_changes(spec: ServiceSpec, running: list[ContainerInfo]) -> list[
     if added:
         out.append("environment adds " + ", ".join(added))
     binds = {(h, t) for h, t in spec.binds.items()}
-    if binds != set(c.binds):
-        gone = sorted(f"{h}:{t}" for h, t in set(c.binds) - binds)
-        new = sorted(f"{h}:{t}" for h, t in binds - set(c.binds))
+    mounted = {(h, t) for h, t in c.binds if t not in spec.file_targets}  # secrets, configs: not mounts
+    if binds != mounted:
+        gone = sorted(f"{h}:{t}" for h, t in mounted - binds)
+        new = sorted(f"{h}:{t}" for h, t in binds - mounted)
         out.append("mounts" + (" add " + ", ".join(new) if new else "")
                    + (" drop " + ", ".join(gone) if gone else ""))
     if set(spec.container_ports) != set(c.ports):

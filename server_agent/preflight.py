@@ -1,7 +1,8 @@
 """Preflight (SPEC §5, §7.2): every check runs, every finding is reported together.
 
 Checks return `Problem`s; they never raise for a finding. Nothing here changes anything
-except creating missing host directories of the path contract, which it reports as a note.
+except, for a deploy, creating missing host directories of the path contract, which it
+reports as a note (check and plan create nothing: they say what a deploy will create).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ log = logging.getLogger("obs.preflight")
 
 def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
                   accessory_changes: bool = False) -> PreflightReport:
-    """Every check, the backend's own included; with `accessory_changes`, also compare each
-    running accessory with its compose definition (one more compose call: check and plan do
-    it, deploy does not)."""
+    """Every check, the backend's own included; with `accessory_changes` (check and plan),
+    also compare each running accessory with its compose definition (one more compose
+    call), and create nothing: the host directories a deploy would create are notes."""
     engine = backend.engine
     report = PreflightReport()
     report.problems += access_problems(root.path)
@@ -51,7 +52,9 @@ def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
                 report.notes.append(f"accessory {a.name}: its compose definition differs from its "
                                     "running container; deploys leave it as it is (recreate it with "
                                     f"docker compose up -d {a.name} when you mean to)")
-        _check_mounts(root, report.config, report.plan, report)
+        _check_mounts(root, report.config, report.plan, report, create=not accessory_changes)
+        _check_health_url(root, report.config, report.plan, report)
+        _note_source_mounts(root, report.config, report.plan, report)
         _check_aliases_in_compose(root, report.config, report)
         if docker_ok:
             _note_start_interval(engine, report.config, report)
@@ -110,21 +113,77 @@ def rollout_plan(root: AgentRoot, engine: Engine | None, cfg: ComposeConfig, tag
                       proxy_service=proxy.service if proxy else None)
 
 
+def _check_health_url(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
+                      report: PreflightReport) -> None:
+    """health_url is asked of a release service at its published port or its container
+    address (backends/compose.py health_urls): one of them must publish or listen on its
+    port, else every gate would wait on an answer that never comes."""
+    from .gate.probe import url_port
+
+    url = root.settings.health_url
+    if url is None or plan.proxied is not None:  # the proxied service is asked at its own address
+        return
+    port = url_port(url)
+    for s in (cfg.service(r.name) for r in plan.release_services):
+        if any(p.rpartition(":")[2] == str(port) for p in s.published_ports) or (
+                f"{port}/tcp" in s.container_ports + s.exposed):
+            return
+    report.add("health_url.unanswered",
+               f"agent.health_url {url} names port {port}, which no release service of "
+               f"{root.compose_file.name} publishes or listens on (ports:, expose:): set "
+               "agent.health_url to the release service's published port, or null for none")
+
+
+def observer_default(root: AgentRoot, key: str, empty: str) -> str:
+    """What a problem caused by a setting left at the observer's default adds: the key to
+    set when the project is not the observer; "" when the configuration sets it."""
+    settings: Any = root.settings
+    *parents, field = key.split(".")
+    for p in parents:
+        if p not in settings.model_fields_set:
+            break
+        settings = getattr(settings, p)
+    else:
+        if field in settings.model_fields_set:
+            return ""
+    return (f"; agent.{key} is the observer's default: set it to {empty} in "
+            "deployment_config.json when this project is not the observer")
+
+
+def _note_source_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
+                        report: PreflightReport) -> None:
+    """A release service that bind-mounts the agent root or a directory above it (`.:/code`,
+    a development setup) runs the files on the server, not its image's: a release would
+    then not be its image. Said, not refused: it may be meant."""
+    top = root.path.resolve()
+    for r in plan.release_services:
+        for host, target in cfg.service(r.name).binds.items():
+            src = Path(host).resolve()
+            if src == top or src in top.parents:
+                report.notes.append(
+                    f"service {r.name} bind-mounts {host} at {target}, the agent root or a "
+                    "directory above it: it runs the files there rather than its image's "
+                    "(a development mount? drop it from the server's compose file)")
+
+
 def _check_env(root: AgentRoot, env: dict[str, str], report: PreflightReport) -> None:
     s = root.settings
     for name in s.required_env:
         if not env.get(name):
             report.add("env.missing",
                        f"required variable {name} is not set (set it in {root.env_file}, in "
-                       f"deployment_config.json's \"environment\", or in the agent's environment)")
+                       f"deployment_config.json's \"environment\", or in the agent's environment)"
+                       + observer_default(root, "required_env", "[]"))
     for name in s.secret_env:
         if not env.get(name):
             report.add("env.secret_missing",
-                       f"secret variable {name} is not set (put it in {root.env_file}, mode 0600)")
+                       f"secret variable {name} is not set (put it in {root.env_file}, mode 0600)"
+                       + observer_default(root, "secret_env", "[]"))
     for alias, standard in s.env_aliases.items():
         if alias in env:
             report.add("env.alias",
-                       f"{alias} is a non-standard name: rename it to {standard}")
+                       f"{alias} is a non-standard name: rename it to {standard}"
+                       + observer_default(root, "env_aliases", "{}"))
 
 
 def _check_aliases_in_compose(root: AgentRoot, cfg: ComposeConfig, report: PreflightReport) -> None:
@@ -132,8 +191,8 @@ def _check_aliases_in_compose(root: AgentRoot, cfg: ComposeConfig, report: Prefl
         for alias, standard in root.settings.env_aliases.items():
             if alias in svc.environment:
                 report.add("env.alias",
-                           f"service {svc.name} sets {alias} in {root.settings.compose_file}: "
-                           f"rename it to {standard}")
+                           f"service {svc.name} sets {alias} in {root.compose_file.name}: "
+                           f"rename it to {standard}" + observer_default(root, "env_aliases", "{}"))
 
 
 def _check_env_file(root: AgentRoot, report: PreflightReport) -> None:
@@ -263,7 +322,7 @@ def _check_compose(root: AgentRoot, env: dict[str, str], report: PreflightReport
 
 
 def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
-                  report: PreflightReport) -> None:
+                  report: PreflightReport, *, create: bool) -> None:
     """The path contract (SPEC §5), on the contract services only (SPEC §14): an
     accessory's or a job's own bind mounts are its own business."""
     expected = {
@@ -273,9 +332,10 @@ def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
     mounting = [cfg.service(s.name) for s in plan.release_services if s.contract]
     if not mounting and root.settings.mounts:
         report.add("mounts.none",
-                   f"no release service in {root.settings.compose_file} mounts the path contract "
+                   f"no release service in {root.compose_file.name} mounts the path contract "
                    + ", ".join(f"{h}:{c}" for h, c in root.settings.mounts.items())
-                   + " (or name the services that carry it in agent.contract_services)")
+                   + " (or name the services that carry it in agent.contract_services)"
+                   + observer_default(root, "mounts", "{}"))
     for svc in mounting:
         actual = {str(Path(h).resolve()): c for h, c in svc.binds.items()}
         if actual != expected:
@@ -289,9 +349,14 @@ def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
             report.add("mounts.mismatch",
                        f"service {svc.name} does not mount the path contract exactly: "
                        + "; ".join(detail))
+    _check_verify_paths(root, mounting, report)
     owner = _contract_owner(mounting, report)
     for host in root.settings.mounts:
         path = (root.path / host).resolve()
+        if not path.exists() and not create:
+            report.notes.append(f"a deploy will create the missing host directory {path}"
+                                + (f" owned by {owner[0]}:{owner[1]}" if owner else ""))
+            continue
         if not path.exists():
             try:
                 path.mkdir(parents=True)
@@ -312,6 +377,20 @@ def _check_mounts(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,
             report.add("mounts.not_writable",
                        f"{path} is not writable by uid {owner[0]} (the `user` the service runs "
                        f"as); e.g. chown -R {owner[0]}:{owner[1]} {path}")
+
+
+def _check_verify_paths(root: AgentRoot, mounting: list[ServiceSpec], report: PreflightReport) -> None:
+    """A verify path no contract service mounts would never appear: the gate would wait
+    health_timeout for it, then fail a release that works."""
+    if not mounting:
+        return
+    sources = [Path(h).resolve() for s in mounting for h in s.binds]
+    for rel in root.settings.verify.paths:
+        path = (root.path / rel).resolve()
+        if not any(path == src or src in path.parents for src in sources):
+            report.add("verify.paths", f"verify path {rel} is not under any directory that "
+                       f"{', '.join(s.name for s in mounting)} bind-mount(s), so it would never "
+                       "appear" + observer_default(root, "verify.paths", "[]"))
 
 
 def _contract_owner(services: list[ServiceSpec], report: PreflightReport) -> tuple[int, int] | None:

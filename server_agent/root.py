@@ -50,7 +50,10 @@ class AgentRoot:
         # A kept root: today's JSON "environment" fills in the secrets its copy lacks.
         self.today_env = dict(today_env or {})
         # The same raw value the settings validate; `status` needs no more than this.
-        self.project = str(self.raw_setting("project_name") or _default_project(self.path))
+        # project_name, else the compose file's top-level `name:` (so `docker compose ps` in
+        # the root finds the project), else the root's base name.
+        self.project = str(self.raw_setting("project_name") or self._compose_name()
+                           or _default_project(self.path))
 
     @cached_property
     def settings(self) -> AgentSettings:
@@ -76,7 +79,37 @@ class AgentRoot:
     # --- files -----------------------------------------------------------------------------
     @property
     def compose_file(self) -> Path:
-        return self.kept / KEPT_COMPOSE if self.kept else self.path / self.settings.compose_file
+        if self.kept:
+            return self.kept / KEPT_COMPOSE
+        if "compose_file" in self.settings.model_fields_set:
+            return self.path / self.settings.compose_file
+        return self.path / default_compose_file(self.path)
+
+    def compose_file_unvalidated(self) -> Path:
+        """The compose file as `status` finds it, without validating the settings."""
+        if self.kept:
+            return self.kept / KEPT_COMPOSE
+        return self.path / str(self.raw_setting("compose_file") or default_compose_file(self.path))
+
+    def _compose_doc(self) -> dict[str, Any]:
+        """The compose file as written (YAML, not resolved by compose); {} when it cannot
+        be read. For what is known without running compose (the project name, `status`)."""
+        import yaml
+
+        try:
+            doc = yaml.safe_load(self.compose_file_unvalidated().read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _compose_name(self) -> str | None:
+        name = self._compose_doc().get("name")
+        return name if isinstance(name, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) else None
+
+    def compose_services(self) -> dict[str, Any]:
+        """The compose file's services as written; {} when it cannot be read."""
+        services = self._compose_doc().get("services")
+        return {str(k): v for k, v in services.items() if isinstance(v, dict)} if isinstance(services, dict) else {}
 
     @property
     def config_file(self) -> Path:
@@ -182,6 +215,16 @@ class AgentRoot:
 
     def compose_env(self, tag: str) -> dict[str, str]:
         return {**self.merged_env(), "IMAGE_TAG": tag}
+
+
+# Where compose looks for its file, in its order; the agent's own name comes first.
+COMPOSE_FILE_NAMES = ("docker-compose.server.yml", "compose.yaml", "compose.yml",
+                      "docker-compose.yaml", "docker-compose.yml")
+
+
+def default_compose_file(path: Path) -> str:
+    """compose_file when the setting is unset: the first of COMPOSE_FILE_NAMES in `path`."""
+    return next((n for n in COMPOSE_FILE_NAMES if (path / n).is_file()), COMPOSE_FILE_NAMES[0])
 
 
 def _default_project(path: Path) -> str:

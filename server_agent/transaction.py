@@ -1,8 +1,9 @@
 """Transaction: one deploy or rollback, all or nothing, over a backend (compose or swarm).
 
     lock → recover a killed attempt → journal → preflight (the plan) → images → accessories
-    → jobs (deploy only) → for each step: switch → gate → cut over → watch (deploy only)
-    → commit; or walk the switched steps back and gate what ran before → record → report
+    → jobs (deploy only) → for each step: switch → gate → cut over → the accessories that
+    depend on it → watch (deploy only) → commit; or walk the switched steps back and gate
+    what ran before → record → report
 
 The backup is captured the moment the step that carries the path contract stopped its old
 units (the writer has stopped writing), and written while the gates run. The transaction
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .attempt import Attempt, Outcome
+from .attempt import Attempt, Outcome, log_tail_lines
 from .backends.base import Backend, PreSwitchFailure, Release, S, Switched
 from .backup import BackupArchive, BackupSnapshot
 from .checkpoint import checkpoint
@@ -77,8 +78,7 @@ class Transaction:
             checkpoint("journaled")
             criteria = GateCriteria.of(root.settings, root.path)
             try:
-                self.backend.start_accessories(
-                    plan, release, lambda observer: run_gate(observer, criteria.for_accessories()))
+                self._start_accessories(plan, release, criteria, after_step=0)
                 if action == "deploy":  # jobs never run on a rollback
                     self._run_jobs(attempt, plan, release)
             except PreSwitchFailure as exc:
@@ -86,6 +86,13 @@ class Transaction:
                 return self._finish(attempt, "failed", ExitCode.JOB_FAILED,
                                     f"{exc}; nothing running was switched")
             return self._roll_out(attempt, plan, release, criteria)
+
+    def _start_accessories(self, plan: RolloutPlan, release: Release, criteria: GateCriteria, *,
+                           after_step: int) -> None:
+        """The missing or stopped accessories due once `after_step` steps have passed (0:
+        before the first); PreSwitchFailure when one does not keep running."""
+        self.backend.start_accessories(plan.accessories_starting(after_step), release,
+                                       lambda observer: run_gate(observer, criteria.for_accessories()))
 
     def _prepare(self, attempt: Attempt, root: AgentRoot) -> tuple[RolloutPlan, Release]:
         """Preflight and images: everything that must succeed before anything running is touched."""
@@ -121,6 +128,7 @@ class Transaction:
         baseline = watch.baseline() if watching else {}  # "just before the switch"
         switched: list[Any] = []
         failed: Switched | None = None  # the step whose gate failed
+        details: dict[str, Any] = {}  # what the failure record holds besides the reason
         writing: Future[Path] | None = None  # the backup being written, if any
         verdict = PASSED
 
@@ -147,8 +155,7 @@ class Transaction:
             if sw.start_error:
                 verdict = Verdict(False, sw.start_error, 0.0)
             else:
-                verdict = run_gate(self.backend.observe(sw), criteria.for_step(
-                    contract=sw.contract, proxied=self.backend.proxied(sw)))
+                verdict = run_gate(self.backend.observe(sw), criteria.for_step(contract=sw.contract))
             attempt.add("gate", verdict.seconds)
             if verdict.healthy:
                 verdict = self._cut_over(sw, verdict)
@@ -158,6 +165,14 @@ class Transaction:
                     verdict = verdict.within(f"step {n} ({', '.join(step.names)})")
                 break
             self.backend.settle(sw, probation=watching)
+            try:  # accessories that depend on this step's services (a project's own nginx)
+                self._start_accessories(plan, release, criteria, after_step=n)
+            except PreSwitchFailure as exc:
+                failed, details = sw, exc.details
+                verdict = Verdict(False, REDACTOR(str(exc)), verdict.seconds)
+                if len(plan.steps) > 1:
+                    verdict = verdict.within(f"after step {n} ({', '.join(step.names)})")
+                break
             checkpoint(f"step{n}_done")
         verdict = self._with_backup(attempt, verdict, writing)
         writing = None
@@ -165,7 +180,7 @@ class Transaction:
         if verdict.healthy and watching:
             verdict = self._watch(attempt, watch, baseline, switched)
         if not verdict.healthy:
-            return self._walk_back(attempt, verdict, switched, failed)
+            return self._walk_back(attempt, verdict, switched, failed, details)
         # Keep the stopped units of the release a `rollback` goes back to (the previous good
         # one): what ran before this attempt is not always that release (after a killed
         # attempt it may be a release that never passed).
@@ -211,7 +226,8 @@ class Transaction:
         return Verdict(False, result.reason or "watch failed", result.seconds)
 
     # --- the way back ------------------------------------------------------------------------
-    def _walk_back(self, attempt: Attempt, verdict: Verdict, switched: list[S], failed: S | None) -> Outcome:
+    def _walk_back(self, attempt: Attempt, verdict: Verdict, switched: list[S], failed: S | None,
+                   details: dict[str, Any]) -> Outcome:
         """A step (or the watch) failed: every switched step goes back, in reverse order, to
         what it ran before the attempt, and what runs again is gated by the criteria of the
         release it is."""
@@ -231,7 +247,7 @@ class Transaction:
         except Exception as exc:  # the engine stayed away: report it, don't crash
             again = Verdict(False, f"{type(exc).__name__}: {REDACTOR(str(exc))[:300]}", 0.0)
         attempt.failure = {"reason": verdict.reason, **self.backend.diagnostics(
-            [failed] if failed is not None else [], switched, verdict)}
+            [failed] if failed is not None else [], switched, verdict), **details}
         self.state.update(failure=attempt.failure)
         removed = back.removed if back is not None else ()
         restored = back.restored if back is not None else None
@@ -247,7 +263,7 @@ class Transaction:
         if again.healthy and restored is not None:
             judge = self.root.as_released(back_tag or previous)
             again = run_gate(self.backend.observe(restored), GateCriteria.of(judge.settings, judge.path)
-                             .for_step(contract=restored.contract, proxied=self.backend.proxied(restored)))
+                             .for_step(contract=restored.contract))
         attempt.rollback_gate = {"healthy": again.healthy, "reason": again.reason}
         attempt.took("restore", t_fail)
         if again.healthy:
@@ -306,6 +322,9 @@ class Transaction:
             self.backups.prune()
         except OSError as exc:
             log.warning("could not prune old backups: %s", exc)
+        if attempt.failure is not None and ("job" in attempt.failure or "accessories" in attempt.failure):
+            # The cause is in their own log ("host not found in upstream"): shown, not hidden.
+            message = "\n  ".join([message, *log_tail_lines(attempt.failure)])
         record = attempt.record(result)
         checkpoint("finishing")
         self.state.finish(record)

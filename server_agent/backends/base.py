@@ -83,9 +83,10 @@ class Backend(Protocol[S]):
         """The images of `tag` are there (ImageError: exit 11, nothing changed)."""
         ...
 
-    def start_accessories(self, plan: RolloutPlan, release: Release,
+    def start_accessories(self, names: list[str], release: Release,
                           gate: Callable[[Observer], Verdict]) -> None:
-        """Start the missing accessories, gated by `gate` (PreSwitchFailure: exit 13)."""
+        """Start the accessories `names` (missing or stopped; what they depend on runs),
+        gated by `gate`: PreSwitchFailure, with their log tails, when one does not run."""
         ...
 
     def run_job(self, job: str, release: Release) -> None:
@@ -94,10 +95,6 @@ class Backend(Protocol[S]):
 
     def switch(self, step: Step, release: Release, *, reuse: bool,
                capture: Capture | None) -> S: ...
-
-    def proxied(self, sw: S) -> bool:
-        """The step switches the service behind the proxy."""
-        ...
 
     def observe(self, sw: S) -> Observer:
         """The gate's view of the units `sw` started."""

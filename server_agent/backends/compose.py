@@ -23,6 +23,7 @@ from ..common.runner import run
 from ..compose import ComposeProject
 from ..engine import (
     PROJECT_LABEL,
+    ROLE_LABEL,
     ContainerInfo,
     Engine,
     EngineUnreachable,
@@ -32,7 +33,7 @@ from ..engine import (
 )
 from ..gate.criteria import GateCriteria
 from ..gate.loop import Look, Observer, Unit, Verdict, run_gate
-from ..gate.probe import probe
+from ..gate.probe import probe, url_port
 from ..plan import PreflightReport, RolloutPlan, Step
 from .base import Capture, PreSwitchFailure, Release, WalkedBack
 from .rollout import Rollout, Switch
@@ -93,22 +94,25 @@ class ComposeBackend:
         return [i for i in images if not self.engine.has_image(i)]
 
     # --- before the switch: accessories and jobs -------------------------------------------
-    def start_accessories(self, plan: RolloutPlan, release: Release,
+    def start_accessories(self, names: list[str], release: Release,
                           gate: Callable[[Observer], Verdict]) -> None:
-        """Start the accessories that are missing or stopped (never one that runs), and wait
-        for those with a healthcheck to be healthy."""
-        names = [a.name for a in plan.accessories if a.action == "start"]
+        """Start accessories that are missing or stopped (never one that runs) and gate them:
+        running, and healthy where they have a healthcheck, for stabilize_seconds. What
+        they depend on runs already (accessories started before them, release services
+        switched by the steps before), so `--no-deps` skips nothing they need."""
         if not names:
             return
         log.info("starting accessories: %s", ", ".join(names))
         started_ns = time.time_ns()
         root = release.root
         ComposeProject(root.path, root.compose_file, root.project).up(names, root.compose_env(release.tag))
-        running = [c for c in self.rollout.containers(names) if c.running]
-        verdict = gate(self._observer(running, started_ns, None, contract=()))
+        # The newest container of each, running or not: one that exited at once fails here.
+        started = list(newest_per_service(self.rollout.containers(names)).values())
+        verdict = gate(self._observer(started, started_ns, None, contract=()))
         if not verdict.healthy:
+            tails = {c.name: REDACTOR(self.engine.logs_tail(c.id, LOG_TAIL_LINES)) for c in started}
             raise PreSwitchFailure(f"accessory {', '.join(names)} did not start: {verdict.reason}",
-                                   {"accessories": names})
+                                   {"accessories": names, "log_tail": tails})
         if self.rollout.proxy is not None:  # the proxy may be one of them
             problem = self._proxy_problem()
             if problem is not None:
@@ -153,9 +157,6 @@ class ComposeBackend:
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Capture | None) -> Switch:
         return self.rollout.switch(step, release.tag, release.root, release.config, reuse=reuse,
                                    hold=self._hold_restarts, capture=capture)
-
-    def proxied(self, sw: Switch) -> bool:
-        return self.rollout.proxied(sw.step)
 
     def observe(self, sw: Switch) -> Observer:
         return self._observer(sw.new, sw.started_ns, sw.tag, contract=sw.step.contract)
@@ -228,9 +229,7 @@ class ComposeBackend:
             tags = {c.tag for c in containers}
             tag = tags.pop() if len(tags) == 1 else None
             judge = self.root.as_released(tag or previous)
-            proxy = self.root.settings.proxy
-            proxied = proxy is not None and any(c.service == proxy.service for c in containers)
-            criteria = GateCriteria.of(judge.settings, judge.path).for_step(contract=False, proxied=proxied)
+            criteria = GateCriteria.of(judge.settings, judge.path).for_step(contract=False)
             observer = self._observer(containers, started_ns, tag, contract=())
             return run_gate(observer, criteria.without_stabilize()).healthy
         return ready
@@ -359,18 +358,25 @@ class ContainerObserver:
                     units=tuple(Unit(c.name, c.id in self.contract_ids, frozenset(c.env_names)) for c in infos))
 
     def health_urls(self, url: str) -> list[str]:
-        """health_url; for the proxied service, asked of each of its containers at its own
-        address (its ephemeral host port or its network address), never through the proxy,
-        which still serves the old release."""
-        if self.proxy is None:
-            return [url]
+        """Where health_url is asked of these containers: as written when one of them
+        publishes its port; at each container's own address when they listen on that port
+        without publishing it (the proxied service, never through the proxy, which still
+        serves the old release; a service behind the project's own nginx); else as written
+        (another service publishes it, e.g. a later step's)."""
         from ..proxy import rewrite_url
 
-        proxied = [c for c in self.infos if c.service == self.proxy.service]
-        if not proxied:
+        if self.proxy is not None:
+            proxied = [c for c in self.infos if c.service == self.proxy.service]
+            if proxied:
+                addresses = [c.address(self.proxy.port) for c in proxied]
+                return [rewrite_url(url, a) for a in addresses if a is not None]
+        port = url_port(url)
+        if any(c.publishes(port) for c in self.infos):
             return [url]
-        addresses = [c.address(self.proxy.port) for c in proxied]
-        return [rewrite_url(url, a) for a in addresses if a is not None]
+        listening = [c for c in self.infos if f"{port}/tcp" in c.exposed]
+        if listening:
+            return [rewrite_url(url, a) for c in listening if (a := c.address(port)) is not None]
+        return [url]
 
     def logs_contain(self, pattern: re.Pattern[str]) -> bool:
         return all(self.engine.logs_contain(cid, pattern) for cid in self.contract_ids)
@@ -442,7 +448,11 @@ def compose_status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     running = [c for c in containers if c.running]
     # Every running container (replicas, accessories); with none running, the newest of each.
     shown = running or list(newest_per_service(containers).values())
-    healthy = bool(running) and all(
+    services = [{"name": c.service, "container": c.name, "image": c.image, "state": c.state,
+                 "health": c.health, "role": c.role, "tag": c.tag} for c in shown]
+    down = accessories_down(root, containers) if running else []
+    services += [a for a in down if a["container"] not in {c.name for c in shown}]
+    healthy = bool(running) and not down and all(
         c.state == "running" and c.health in (None, "healthy") for c in running
     )
     # Unvalidated settings (see Ctx.load_root): a broken URL only makes the probe fail.
@@ -453,13 +463,32 @@ def compose_status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     return {
         "current_tag": running_tag(containers),
         "healthy": healthy,
-        "services": [
-            {"name": c.service, "container": c.name, "image": c.image, "state": c.state,
-             "health": c.health, "role": c.role, "tag": c.tag}
-            for c in shown
-        ],
+        "services": services,
         "proxy": proxy_view(root, running),
     }
+
+
+def accessories_down(root: AgentRoot, containers: list[ContainerInfo]) -> list[dict[str, Any]]:
+    """The accessories of the compose file that do not run: their newest container (exited,
+    created...), or `missing` when they have none. Jobs and release services are not."""
+    from ..plan import ROLES
+
+    out = []
+    newest = newest_per_service(containers)
+    for name, svc in root.compose_services().items():
+        labels = svc.get("labels") or {}
+        role = (labels.get(ROLE_LABEL) if isinstance(labels, dict) else None) or (
+            "release" if "IMAGE_TAG" in str(svc.get("image", "")) else "accessory")
+        if role not in ROLES or role != "accessory":
+            continue
+        c = newest.get(name)
+        if c is None:
+            out.append({"name": name, "container": None, "image": str(svc.get("image", "")),
+                        "state": "missing", "health": None, "role": "accessory", "tag": None})
+        elif not c.running:
+            out.append({"name": name, "container": c.name, "image": c.image, "state": c.state,
+                        "health": c.health, "role": "accessory", "tag": None})
+    return out
 
 
 def proxy_view(root: AgentRoot, running: list[ContainerInfo]) -> dict[str, Any] | None:

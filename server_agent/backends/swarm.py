@@ -208,9 +208,8 @@ class SwarmBackend:
                                  hint="push the release first (obsdeploy release), and log the "
                                       "manager in to the registry (docker login)")
 
-    def start_accessories(self, plan: RolloutPlan, release: Release,
+    def start_accessories(self, names: list[str], release: Release,
                           gate: Callable[[Observer], Verdict]) -> None:
-        names = [a.name for a in plan.accessories if a.action == "start"]
         if not names:
             return
         log.info("deploying accessories: %s", ", ".join(names))
@@ -270,9 +269,6 @@ class SwarmBackend:
         log.info("deployed %s of stack %s: %s", release.tag, self.root.project, ", ".join(step.names))
         return SwarmSwitch(step, release.tag, round(time.monotonic() - t, 3), None, snapshot,
                            started_ns, before=before, seen=seen)
-
-    def proxied(self, sw: SwarmSwitch) -> bool:
-        return False  # preflight refuses agent.proxy on a swarm
 
     def observe(self, sw: SwarmSwitch) -> Observer:
         return TaskObserver(self.swarm, sw.replicas, sw.tag, sw.seen, contract=sw.step.contract,

@@ -41,22 +41,23 @@ class GateCriteria:
             container_env=tuple(settings.required_env if env is None else env),
         )
 
-    def for_step(self, *, contract: bool, proxied: bool = False) -> GateCriteria:
-        """What applies to a step: verify and the container environment where it switches a
-        contract service; health_url there, and for the proxied service (it is what the proxy
-        will send users to)."""
+    def for_step(self, *, contract: bool) -> GateCriteria:
+        """What applies to a step: health_url always (it is how the release says it works,
+        whether or not a service carries the path contract; the backend's observer says
+        where it is asked, the proxied service at its own address); verify and the
+        container environment where it switches a contract service."""
         return replace(
             self,
-            health_url=self.health_url if contract or proxied else None,
             verify_paths=self.verify_paths if contract else (),
             log_pattern=self.log_pattern if contract else None,
             container_env=self.container_env if contract else (),
         )
 
     def for_accessories(self) -> GateCriteria:
-        """An accessory is started, not judged: running (and healthy where it has a
-        healthcheck) is enough."""
-        return replace(self.for_step(contract=False), stabilize=0.0)
+        """An accessory is started, not judged by health_url: running (and healthy where it
+        has a healthcheck) for stabilize_seconds is enough; one that exits meanwhile fails
+        the attempt."""
+        return replace(self.for_step(contract=False), health_url=None)
 
     def without_stabilize(self) -> GateCriteria:
         return replace(self, stabilize=0.0)

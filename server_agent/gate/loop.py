@@ -3,7 +3,8 @@ node of a swarm); the loop applies the criteria, fails fast, stabilizes and time
 
     look → a failure is the verdict; the engine away is no verdict (wait, up to the deadline)
          → health_url probed as soon as the units run (before Docker's first healthcheck:
-           an error-answering release fails within three answers)
+           an error-answering release fails within three answers), one probe at a time
+           per unit, every round until it answers, then gentler (probe.ProbeRun)
          → verify.paths, the container environment (once), verify.log_pattern
          → healthy for `stabilize` seconds: pass; the deadline: fail, saying what it waited on
 """
@@ -114,9 +115,10 @@ def _loop(observer: Observer, c: GateCriteria, started: float, answers: list[str
         if look.probing and c.health_url:
             urls = observer.health_urls(c.health_url)
             if urls:
-                ans, failed_at = _ask(probes, urls, c.allow_degraded)
-                answers.append(ans.detail if len(urls) == 1 else f"{failed_at or urls[0]}: {ans.detail}")
-                del answers[:-10]
+                ans, failed_at, fresh = _ask(probes, urls, c.allow_degraded)
+                if fresh:
+                    answers.append(ans.detail if len(urls) == 1 else f"{failed_at or urls[0]}: {ans.detail}")
+                    del answers[:-10]
                 if failed_at is not None:
                     where = f" at {failed_at}" if len(urls) > 1 else ""
                     return f"health_url answered a failure {FAILS_IN_A_ROW} times in a row{where}: {ans.detail}"
@@ -151,14 +153,17 @@ def _loop(observer: Observer, c: GateCriteria, started: float, answers: list[str
 
 
 def _ask(probes: dict[str, ProbeRun], urls: list[str], allow_degraded: bool
-         ) -> tuple[HealthAnswer, str | None]:
-    """One round of probes; the worst answer decides. Also returns the URL that has failed
-    FAILS_IN_A_ROW times in a row, if any."""
+         ) -> tuple[HealthAnswer, str | None, bool]:
+    """One round of probes (those due); the worst answer decides. Also returns the URL that
+    has failed FAILS_IN_A_ROW times in a row, if any, and whether any probe was sent."""
     got = []
+    fresh = False
     for url in urls:
         run = probes.setdefault(url, ProbeRun(allow_degraded))
-        ans = run.ask([url])
+        sent = run.sent
+        ans = run.ask(url)
+        fresh = fresh or run.sent > sent
         if run.failed:
-            return ans, url
+            return ans, url, True
         got.append(ans)
-    return worst(got), None
+    return worst(got), None, fresh

@@ -17,10 +17,13 @@ def check(root: AgentRootDir, **env: str) -> tuple[int, dict]:  # type: ignore[t
     return res.returncode, json.loads(res.stdout)
 
 
-def test_clean_root_passes_and_creates_missing_host_dirs(agent_root: AgentRootDir) -> None:
+def test_clean_root_passes_check_creates_nothing_deploy_creates_the_host_dirs(agent_root: AgentRootDir) -> None:
     res = agent_root.agent("check")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "created missing host directory" in res.stdout
+    assert "a deploy will create the missing host directory" in res.stdout
+    for d in ("data", "logs", "config", "state"):
+        assert not (agent_root.path / d).exists()
+    assert agent_root.agent("deploy", "v1.0.0").returncode == 0
     for d in ("data", "logs", "config"):
         assert (agent_root.path / d).is_dir()
     code, doc = check(agent_root)

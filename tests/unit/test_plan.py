@@ -74,6 +74,20 @@ def test_accessories_missing_or_stopped_are_started_running_ones_left() -> None:
         "kv": ("leave", True), "mq": ("start", False)}
 
 
+def test_accessories_that_depend_on_release_services_start_after_their_last_step() -> None:
+    cfg = _config({"db": {"image": "reg/db:16"},
+                   "api": {"image": IMG, "labels": {"obsdeploy.order": "1"}, "depends_on": {"db": {}}},
+                   "web": {"image": IMG, "labels": {"obsdeploy.order": "2"}},
+                   "nginx": {"image": "reg/nginx:1", "depends_on": {"api": {}, "web": {}}},
+                   "certs": {"image": "reg/certs:1", "depends_on": {"nginx": {}}}})
+    plan = build_plan(cfg, "v2", [], contract=set())
+    assert {a.name: (a.needs, a.after_step) for a in plan.accessories} == {
+        "db": ((), 0), "nginx": (("api", "web"), 2), "certs": (("api", "web"), 2)}
+    assert (plan.accessories_starting(0), plan.accessories_starting(1),
+            plan.accessories_starting(2)) == (["db"], [], ["nginx", "certs"])
+    assert any("nginx: missing or stopped: started after step 2" in line for line in plan.describe())
+
+
 def test_problems_order_against_depends_on_start_first_port_container_name() -> None:
     cfg = _config({
         "a": {"image": IMG, "labels": {"obsdeploy.order": "1"}, "depends_on": {"b": {}}},

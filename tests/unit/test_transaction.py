@@ -73,9 +73,10 @@ class FakeBackend:
     def ensure_images(self, plan: RolloutPlan, release: Release, *, refresh: bool) -> None:
         self.log.append(f"images {release.tag}")
 
-    def start_accessories(self, plan: RolloutPlan, release: Release,
+    def start_accessories(self, names: list[str], release: Release,
                           gate: Callable[[Observer], Verdict]) -> None:
-        self.log.append("accessories")
+        if names:
+            self.log.append("accessories " + ",".join(names))
 
     def run_job(self, job: str, release: Release) -> None:
         self.log.append(f"job {job}")
@@ -88,9 +89,6 @@ class FakeBackend:
         for s in step.names:
             self.running[s] = release.tag
         return sw
-
-    def proxied(self, sw: Switched) -> bool:
-        return False
 
     def observe(self, sw: Switched) -> Observer:
         bad = self.broken.get(sw.tag or "")
@@ -168,7 +166,7 @@ def test_a_good_deploy_runs_the_steps_in_order_then_commits(root: AgentRoot) -> 
     backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"})
     outcome, state = run(root, backend, "v2.0.0")
     assert outcome.exit_code == ExitCode.OK, outcome
-    assert backend.log == ["images v2.0.0", "accessories", "job migrate", "switch gateway v2.0.0",
+    assert backend.log == ["images v2.0.0", "job migrate", "switch gateway v2.0.0",
                            "switch observer v2.0.0", "commit keep v1.0.0", "finish"]
     assert state.last_good_tag() == "v2.0.0"
     record = state.history.records()[-1]
