@@ -77,10 +77,15 @@ INVENTORY = UserProject("inventory", "app", "inventory-api", "api", "db", ("post
 ALL = (COUNTER, GUESTBOOK, INVENTORY)
 
 
-def push_accessories(registry: str, built: dict[str, str]) -> None:
+def push_accessories(registry: str, built: dict[str, str]) -> list[str]:
     """The accessory images under the names the compose files use, in the test registry."""
-    for ref, name in ACCESSORY_IMAGES.items():
-        push(built[name], f"{registry}/{ref}")
+    return [push(built[name], f"{registry}/{ref}") for ref, name in ACCESSORY_IMAGES.items()]
+
+
+def untag(refs: list[str]) -> None:
+    """The session's registry names go with the session (the obs-test/ images stay cached)."""
+    if refs:
+        subprocess.run(["docker", "rmi", *refs], capture_output=True, timeout=300)
 
 
 @dataclass

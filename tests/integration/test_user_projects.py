@@ -24,15 +24,21 @@ from tests.parts_user_projects import (
     ProjectRoot,
     place,
     push_accessories,
+    untag,
 )
 
 
 @pytest.fixture(scope="module")
-def project_releases(service_images: dict[str, str], registry: parts.Registry) -> None:
+def project_releases(service_images: dict[str, str], registry: parts.Registry) -> Iterator[None]:
     """The accessories' images and every project's three releases, in the test registry."""
-    push_accessories(registry.address, service_images)
-    for project in ALL:
-        project.build_releases(registry.address, service_images["pyapp"])
+    refs: list[str] = []
+    try:
+        refs += push_accessories(registry.address, service_images)
+        for project in ALL:
+            refs += project.build_releases(registry.address, service_images["pyapp"]).values()
+        yield
+    finally:
+        untag(refs)
 
 
 @pytest.fixture(params=ALL, ids=lambda p: p.name)
@@ -128,6 +134,12 @@ def choose_health_url(root: ProjectRoot) -> None:
     config.write_text(json.dumps(doc, indent=2))
 
 
+def serves(root: ProjectRoot, tag: str) -> None:
+    """The app answers as release `tag`. Waited for: the project's nginx asks Docker's DNS for
+    the app's new address at most every 5 s (tests/projects/guestbook/proxy/site.conf)."""
+    assert until(lambda: root.version() == tag, 30), f"the app says {root.version()}, not {tag}"
+
+
 def agent_ok(root: ProjectRoot, *args: str, code: int = 0) -> dict[str, Any]:
     res = root.agent(*args, "--json") if args[0] != "check" else root.agent(*args)
     parts.no_traceback(res)
@@ -144,7 +156,7 @@ def test_init_check_deploy_rollback(placed: ProjectRoot) -> None:
     agent_ok(placed, "check")
 
     agent_ok(placed, "deploy", "v1.0.0")
-    assert placed.version() == "v1.0.0"
+    serves(placed, "v1.0.0")
     db = placed.container(database)
     assert db is not None and db["State"]["Running"]
 
@@ -160,7 +172,7 @@ def test_init_check_deploy_rollback(placed: ProjectRoot) -> None:
     stored = read(placed)
 
     agent_ok(placed, "deploy", "v1.1.0")
-    assert placed.version() == "v1.1.0"
+    serves(placed, "v1.1.0")
     assert read(placed) == stored
     unchanged_database()
     write(placed, 3)
@@ -169,12 +181,12 @@ def test_init_check_deploy_rollback(placed: ProjectRoot) -> None:
     # Up and listening, but 500 to every request: only health_url can tell.
     failed = agent_ok(placed, "deploy", "v1.2.0-broken", code=20)
     assert failed.get("current_tag") == "v1.1.0", failed
-    assert placed.version() == "v1.1.0"
+    serves(placed, "v1.1.0")
     assert read(placed) == stored
     unchanged_database()
 
     agent_ok(placed, "rollback")
-    assert placed.version() == "v1.0.0"
+    serves(placed, "v1.0.0")
     assert read(placed) == stored
     unchanged_database()
 
