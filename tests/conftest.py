@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +160,26 @@ def images(docker_client, registry: parts.Registry) -> dict[str, str]:  # type: 
     refs = runs.shared("images", lambda _: parts.build_fixture_images(docker_client, registry.address))
     ENGINE_USED.append(parts.FIXTURE_BASE)
     return refs
+
+
+@pytest.fixture(scope="session")
+def service_images() -> dict[str, str]:
+    """Real service images built here from Debian's packages (tests/parts_images.py): name ->
+    reference, for debian (the base), postgres, redis, mariadb, nginx and pyapp. Cached on the
+    engine by content hash, so a machine builds them once (a few minutes)."""
+    from tests import parts_images
+
+    try:
+        built = parts_images.ensure_images()
+    except FileNotFoundError as exc:
+        missing(str(exc))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        msg = f"building the service images failed: {exc}"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: never skipped)", pytrace=False)
+        pytest.skip(msg)
+    ENGINE_USED.append(built.refs["debian"])
+    return built.refs
 
 
 @pytest.fixture
