@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -370,13 +370,7 @@ class ContainerObserver:
             if proxied:
                 addresses = [c.address(self.proxy.port) for c in proxied]
                 return [rewrite_url(url, a) for a in addresses if a is not None]
-        port = url_port(url)
-        if any(c.publishes(port) for c in self.infos):
-            return [url]
-        listening = [c for c in self.infos if f"{port}/tcp" in c.exposed]
-        if listening:
-            return [rewrite_url(url, a) for c in listening if (a := c.address(port)) is not None]
-        return [url]
+        return where_to_ask(url, self.infos)
 
     def logs_contain(self, pattern: re.Pattern[str]) -> bool:
         return all(self.engine.logs_contain(cid, pattern) for cid in self.contract_ids)
@@ -437,6 +431,21 @@ class WatchedContainers:
         return "".join(self.engine.logs_since(c.id, since) for c in self.containers)
 
 
+def where_to_ask(url: str, containers: Sequence[ContainerInfo]) -> list[str]:
+    """health_url as written when one of `containers` publishes its port; else at the own
+    address of each that listens on it (a service behind the project's own nginx); else as
+    written. The gate and `status` ask the same places."""
+    from ..proxy import rewrite_url
+
+    port = url_port(url)
+    if any(c.publishes(port) for c in containers):
+        return [url]
+    listening = [c for c in containers if f"{port}/tcp" in c.exposed]
+    if listening:
+        return [rewrite_url(url, a) for c in listening if (a := c.address(port)) is not None]
+    return [url]
+
+
 # --- status: read-only, from unvalidated settings (status works with a broken configuration)
 TRUTHY = {"true", "1", "yes", "on", "t", "y"}  # what pydantic reads as True
 
@@ -459,7 +468,9 @@ def compose_status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
     url = root.raw_setting("health_url")
     if healthy and url:
         allow_degraded = str(root.raw_setting("allow_degraded")).lower() in TRUTHY
-        healthy = probe(str(url), allow_degraded).kind == "pass"
+        release = [c for c in running if c.role == "release"] or running
+        healthy = all(probe(where, allow_degraded).kind == "pass"
+                      for where in where_to_ask(str(url), release))
     return {
         "current_tag": running_tag(containers),
         "healthy": healthy,

@@ -193,7 +193,7 @@ def test_init_check_deploy_rollback(placed: ProjectRoot) -> None:
     res = placed.agent("status", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     status = json.loads(res.stdout)
-    assert status["current_tag"] == "v1.0.0" and status["healthy"] is True, status
+    assert status["current_tag"] == "v1.0.0" and status["healthy"] is True, json.dumps(status)
     services = {s["name"]: s["state"] for s in status["services"]}
     assert all(state == "running" for state in services.values()), services
     assert {database, placed.project.release_service} <= set(services), services
