@@ -39,7 +39,8 @@ class VerifySettings(BaseModel):  # SPEC §6
     paths: list[str] = Field(
         default_factory=lambda: ["config/observer"],
         description="Paths, relative to the agent root, that must exist on the host before a "
-                    "release passes its gate.")
+                    "release passes its gate. The default is the observer's own: set [] for "
+                    "another project.")
     log_pattern: str | None = Field(
         default=None, description="A regular expression that must appear in the release containers' "
                           "log before the release passes. null: none.")
@@ -295,11 +296,13 @@ class AgentSettings(BaseSettings):
     required_env: list[str] = Field(
         default_factory=lambda: ["QTS_OBSERVER_STANDALONE", "PYTHONPATH"],
         description="Variables that must be set, non-empty: in the \"environment\" object, in "
-                    ".env or in the agent's own environment.")
+                    ".env or in the agent's own environment. The default is the observer's own: "
+                    "set [] (or your own list) for another project.")
     secret_env: list[str] = Field(
         default_factory=lambda: ["KIS_API_KEY", "KIS_API_SECRET"],
         description="Variables required too, whose values are never shown: `***` in output, "
-                    "logs, history and messages. Best kept in .env.")
+                    "logs, history and messages. Best kept in .env. The default is the "
+                    "observer's own: set [] (or your own list) for another project.")
     secret_sources: list[SecretSource] = Field(
         default_factory=list,
         description="More places values may come from, read in order after the JSON's "
@@ -313,7 +316,8 @@ class AgentSettings(BaseSettings):
         default_factory=lambda: {"OBSERVER_STANDALONE": "QTS_OBSERVER_STANDALONE"},
         description="Non-standard name → standard name: a variable set under the non-standard "
                     "name (in the environment or the compose file) is a preflight problem that "
-                    "names the standard one.")
+                    "names the standard one. The default is the observer's own: set {} for "
+                    "another project.")
     verify: VerifySettings = Field(default_factory=lambda: VerifySettings(),
                                    description="Post-start success criteria; see below.")
     mounts: dict[str, str] = Field(
@@ -321,7 +325,8 @@ class AgentSettings(BaseSettings):
         description="The path contract, host directory (relative to the agent root) → container "
                     "path: the release services that carry the contract must bind-mount exactly "
                     "these. Missing host directories are created; they must be writable by the "
-                    "user the service runs as.")
+                    "user the service runs as. The default is the observer's own: set {} for "
+                    "a project without a path contract.")
     job_timeout: float = Field(
         300, gt=0, description="Seconds a job (a service labelled obsdeploy.role: job) may run "
                                "before the deploy stops with exit 13.")
