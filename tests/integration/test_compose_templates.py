@@ -82,25 +82,39 @@ def test_deployment_config_agent_section_is_accepted_as_is() -> None:
 def test_agent_preflight_accepts_the_templates(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
     code, report = check(root, agent_env(root, **SECRETS))
     assert (code, report["ok"], report["problems"]) == (0, True, []), report
-    # Created by preflight (the path contract), and said so.
-    assert report["notes"][:3] == [f"created missing host directory {root.resolve() / d} owned by 1000:1000"
-                                   for d in ("data", "logs", "config")]
+    # check creates nothing: it says what a deploy will create (the path contract).
+    assert report["notes"][:3] == [
+        f"a deploy will create the missing host directory {root.resolve() / d} owned by 1000:1000"
+        for d in ("data", "logs", "config")]
     api = tuple(int(x) for x in docker_client.version()["ApiVersion"].split("."))
     # The template's start_interval: an engine older than 25 (API 1.44) ignores it, and says so.
     assert [n for n in report["notes"][3:] if "start_interval" in n] == (
         [] if api >= (1, 44) else [report["notes"][3]]), report["notes"]
     for d in ("data", "logs", "config"):
-        assert (root / d).is_dir()
+        assert not (root / d).exists()
 
 
-def test_preflight_creates_the_contract_dirs_for_the_services_user(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
-    """The template runs as 1000:1000: the directories preflight creates are that user's, so
-    the observer can write its archive at the first start."""
-    code, report = check(root, agent_env(root, **SECRETS))
-    assert code == 0, report
+def test_preflight_creates_the_contract_dirs_for_the_services_user(  # type: ignore[no-untyped-def]
+        docker_client, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template runs as 1000:1000: the directories a deploy's preflight creates are that
+    user's, so the observer can write its archive at the first start. (The deploy's own
+    preflight, in-process: the template's image is not in any registry here.)"""
+    from server_agent.backends.select import backend_for
+    from server_agent.engine import Engine
+    from server_agent.preflight import run_preflight
+    from server_agent.root import AgentRoot
+
+    for name, value in agent_env(root, **SECRETS).items():
+        monkeypatch.setenv(name, value)
+    agent_root = AgentRoot(root)
+    report = run_preflight(agent_root, backend_for(agent_root, Engine()), "v1.2.3")
+    assert report.ok, report.problems
     for d in ("data", "logs", "config"):
         st = (root / d).stat()
         assert (st.st_uid, st.st_gid) == (1000, 1000), d
+    assert [n for n in report.notes if n.startswith("created missing host directory")][:3] == [
+        f"created missing host directory {root.resolve() / d} owned by 1000:1000"
+        for d in ("data", "logs", "config")]
 
 
 def test_preflight_checks_writability_as_the_services_user(docker_client, root: Path) -> None:  # type: ignore[no-untyped-def]
