@@ -56,6 +56,7 @@ PAIRS = 5
 QUICK_PAIRS = 2
 WALL_TARGET = 1.1
 HEALTHY_TAGS = ["v1.0.0", "v1.1.0", "v1.2.0"]
+EDGE_CRASH = "v4.1.0-edgecrash"  # crashes at start where ROLE=edge (scenario 6's last host)
 LOCK = Path(tempfile.gettempdir()) / "obsdeploy-bench.lock"
 GIB = 1 << 30
 MB = 1_000_000
@@ -568,9 +569,15 @@ class Bench:
             root = parts.make_agent_root(self.tmp / f"vm{i}" / "observer", self.registry.address,
                                          f"obsbench-vm{i}-{self.uid}", **self.settings)
             h.write_compose(root)
+            # The release sees its host's ROLE: the last host is `edge`, where EDGE_CRASH
+            # crashes (the fleet rollback row below).
+            f = root.path / "docker-compose.server.yml"
+            f.write_text(f.read_text().replace("    environment:\n",
+                                               "    environment:\n      ROLE: ${ROLE:-}\n", 1))
             self.cleanups.append(root.down)
+            role = {"ROLE": "edge"} if i == nhosts - 1 else {}
             sshd = parts_ssh.Sshd(self.tmp / f"vm{i}" / "sshd",
-                                  env={"OBS_AGENT_ROOT": str(root.path)}).start()
+                                  env={"OBS_AGENT_ROOT": str(root.path), **role}).start()
             self.cleanups.append(sshd.stop)
             servers.append((sshd, root))
         key = servers[0][0].client_key
@@ -584,8 +591,9 @@ class Bench:
                    OBSDEPLOY_AGENT_COMMAND=str(h.AGENT))
         current = dict.fromkeys(range(nhosts), "")
 
-        def deploy(idx: list[int], tag: str) -> tuple[float, int, dict[str, Any] | None, str]:
-            argv = [str(obsdeploy), "deploy", tag, "--batch", str(len(idx)), "--json"]
+        def deploy(idx: list[int], tag: str,
+                   batch: int | None = None) -> tuple[float, int, dict[str, Any] | None, str]:
+            argv = [str(obsdeploy), "deploy", tag, "--batch", str(batch or len(idx)), "--json"]
             for i in idx:
                 argv += ["--host", servers[i][0].address]
             t = time.perf_counter()
@@ -626,15 +634,47 @@ class Bench:
         profile = self._ssh_profile(runs)
         one = statistics.median(singles)
         many = statistics.median(multis)
+        fleet = self._fleet_back(servers, lambda: deploy(list(range(nhosts)), EDGE_CRASH, 1))
         rows = [
             row(f"{nhosts} hosts --batch {nhosts} vs 1 host", "s", many, one,
                 target="<= 1.5x", limit=1.5,
                 note="the 'script' column is obsdeploy deploy to 1 host"
                      + ("; --quick: 2 hosts, not 4" if self.quick else "")),
             row("exit codes", "", codes, target="all 0", met=all(c == 0 for c in codes)),
+            *fleet["rows"],
         ]
-        return {"rows": rows, "runs": runs, "profile": profile,
+        return {"rows": rows, "runs": runs, "profile": profile, "fleet": fleet["run"],
                 "note": "baselines: not applicable"}
+
+    def _fleet_back(self, servers: list[Any],
+                    deploy: Callable[[], tuple[float, int, dict[str, Any] | None, str]]
+                    ) -> dict[str, Any]:
+        """`--batch 1` of a release that crashes on the last host only: obsdeploy's time from
+        that failure to the end (its wall minus the hosts' own deploy seconds: the fleet
+        rollback, host after host) against the sum of the agents' own rollback durations."""
+        import docker
+
+        parts.build_release(docker.from_env(timeout=300), self.registry.address,
+                            parts.REPOSITORY, EDGE_CRASH, "crash-edge")
+        n = len(servers)
+        wall, code, report, out = deploy()  # --batch 1: the hosts go back one after the other
+        hosts = (report or {}).get("hosts", [])
+        if code != 20 or (report or {}).get("fleet_result") != "rolled_back" or report is None:
+            return {"rows": [row(f"fleet back after the last of {n} hosts fails", "", "n/a",
+                                 target="<= 1.2x", met=False,
+                                 note=f"exit {code}: " + h.tail(out, 10))], "run": report}
+        deploying = sum(x["seconds"] for x in hosts)
+        back = wall - deploying
+        agents = [h.last_record(root) or {} for _, root in servers[:-1]]
+        own = sum(float(r.get("duration_s") or 0) for r in agents
+                  if r.get("action") == "rollback")
+        log(f"  fleet back: {back:.2f}s after the failure; the agents' rollbacks {own:.2f}s")
+        return {"rows": [row(f"{n} hosts, last fails: fleet back vs the hosts' own rollbacks",
+                             "s", back, own, target="<= 1.2x", limit=1.2,
+                             note="'script' column: the sum of the agents' own rollback "
+                                  "durations (history)")],
+                "run": {"wall_s": round(wall, 3), "back_s": round(back, 3),
+                        "agent_rollbacks_s": round(own, 3), "report": report}}
 
     @staticmethod
     def _ssh_profile(runs: list[dict[str, Any]]) -> dict[str, Any]:

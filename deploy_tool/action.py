@@ -7,11 +7,13 @@ obsdeploy failed. Every input arrives in an environment variable (`INPUT_*`), ne
 into a script, and is shown only escaped: an input cannot start a workflow command.
 
 - `resolve`: what to do, from the inputs and the event: a pushed prerelease tag deploys
-  nothing (`skip`); unsupported inputs are refused (exit 2).
+  nothing (`skip`); inputs obsdeploy would refuse are refused here already (exit 2), before
+  anything is installed.
 - `run`: writes the SSH key and known_hosts (mode 0600, in a 0700 directory, removed after),
   runs `obsdeploy deploy|rollback --json`, keeps its report and exit code for `summary`.
-- `summary`: the job summary (host, from, to, result, seconds), its heading taken from the
-  inputs themselves, so it is right even when the job failed before `resolve`.
+- `summary`: the job summary (host, from, to, result, seconds, fleet rollback) and the fleet's
+  outcome, its heading taken from the inputs themselves, so it is right even when the job
+  failed before `resolve`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 from server_agent.common.errors import ExitCode, UsageError
 from server_agent.common.versions import validate_version
 
-# Inputs of action.yml that obsdeploy does not support yet: refused when set, never ignored.
-UNSUPPORTED = {"INPUT_CANARY_HOSTS": "canary-hosts", "INPUT_ON_FAILURE": "on-failure"}
+# The values `on-failure` takes (deploy_tool.fleet.ON_FAILURE, kept here so that `resolve`
+# needs no dependency; a unit test keeps them equal).
+ON_FAILURE = ("rollback-fleet", "stop")
 REPORT = "obsdeploy-report.json"
 EXIT_CODE = "obsdeploy-exit-code"
 SSH_DIR = "obsdeploy-ssh"
@@ -70,13 +73,18 @@ class Request:
 
 def resolve(env: Mapping[str, str]) -> dict[str, str]:
     """The step outputs (`action`, `version`); UsageError (exit 2) for what cannot run."""
-    given = [name for var, name in UNSUPPORTED.items() if env.get(var, "").strip()]
-    if given:
-        raise UsageError(f"input(s) {', '.join(given)} are not supported by this version of "
-                         "obsdeploy yet", hint="remove them from the step's `with:`")
     req = Request.of(env)
     if req.action not in ("deploy", "rollback"):
         raise UsageError(f"action must be deploy or rollback, not {shown(req.action)!r}")
+    canary = env.get("INPUT_CANARY_HOSTS", "").strip()
+    if canary and not (canary.isascii() and canary.isdigit()):
+        raise UsageError(f"input `canary-hosts` must be a number of hosts (0 or more), not "
+                         f"{shown(canary)!r}")
+    on_failure = env.get("INPUT_ON_FAILURE", "").strip()
+    if on_failure and on_failure not in ON_FAILURE:
+        raise UsageError(f"input `on-failure` must be {' or '.join(ON_FAILURE)}, not "
+                         f"{shown(on_failure)!r}")
+
     if req.skipped:
         return {"action": "skip", "version": req.version}
     if req.action == "deploy" and not req.version:
@@ -103,8 +111,14 @@ def obsdeploy_argv(env: Mapping[str, str], ssh_dir: Path) -> list[str]:
     for name in _split(env.get("INPUT_SECRETS", "")):
         argv += ["--secret", name]
     for option, var in (("--user", "INPUT_USER"), ("--batch", "INPUT_BATCH"),
+                        ("--canary-hosts", "INPUT_CANARY_HOSTS"),
+                        ("--on-failure", "INPUT_ON_FAILURE"),
                         ("--agent-root", "INPUT_AGENT_ROOT"),
                         ("--agent-command", "INPUT_AGENT_COMMAND")):
+        # A rollback run undoes nothing: on-failure (often a repository variable, shared by
+        # both actions) is for deploy only.
+        if option == "--on-failure" and env["RESOLVED_ACTION"] != "deploy":
+            continue
         if env.get(var, "").strip():
             argv += [option, env[var].strip()]
     return [*argv, "--identity", str(ssh_dir / "id_deploy"),
@@ -147,6 +161,24 @@ def _cell(value: object) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "-"
 
 
+FLEET_MEANINGS = {
+    "success": "every host succeeded",
+    "rolled_back": "a host failed; every host this run switched is back on the release it ran "
+                   "before",
+    "failed": "a host could not be brought back: the fleet runs two releases",
+    "stopped": "a host failed; the hosts already switched were left on the new release "
+               "(on-failure stop)",
+}
+
+
+def _fleet_cell(back: object) -> str | None:
+    if not isinstance(back, dict):
+        return None
+    code = back.get("exit_code")
+    return f"-> {back.get('to') or '?'} {back.get('result')}" + (
+        f" (exit {code})" if code not in (None, 0) else "")
+
+
 def summary(env: Mapping[str, str]) -> str:
     req = Request.of(env)
     if req.skipped:
@@ -170,15 +202,25 @@ def summary(env: Mapping[str, str]) -> str:
     if not hosts:
         lines.append("No per-host report (obsdeploy did not get that far); see the log.")
         return "\n".join(lines) + "\n"
-    lines += ["| host | from | to | result | seconds |", "|---|---|---|---|---|"]
+    # The fleet rollback column only when a host had one, as in obsdeploy's own table.
+    fleet = any(isinstance(h.get("fleet_rollback"), dict) for h in hosts)
+    columns = ["host", "from", "to", "result", "seconds", *(["fleet rollback"] if fleet else [])]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for h in hosts:
         seconds = h.get("seconds")
         result = h.get("result")
         if h.get("exit_code") not in (None, 0):
             result = f"{result} (exit {h['exit_code']})"
-        lines.append("| " + " | ".join(_cell(v) for v in (
-            h.get("host"), h.get("from_tag"), h.get("to_tag"), result,
-            f"{seconds:.1f}" if isinstance(seconds, int | float) else seconds)) + " |")
+        cells = [h.get("host"), h.get("from_tag"), h.get("to_tag"), result,
+                 f"{seconds:.1f}" if isinstance(seconds, int | float) else seconds]
+        if fleet:
+            cells.append(_fleet_cell(h.get("fleet_rollback")))
+        lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
+    outcome = report.get("fleet_result")
+    if isinstance(outcome, str):
+        note = report.get("fleet_message")
+        lines += ["", f"Fleet: **{_cell(outcome)}** ({FLEET_MEANINGS.get(outcome, 'see the log')})"
+                  + (f": {_cell(note)}" if note else "")]
     # Why a host failed (e.g. which watch check rolled the release back): the agent's
     # message, first line, below the table.
     why = [f"- **{_cell(h.get('host'))}**: {_cell(str(h['message']).splitlines()[0][:500])}"

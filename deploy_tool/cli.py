@@ -152,7 +152,8 @@ def _agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _remote(action: str, ctx: Ctx, version: str | None, batch: int | None, as_json: bool,
-            secrets: tuple[str, ...] = (), **o: Any) -> None:
+            secrets: tuple[str, ...] = (), canary_hosts: int | None = None,
+            on_failure: str | None = None, **o: Any) -> None:
     from .remote import AgentCall, SshOptions, parse_hosts, read_secrets, rollout
 
     cfg = ctx.config().deploy
@@ -166,7 +167,9 @@ def _remote(action: str, ctx: Ctx, version: str | None, batch: int | None, as_js
                       connect_timeout=cfg.connect_timeout)
     stream = sys.stderr if as_json else sys.stdout
     report = rollout(hosts, action, version, call, opts,  # type: ignore[arg-type]
-                     batch=batch or cfg.batch, out=stream, err=sys.stderr)
+                     batch=batch or cfg.batch, out=stream, err=sys.stderr,
+                     canary_hosts=cfg.canary_hosts if canary_hosts is None else canary_hosts,
+                     on_failure=on_failure or cfg.on_failure)  # type: ignore[arg-type]
     _report(report, as_json)
 
 
@@ -183,6 +186,23 @@ def _batch_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--batch", type=click.IntRange(min=1), default=None,
                         help="Hosts per batch, run in parallel; the first batch with a failure "
                              "stops the rollout (env OBSDEPLOY_BATCH; default 1).")(f)
+
+
+def _canary_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--canary-hosts", type=click.IntRange(min=0), default=None, metavar="N",
+                        help="Deploy the first N hosts first, as one batch (each with its "
+                             "watch), and the others only when every one of them succeeded "
+                             "(env OBSDEPLOY_CANARY_HOSTS; default 0).")(f)
+
+
+def _on_failure_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--on-failure", type=click.Choice(["rollback-fleet", "stop"]),
+                        default=None,
+                        help="When a host fails (or cannot be reached), no further host starts; "
+                             "rollback-fleet also sends every host this run switched back to the "
+                             "release it ran before, last batch first, so the fleet runs one "
+                             "release again; stop leaves them (env OBSDEPLOY_ON_FAILURE; "
+                             "default rollback-fleet).")(f)
 
 
 def _secret_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -214,13 +234,17 @@ def _version(value: str | None) -> str | None:
 @cli.command()
 @click.argument("version")
 @_batch_option
+@_canary_option
+@_on_failure_option
 @_secret_option
 @_agent_options
 @click.pass_obj
 def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -> None:
     """Deploy VERSION on every host: the agent pulls, gates and rolls back by itself.
 
-    Exit code: the first failed host's (the codes are listed in `obsdeploy --help`).
+    When a host fails, the hosts this run already switched go back to the release they ran
+    before (unless --on-failure stop). Exit code: the first failed host's, or 21 when a host
+    could not be brought back (the codes are listed in `obsdeploy --help`).
     """
     _remote("deploy", ctx, _version(version), batch, as_json, **o)
 
@@ -228,11 +252,15 @@ def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -
 @cli.command()
 @click.argument("version", required=False)
 @_batch_option
+@_canary_option
 @_secret_option
 @_agent_options
 @click.pass_obj
 def rollback(ctx: Ctx, version: str | None, batch: int | None, as_json: bool, **o: Any) -> None:
-    """Roll every host back to VERSION, or to the good release before its current one."""
+    """Roll every host back to VERSION, or to the good release before its current one.
+
+    The hosts go in the same batches as a deploy (canary hosts first); a host that fails
+    stops the run and is reported, the hosts already rolled back stay so."""
     _remote("rollback", ctx, _version(version), batch, as_json, **o)
 
 

@@ -23,6 +23,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from server_agent.common.errors import UsageError
 
+from .fleet import OnFailure
+
 ENV_PREFIX = "OBSDEPLOY_"
 CONFIG_NAME = "obsdeploy.toml"
 CONFIG_ENV = "OBSDEPLOY_CONFIG"
@@ -50,6 +52,10 @@ class DeployConfig(BaseModel):
     agent_root: str | None = None
     agent_command: str = "obs-agent"
     batch: int = Field(default=1, ge=1)
+    # The first N hosts go first, as one batch, and the others only once each of them succeeded.
+    canary_hosts: int = Field(default=0, ge=0)
+    # When a host fails: send every host this run switched back to its release, or leave them.
+    on_failure: OnFailure = "rollback-fleet"
     connect_timeout: float = Field(default=15, gt=0)
     # Names of variables of obsdeploy's own environment whose values go to every host's .env
     # (over the SSH session's standard input, never a command line).
@@ -148,6 +154,8 @@ class _EnvOverrides(BaseSettings):
     agent_root: str | None = None
     agent_command: str | None = None
     batch: int | None = None
+    canary_hosts: int | None = None
+    on_failure: str | None = None
     connect_timeout: float | None = None
     secrets: Annotated[list[str] | None, NoDecode] = None
 

@@ -3,8 +3,8 @@
 Building and running are kept apart: `HostSpec.parse` and `AgentCall.command` only build
 (a host spec, a `shlex.join`ed command line: no tag, path or host is ever pasted unquoted);
 `SshSession` runs one command on one host (fabric, host keys verified against known_hosts
-with paramiko's `RejectPolicy`: an unknown or changed key is exit 30); `rollout` goes through
-the hosts in batches and stops after the first batch with a failure.
+with paramiko's `RejectPolicy`: an unknown or changed key is exit 30); `rollout` carries out
+the fleet plan of `fleet.py` (batches, canary hosts, what a failure undoes) over SSH.
 """
 
 from __future__ import annotations
@@ -19,12 +19,23 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from pydantic import BaseModel, Field
 
 from server_agent.common.errors import NOTHING_CHANGED, ExitCode, SSHError, UsageError
 from server_agent.common.redact import REDACTOR
+
+from .fleet import (
+    Action,
+    FleetRollback,
+    HostCall,
+    HostResult,
+    OnFailure,
+    RolloutReport,
+    carry_out,
+    plan_fleet,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
@@ -273,28 +284,6 @@ class SshSession:
         self.conn.put(local, remote)
 
 
-Action = Literal["deploy", "rollback", "status", "setup"]
-
-
-class HostResult(BaseModel):
-    host: str
-    result: str  # ok | rolled_back | failed | ssh_error | skipped | ...
-    exit_code: int | None
-    from_tag: str | None = None
-    to_tag: str | None = None
-    seconds: float | None = None
-    message: str | None = None
-    status: dict[str, Any] | None = None
-
-
-class RolloutReport(BaseModel):
-    action: Action
-    version: str | None
-    batch: int
-    exit_code: int
-    hosts: list[HostResult]
-
-
 def batches(hosts: Sequence[HostSpec], size: int) -> list[list[HostSpec]]:
     return [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
 
@@ -348,31 +337,26 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
 
 def rollout(hosts: Sequence[HostSpec], action: Action, version: str | None, call: AgentCall,
             opts: SshOptions, *, batch: int, out: IO[str], err: IO[str],
+            canary_hosts: int = 0, on_failure: OnFailure = "rollback-fleet",
             runner: Callable[..., HostResult] = run_on_host) -> RolloutReport:
-    """Batches of `batch` hosts run in parallel; after a batch with a failure the rest is
-    skipped (for `status`, every host is asked). Exit code: the first failed host's."""
+    """The fleet plan (`fleet.plan_fleet`) carried out over SSH: the hosts of a batch run in
+    parallel, one `runner` call each."""
     opts.check()
-    results: dict[str, HostResult] = {}
-    stopped_after: int | None = None
-    groups = batches(hosts, len(hosts) if action == "status" else batch)
-    for n, group in enumerate(groups, 1):
-        if stopped_after is not None:
-            for h in group:
-                results[h.label] = HostResult(
-                    host=h.label, result="skipped", exit_code=None,
-                    message=f"not started: batch {stopped_after} failed")
-            continue
-        with ThreadPoolExecutor(max_workers=len(group)) as pool:
-            futures = {h.label: pool.submit(runner, h, action, version, call, opts, out, err)
-                       for h in group}
-        for label, fut in futures.items():
-            results[label] = fut.result()
-        if any(results[h.label].exit_code != 0 for h in group):
-            stopped_after = n
-    ordered = [results[h.label] for h in hosts]
-    code = next((r.exit_code for r in ordered if r.exit_code not in (0, None)), 0)
-    return RolloutReport(action=action, version=version, batch=batch, exit_code=code or 0,
-                         hosts=ordered)
+
+    def run_batch(calls: Sequence[HostCall[HostSpec]]) -> list[HostResult]:
+        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+            futures = [pool.submit(runner, c.host, c.action, c.version, call, opts, out, err)
+                       for c in calls]
+        return [f.result() for f in futures]
+
+    def say(line: str) -> None:
+        with _PrefixWriter.lock:
+            err.write(f"obsdeploy: {line}\n")
+            err.flush()
+
+    plan = plan_fleet(hosts, action, version, batch=batch, canary_hosts=canary_hosts,
+                      on_failure=on_failure)
+    return carry_out(plan, run_batch, say)
 
 
 def _note(message: str | None) -> str:
@@ -400,13 +384,28 @@ def render_report(report: RolloutReport, console: Any) -> None:
     what = report.version or ("(previous)" if report.action == "rollback" else "")
     title = f"{report.action} {what}".rstrip() + f": exit {report.exit_code}"
     table = Table(title=title, title_justify="left")
-    for col in ("host", "from", "to", "result", "exit", "seconds", "note"):
+    fleet = any(r.fleet_rollback for r in report.hosts)
+    for col in ("host", "from", "to", "result", "exit", "seconds",
+                *(["fleet rollback"] if fleet else []), "note"):
         table.add_column(col)
     for r in report.hosts:
         table.add_row(r.host, r.from_tag or "-", r.to_tag or "-", r.result,
                       "-" if r.exit_code is None else str(r.exit_code),
-                      "-" if r.seconds is None else f"{r.seconds:.1f}", _note(r.message))
+                      "-" if r.seconds is None else f"{r.seconds:.1f}",
+                      *([fleet_cell(r.fleet_rollback)] if fleet else []), _note(r.message))
     console.print(table)
+    if report.fleet_result is not None and len(report.hosts) > 1:
+        line = f"fleet: {report.fleet_result}"
+        console.print(line + (f" ({report.fleet_message})" if report.fleet_message else ""),
+                      markup=False)
+
+
+def fleet_cell(back: FleetRollback | None) -> str:
+    """A host's fleet rollback in one cell: `-> v1.0.0 ok`, or `-` when it had none."""
+    if back is None:
+        return "-"
+    code = "" if back.exit_code in (0, None) else f" (exit {back.exit_code})"
+    return f"-> {back.to or '?'} {back.result}{code}"
 
 
 def _key_name(conn: Any) -> str:

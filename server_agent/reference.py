@@ -257,7 +257,9 @@ def exit_codes_markdown() -> str:
         "`result` is the word obsdeploy's per-host report (`--json`) gives the host's outcome. "
         "\"Still runs\": the agent refused or stopped before anything running was switched, so "
         "what ran before still runs. obsdeploy acting on several hosts exits with the first "
-        "non-zero code, in the order the hosts were given.",
+        "non-zero code, in the order the hosts were given, except that a deploy exits 21 when "
+        "a host could not be brought back (its own rollback failed, or the fleet rollback of a "
+        "host this run switched failed: `fleet_result` `failed`).",
         "",
         "| code | result | meaning | still runs |",
         "|---|---|---|---|",

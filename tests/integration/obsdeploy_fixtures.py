@@ -130,15 +130,17 @@ class Server:
 
 @pytest.fixture
 def make_server(tmp_path: Path, images: dict[str, str],
-                registry: parts.Registry) -> Iterator[Callable[[str], Server]]:
+                registry: parts.Registry) -> Iterator[Callable[..., Server]]:
     if not SSHD.exists():
         missing("sshd (/usr/sbin/sshd, package openssh-server)")
     servers: list[Server] = []
 
-    def make(name: str) -> Server:
+    def make(name: str, env: dict[str, str] | None = None) -> Server:
+        """`env`: more variables every SSH session (so the agent) of this server sees."""
         root = parts.make_agent_root(tmp_path / name / "observer", registry.address,
                                      f"obs-{name}-{uuid.uuid4().hex[:6]}")
-        sshd = Sshd(tmp_path / name / "sshd", env={"OBS_AGENT_ROOT": str(root.path)}).start()
+        sshd = Sshd(tmp_path / name / "sshd",
+                    env={"OBS_AGENT_ROOT": str(root.path), **(env or {})}).start()
         server = Server(sshd, root, sshd.write_known_hosts(tmp_path / name / "known_hosts"))
         servers.append(server)
         return server

@@ -413,7 +413,9 @@ def test_a_failing_release_fails_the_job_and_the_summary_says_rolled_back(
     tmp_path: Path, runner: Runner, ssh_host, agent_root  # type: ignore[no-untyped-def]
 ) -> None:
     secrets = _secrets(ssh_host)
-    variables = _variables(agent_root)
+    # The repository variables the template gives canary-hosts and on-failure reach obsdeploy.
+    variables = {**_variables(agent_root), "OBSDEPLOY_CANARY_HOSTS": "1",
+                 "OBSDEPLOY_ON_FAILURE": "rollback-fleet"}
     assert runner.run(tmp_path / "good", event="push", ref="refs/tags/v1.0.0",
                       secrets=secrets, variables=variables).code == 0
     bad = runner.run(tmp_path / "bad", event="workflow_dispatch", ref="refs/heads/main",
@@ -424,6 +426,8 @@ def test_a_failing_release_fails_the_job_and_the_summary_says_rolled_back(
     (row,) = summary_rows(bad.summary)
     assert row[1:4] == ["v1.0.0", "v1.0.0", "rolled_back (exit 20)"], row
     assert "## obsdeploy deploy v2.0.0-error" in bad.summary
+    assert "obsdeploy: canary hosts first" in bad.output
+    assert "Fleet: **rolled_back**" in bad.summary, bad.summary
     assert agent_root.last_good() == "v1.0.0"
     _no_secret_anywhere(bad, secrets, agent_root)
 
@@ -449,9 +453,8 @@ def test_a_pushed_prerelease_tag_deploys_nothing(
 def test_the_heading_is_right_when_the_job_fails_before_resolving(
     tmp_path: Path, runner: Runner, agent_root  # type: ignore[no-untyped-def]
 ) -> None:
-    """An input the action refuses (here a version that is not one, and an input obsdeploy
-    does not support yet) stops the job before any host is touched; the summary still says
-    what was asked."""
+    """An input the action refuses (here a version that is not one) stops the job before any
+    host is touched; the summary still says what was asked."""
     run = runner.run(tmp_path / "bad", event="workflow_dispatch", ref="refs/heads/main",
                      inputs={"action": "deploy", "version": "v1.0"},
                      secrets={"DEPLOY_HOSTS": "127.0.0.1:1", "DEPLOY_SSH_KEY": "k",

@@ -55,6 +55,9 @@ def test_every_remote_option_names_its_env_var(command: str) -> None:
         ("deploy", "v1.2.3", "--host", "vm1;reboot"),
         ("deploy", "v1.2.3"),
         ("deploy", "v1.2.3", "--host", "vm1", "--batch", "0"),
+        ("deploy", "v1.2.3", "--host", "vm1", "--canary-hosts", "-1"),
+        ("deploy", "v1.2.3", "--host", "vm1", "--on-failure", "ignore"),
+        ("rollback", "--host", "vm1", "--on-failure", "stop"),  # a rollback run undoes nothing
         ("status", "--host", "vm1", "--known-hosts", "/nonexistent/known_hosts"),
     ],
 )

@@ -51,6 +51,18 @@ def test_file_is_read_and_paths_are_relative_to_it(tmp_path: Path) -> None:
     assert cfg.deploy.batch == 2 and cfg.deploy.agent_root == "/srv/observer"
 
 
+def test_canary_hosts_and_on_failure_from_the_file_and_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_config().deploy.canary_hosts, load_config().deploy.on_failure) == (
+        0, "rollback-fleet")
+    write(tmp_path, '[deploy]\ncanary_hosts = 1\non_failure = "stop"\n')
+    assert (load_config().deploy.canary_hosts, load_config().deploy.on_failure) == (1, "stop")
+    monkeypatch.setenv("OBSDEPLOY_CANARY_HOSTS", "2")
+    monkeypatch.setenv("OBSDEPLOY_ON_FAILURE", "rollback-fleet")
+    assert (load_config().deploy.canary_hosts, load_config().deploy.on_failure) == (
+        2, "rollback-fleet")
+
+
 def test_cwd_file_is_the_default(tmp_path: Path) -> None:
     write(tmp_path, 'image = "127.0.0.1:5000/acme/observer"\n')
     assert load_config().image == "127.0.0.1:5000/acme/observer"
@@ -75,6 +87,9 @@ def test_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('imagee = "x/y"\n', {}, "imagee: unknown key"),
         ('image = "ghcr.io/a/b:v1"\n', {}, "image: Value error, must be an image repository"),
         ("", {"OBSDEPLOY_BATCH": "0"}, "env OBSDEPLOY_BATCH"),
+        ('[deploy]\non_failure = "ignore"\n', {}, "deploy.on_failure: Input should be"),
+        ("", {"OBSDEPLOY_ON_FAILURE": "rollback"}, "env OBSDEPLOY_ON_FAILURE"),
+        ("", {"OBSDEPLOY_CANARY_HOSTS": "-1"}, "env OBSDEPLOY_CANARY_HOSTS"),
         ("", {"OBSDEPLOY_PORT": "ssh"}, "env OBSDEPLOY_PORT"),
         ("", {"OBSDEPLOY_HOSTZ": "a"}, "unknown setting(s) in the environment: OBSDEPLOY_HOSTZ"),
         ("image = [", {}, "is not valid TOML"),

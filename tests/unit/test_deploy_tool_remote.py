@@ -165,7 +165,7 @@ def test_rollout_stops_after_the_first_failed_batch() -> None:
     hosts = [HostSpec(host=f"vm{i}") for i in range(1, 6)]
     calls: list[str] = []
     report = rollout(hosts, "deploy", "v1.2.3", AgentCall(), SshOptions(), batch=2,
-                     out=io.StringIO(), err=io.StringIO(),
+                     out=io.StringIO(), err=io.StringIO(), on_failure="stop",
                      runner=fake_runner({"vm2": 20, "vm1": 0}, calls))
     assert sorted(calls) == ["vm1", "vm2"]
     assert [h.result for h in report.hosts] == ["ok", "failed", "skipped", "skipped", "skipped"]
@@ -176,7 +176,7 @@ def test_rollout_stops_after_the_first_failed_batch() -> None:
 def test_rollout_exit_code_is_the_first_failed_hosts() -> None:
     hosts = [HostSpec(host=f"vm{i}") for i in range(1, 4)]
     report = rollout(hosts, "deploy", "v1.2.3", AgentCall(), SshOptions(), batch=3,
-                     out=io.StringIO(), err=io.StringIO(),
+                     out=io.StringIO(), err=io.StringIO(), on_failure="stop",
                      runner=fake_runner({"vm2": 30, "vm3": 20}, []))
     assert report.exit_code == 30
     ok = rollout(hosts, "deploy", "v1.2.3", AgentCall(), SshOptions(), batch=1,
