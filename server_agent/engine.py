@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -537,36 +536,49 @@ class Engine:
     def exec_streams(self, cid: str, argv: Sequence[str], *, timeout: float,
                      stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
         """Run `argv` in the running container `cid` (docker exec, no TTY), its standard output
-        written to `stdout_fd` as it comes, or its standard input read from `stdin` to the
-        end: a dump of any size passes through in 64 KiB pieces, never held in memory.
+        written to `stdout_fd` as it comes, and its standard input read from `stdin` to the
+        end: a dump of any size passes through in pieces, never held in memory.
         Gives up after `timeout` seconds (exit_code None); the command may then still run
         in the container until its output pipe closes."""
+        import threading
+
         from docker.utils.socket import STDOUT, frames_iter
 
         api = self.client.api
         created = api.exec_create(cid, list(argv), stdout=True, stderr=True, stdin=stdin is not None)
-        # The raw connection (the SDK's own way to feed an exec's stdin): its `_sock` is the
-        # socket, whose timeout bounds each read and write by what is left of `timeout`.
+        # The raw connection, the SDK's own way to feed an exec's stdin (its `_sock` is the
+        # socket). The SDK's frame reader waits in poll() without a timeout, so the deadline
+        # is a timer that shuts the socket down: the reader then sees the end of the stream.
         conn = api.exec_start(created["Id"], socket=True)
         raw = getattr(conn, "_sock", conn)
-        deadline = time.monotonic() + timeout
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+
+        fed = 0
+
+        def feed() -> None:  # beside the reader: a command that talks back must not block us
+            nonlocal fed
+            assert stdin is not None
+            with contextlib.suppress(OSError):
+                while chunk := stdin.read(1 << 16):
+                    raw.sendall(chunk)
+                    fed += len(chunk)
+                raw.shutdown(socket.SHUT_WR)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        feeder = threading.Thread(target=feed, name="exec-stdin", daemon=True) if stdin else None
         written = 0
         stderr = bytearray()
-
-        def left() -> float:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            return remaining
-
         try:
-            if stdin is not None:
-                while chunk := stdin.read(1 << 16):
-                    raw.settimeout(left())
-                    raw.sendall(chunk)
-                    written += len(chunk)
-                raw.shutdown(socket.SHUT_WR)
-            raw.settimeout(left())
+            raw.settimeout(None)  # the timer bounds the whole exchange, not each read
+            if feeder is not None:
+                feeder.start()
             for stream, data in frames_iter(conn, tty=False):
                 if stream == STDOUT and stdout_fd is not None:
                     _write_all(stdout_fd, data)
@@ -574,13 +586,19 @@ class Engine:
                 else:
                     stderr += data
                     del stderr[:-8192]  # the tail is what a failure shows
-                raw.settimeout(left())
-        except TimeoutError:
-            return ExecResult(None, written, REDACTOR(stderr.decode(errors="replace")))
+            if feeder is not None:
+                feeder.join()
+        except OSError:
+            if not expired.is_set():
+                raise
         finally:
+            timer.cancel()
             conn.close()
+        tail = REDACTOR(stderr.decode(errors="replace"))
+        if expired.is_set():
+            return ExecResult(None, written + fed, tail)
         code = api.exec_inspect(created["Id"]).get("ExitCode")
-        return ExecResult(code, written, REDACTOR(stderr.decode(errors="replace")))
+        return ExecResult(code, written + fed, tail)
 
     def rename(self, cid: str, name: str) -> None:
         self.client.api.rename(cid, name)

@@ -173,6 +173,14 @@ def test_a_failing_dump_stops_the_deploy_before_anything_is_switched(data_root: 
     assert running(root.project, "observer")[0]["Id"] == observer, "the running release was touched"
     assert root.last_good() == "v1.0.0"
 
+    # A dump that hangs without a word is given up at backup_timeout.
+    doc["services"]["db"]["labels"]["obsdeploy.backup"] = "sleep 60"
+    write_compose(root, doc)
+    res = root.agent("deploy", "v1.1.0", env=root.env(OBS_AGENT_BACKUP_TIMEOUT="2"), timeout=120)
+    assert res.returncode == 13, res.stdout + res.stderr
+    assert "did not finish within backup_timeout=2s" in res.stdout + res.stderr
+    assert running(root.project, "observer")[0]["Id"] == observer
+
 
 def test_the_archive_of_a_restore_never_writes_the_dumps_into_the_root(data_root: parts.AgentRootDir) -> None:
     """A file restore (without --accessories) leaves accessories/ out of the agent root."""
