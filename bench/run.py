@@ -69,6 +69,7 @@ TITLES = {
     "5": "CLI overhead: obs-agent --help and status vs docker compose ps",
     "6": "obsdeploy deploy over SSH: N loopback hosts --batch N vs 1 host",
     "7": "behind a proxy (caddy, nginx): good deploy, crash, error, rollback",
+    "8": "a deploy dumping a 1 GiB PostgreSQL accessory (obsdeploy.backup) vs pg_dump alone",
 }
 
 
@@ -811,6 +812,11 @@ class Bench:
         return {"measured": False, "note": f"not measured: {why}", "rows": [], "runs": []}
 
     # all -----------------------------------------------------------------------------------------
+    def scenario_8(self) -> dict[str, Any]:
+        from bench import accessory_data
+
+        return accessory_data.run(self)
+
     def run(self, only: set[str]) -> dict[str, Any]:
         started = time.monotonic()
         self.load_at_start = os.getloadavg()

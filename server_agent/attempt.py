@@ -27,6 +27,9 @@ class Attempt:
     watch: dict[str, Any] | None = None
     rollback_gate: dict[str, Any] | None = None
     sent_secrets: bool = False  # secrets came with --secrets-stdin (written into .env)
+    dumps: list[dict[str, Any]] = field(default_factory=list)  # the accessories' dumps taken
+    irreversible_jobs: list[str] = field(default_factory=list)  # obsdeploy.reversible "false", run
+    warnings: list[str] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step of the work
     t0: float = field(default_factory=time.monotonic)
 
@@ -45,6 +48,9 @@ class Attempt:
                                "started_at": self.started_at, "backup": self.backup, "pid": self.pid}
         for key in ("failure", "watch", "rollback_gate"):
             if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for key in ("dumps", "irreversible_jobs", "warnings"):  # only when there are some
+            if getattr(self, key):
                 out[key] = getattr(self, key)
         return out
 

@@ -7,6 +7,11 @@ runs. Large files are copied up to the size they had at capture, in the kernel
 (`copy_file_range`), so 1 GiB costs about a second instead of the ~38 s of `tar -czf`.
 This relies on large files (the JSONL archive, logs) being append-only, which the observer's are.
 The archive is uncompressed on purpose: compression is what makes `tar -czf` slow.
+
+Accessories' dumps (label obsdeploy.backup) are taken before the jobs, each streamed into an
+unlinked spool file beside the archives, and go into the attempt's archive as
+`accessories/NAME.dump`, listed with their commands and sizes in `accessories/manifest.json`.
+A file restore never extracts `accessories/`; `restore --accessories` feeds the dumps back.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import stat
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 from .common.errors import ObsError, UsageError
 from .common.progress import Tracker, track
@@ -81,6 +87,34 @@ class BackupSnapshot:
         return sum(1 for e in self.entries if e.fd is not None)
 
 
+DUMPS_DIR = "accessories"
+MANIFEST = f"{DUMPS_DIR}/manifest.json"
+
+
+@dataclass
+class DumpFile:
+    """One accessory's dump, taken by this attempt: an unlinked file holding its bytes."""
+
+    accessory: str
+    command: tuple[str, ...]
+    fd: int
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def member(self) -> str:
+        return f"{DUMPS_DIR}/{_safe(self.accessory)}.dump"
+
+    def record(self) -> dict[str, object]:
+        """Its line in the manifest and in the history record."""
+        return {"accessory": self.accessory, "command": list(self.command), "member": self.member,
+                "bytes": self.bytes, "seconds": self.seconds}
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 def _held_limit() -> int:
     import resource
 
@@ -99,20 +133,49 @@ class BackupArchive:
         return [r for r in dict.fromkeys(rel) if (self.root.path / r).exists()]
 
     # --- capture ---------------------------------------------------------------------------
-    def capture(self, label: str) -> BackupSnapshot:
+    def capture(self, label: str, dumps: tuple[DumpFile, ...] = ()) -> BackupSnapshot:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         snap = BackupSnapshot(name=f"backup-{stamp}-{_safe(label)}{SUFFIX}")
         self._ensure_dir()
         try:
-            with tempfile.TemporaryFile(dir=self.dir) as spool:  # unlinked at once
-                snap.spool = os.dup(spool.fileno())
+            snap.spool = self.spool_file()
             limit = _held_limit()
             for rel in self.members_to_back_up():
                 self._capture_tree(self.root.path / rel, snap, limit)
+            if dumps:
+                self._add_dumps(snap, dumps)
         except BaseException:
             snap.close()
             raise
         return snap
+
+    def spool_file(self) -> int:
+        """A new file beside the archives, unlinked at once (nothing is left if we die), mode
+        0600: the descriptor is the only way to it."""
+        self._ensure_dir()
+        with tempfile.TemporaryFile(dir=self.dir) as spool:
+            return os.dup(spool.fileno())
+
+    def _add_dumps(self, snap: BackupSnapshot, dumps: tuple[DumpFile, ...]) -> None:
+        import json
+
+        now = int(datetime.now(timezone.utc).timestamp())
+        folder = tarfile.TarInfo(DUMPS_DIR)
+        folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o700, now
+        snap.entries.append(_Entry(folder))
+        manifest = json.dumps({"dumps": [d.record() for d in dumps]}, indent=2).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.mode, info.mtime, info.size = 0o600, now, len(manifest)
+        assert snap.spool is not None
+        offset = snap.spool_size
+        os.pwrite(snap.spool, manifest, offset)
+        snap.spool_size += len(manifest)
+        snap.entries.append(_Entry(info, spooled=offset))
+        for d in dumps:
+            info = tarfile.TarInfo(d.member)
+            info.mode, info.mtime, info.size = 0o600, now, d.bytes
+            # The snapshot owns its own descriptor: the attempt closes the dump's either way.
+            snap.entries.append(_Entry(info, fd=os.dup(d.fd)))
 
     def _capture_tree(self, top: Path, snap: BackupSnapshot, limit: int) -> None:
         def unreadable(exc: OSError) -> None:
@@ -264,6 +327,16 @@ class BackupArchive:
             p.unlink()
         return removed
 
+    def path_of(self, name: str) -> Path:
+        """The archive called `name` (UsageError when there is none)."""
+        if "/" in name or name in {"", ".", ".."}:
+            raise UsageError(f"invalid backup name {name!r}", hint="use a name from `backup list`")
+        path = self.dir / name
+        if not path.is_file():
+            raise UsageError(f"no backup named {name!r} in {self.dir}",
+                             hint="see `obs-agent backup list`")
+        return path
+
     # --- restore ---------------------------------------------------------------------------
     def restore(self, name: str, before_writing: Callable[[], None] | None = None) -> Path:
         """Extract NAME over DIR (state/ excepted: history stays truthful). A member that would
@@ -275,12 +348,7 @@ class BackupArchive:
                 f"this Python ({sys.version.split()[0]}) has no tarfile extraction filters, which "
                 "restore needs to refuse archives that would write outside the agent root",
                 hint="run the agent with Python 3.10.12+, 3.11.4+ or 3.12+ (obsdeploy setup --python)")
-        if "/" in name or name in {"", ".", ".."}:
-            raise UsageError(f"invalid backup name {name!r}", hint="use a name from `backup list`")
-        path = self.dir / name
-        if not path.is_file():
-            raise UsageError(f"no backup named {name!r} in {self.dir}",
-                             hint="see `obs-agent backup list`")
+        path = self.path_of(name)
         dest = str(self.root.path)
         try:
             size = path.stat().st_size
@@ -304,13 +372,45 @@ class BackupArchive:
                 if before_writing is not None:
                     before_writing()
                 safety = self.create("pre-restore")
-                wanted = [m for m in members if m.name != "state" and not m.name.startswith("state/")]
+                wanted = [m for m in members if m.name not in ("state", DUMPS_DIR)
+                          and not m.name.startswith(("state/", f"{DUMPS_DIR}/"))]
                 tar.extractall(dest, members=wanted, filter="data")
         except tarfile.TarError as exc:
             raise UsageError(f"refusing {name}: not a readable tar archive ({exc})",
                              hint="pick another archive from `backup list`") from None
         log.info("restored %s; the files it replaced are in %s", name, safety.name)
         return safety
+
+
+def archived_dumps(path: Path) -> list[dict[str, object]]:
+    """The dumps an archive holds, from its manifest ([] for one without)."""
+    import json
+
+    try:
+        with tarfile.open(path, "r:") as tar:
+            try:
+                member = tar.getmember(MANIFEST)
+            except KeyError:
+                return []
+            f = tar.extractfile(member)
+            return list(json.load(f)["dumps"]) if f is not None else []
+    except (tarfile.TarError, OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+@contextlib.contextmanager
+def opened_dump(path: Path, member: str) -> Iterator[IO[bytes]]:
+    """One dump of the archive `path`, read in place (a dump of any size streams to its
+    restore command without a copy)."""
+    with tarfile.open(path, "r:") as tar:
+        try:
+            source = tar.extractfile(tar.getmember(member))
+        except KeyError:
+            source = None
+        if source is None:
+            raise UsageError(f"{path.name} holds no dump {member}",
+                             hint=f"see `obs-agent backup list --json` for what {path.name} holds")
+        yield source
 
 
 def _advance(tracker: Tracker, base: int, total: int) -> Callable[[int], None]:

@@ -144,12 +144,15 @@ def deploy(ctx: Ctx, tag: str, as_json: bool, secrets_stdin: bool) -> None:
 @click.argument("tag", required=False)
 @click.option("--json", "as_json", is_flag=True, help=JSON_OUTCOME_HELP)
 @click.option("--secrets-stdin", is_flag=True, help=SECRETS_STDIN_HELP)
+@click.option("--force", is_flag=True,
+              help="Go back even to a release older than one whose deploy ran a job labelled "
+                   "obsdeploy.reversible \"false\" (a migration): restore its data first.")
 @click.pass_obj
-def rollback(ctx: Ctx, tag: str | None, as_json: bool, secrets_stdin: bool) -> None:
+def rollback(ctx: Ctx, tag: str | None, as_json: bool, secrets_stdin: bool, force: bool) -> None:
     """Go back to TAG, or to the good release before the current one; gated like a deploy."""
     _read_secrets(ctx, secrets_stdin)
     transaction = _transaction(ctx)
-    _finish(transaction.rollback(_tag(tag)), transaction, as_json)
+    _finish(transaction.rollback(_tag(tag), force=force), transaction, as_json)
 
 
 def _transaction(ctx: Ctx) -> Any:
@@ -369,15 +372,16 @@ def backup_create(ctx: Ctx) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def backup_list(ctx: Ctx, as_json: bool) -> None:
-    """Archives, newest first."""
-    from .backup import BackupArchive
+    """Archives, newest first, with the accessories' dumps each holds."""
+    from .backup import BackupArchive, archived_dumps
 
-    items = [{"name": p.name, "bytes": p.stat().st_size} for p in BackupArchive(ctx.load_root()).archives()]
+    archives = [(p, p.stat().st_size, archived_dumps(p)) for p in BackupArchive(ctx.load_root()).archives()]
     if as_json:
-        print_json(items)
+        print_json([{"name": p.name, "bytes": size, "dumps": dumps} for p, size, dumps in archives])
         return
-    for i in items:
-        click.echo(f"{i['name']}  {i['bytes']} bytes")
+    for p, size, dumps in archives:
+        held = "".join(f"; dump of {d['accessory']} ({d['bytes']} bytes)" for d in dumps)
+        click.echo(f"{p.name}  {size} bytes{held}")
 
 
 @backup.command("restore")
@@ -385,21 +389,33 @@ def backup_list(ctx: Ctx, as_json: bool) -> None:
 @click.option("--stop", "stop_running", is_flag=True,
               help="Stop the running containers that write under DIR, restore, then start "
                    "them again (without it, a restore under a running release is refused).")
+@click.option("--accessories", is_flag=True,
+              help="Feed the archive's dumps to their accessories' obsdeploy.restore commands "
+                   "instead (the release services that use them are stopped meanwhile).")
+@click.option("--files", is_flag=True, help="With --accessories: restore the files too.")
 @click.pass_obj
-def backup_restore(ctx: Ctx, name: str, stop_running: bool) -> None:
+def backup_restore(ctx: Ctx, name: str, stop_running: bool, accessories: bool, files: bool) -> None:
     """Restore NAME over DIR (state/ excepted); the current files are backed up first.
     Takes the deploy lock, and refuses while a container of the project bind-mounts
-    something under DIR (it would be writing into the files being replaced), unless --stop."""
+    something under DIR (it would be writing into the files being replaced), unless --stop.
+    With --accessories, the databases and caches dumped by a deploy get their data back."""
     from .backup import BackupArchive
     from .common.errors import UsageError
     from .engine import Engine
     from .state import ReleaseState
 
+    if files and not accessories:
+        raise UsageError("--files goes with --accessories (without it, only files are restored)",
+                         hint=f"obs-agent backup restore {name} [--accessories [--files]]")
     root = ctx.load_root()
     state = ReleaseState(root.state_dir)
     state.ensure()
     with state.lock.hold("backup restore", name):
         engine = Engine()
+        if accessories:
+            _restore_dumps(root, engine, BackupArchive(root).path_of(name), state.last_good_tag())
+            if not files:
+                return
         under = str(root.path.resolve())
         writers = [c for c in engine.project_containers(root.project) if c.running and any(
             src == under or src.startswith(under + "/") for src, _ in c.binds)]
@@ -426,6 +442,16 @@ def backup_restore(ctx: Ctx, name: str, stop_running: bool) -> None:
                 engine.start(stopped)
                 click.echo(f"started {names} again", err=True)
     click.echo(f"restored {name}; the files it replaced are in {safety.name}")
+
+
+def _restore_dumps(root: AgentRoot, engine: Any, archive: Any, tag: str | None) -> None:
+    from .backends.select import backend_for
+    from .restore import restore_accessories
+
+    backend = backend_for(root, engine)
+    for r in restore_accessories(root, backend, engine, archive, backend.running_tag() or tag):
+        stopped = f" ({', '.join(r.stopped)} stopped meanwhile)" if r.stopped else ""
+        click.echo(f"restored {r.accessory} from {archive.name}: {r.bytes} bytes in {r.seconds:.2f}s{stopped}")
 
 
 @cli.group()

@@ -18,6 +18,7 @@ from typing import Any
 
 from .common.errors import CommandError, ObsError
 from .common.runner import run
+from .names import RELEASE_LABEL
 
 # Where the docker CLI looks for its plugins, in its order ($DOCKER_CONFIG/cli-plugins, which
 # is ~/.docker/cli-plugins by default, comes first).
@@ -221,9 +222,6 @@ class ComposeProject:
 
     def up(self, services: list[str], env: dict[str, str]) -> None:
         run(self.up_argv(services), env=env, cwd=self.root)
-
-
-RELEASE_LABEL = "obsdeploy.release"
 
 
 def _put_back(value: Any, marker: str, tag: str) -> Any:

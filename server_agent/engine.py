@@ -17,14 +17,15 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from .common.errors import ImageError, ObsError
 from .common.progress import LayerTally, track
 from .common.redact import REDACTOR
+from .names import RELEASE_LABEL, ROLE_LABEL
 
 if TYPE_CHECKING:
     import docker
@@ -36,9 +37,22 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
-# Release identity (SPEC §14): set on every container the agent creates for a release.
-RELEASE_LABEL = "obsdeploy.release"
-ROLE_LABEL = "obsdeploy.role"
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a command run in a container ended: its exit code (None: it did not finish in
+    time), the bytes of its stdout written (or of its stdin read), its stderr's tail."""
+
+    exit_code: int | None
+    bytes: int
+    stderr_tail: str
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
 
 # A container in one of these states holds the release's ports and counts as running.
 RUNNING_STATES = ("running", "restarting", "paused")
@@ -518,6 +532,73 @@ class Engine:
             # fail ~2.7x the requests of not touching it (73 vs 27 for the raw floor).
             self.client.api.start(c.id)
         _parallel(one, containers)
+
+    def exec_streams(self, cid: str, argv: Sequence[str], *, timeout: float,
+                     stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
+        """Run `argv` in the running container `cid` (docker exec, no TTY), its standard output
+        written to `stdout_fd` as it comes, and its standard input read from `stdin` to the
+        end: a dump of any size passes through in pieces, never held in memory.
+        Gives up after `timeout` seconds (exit_code None); the command may then still run
+        in the container until its output pipe closes."""
+        import threading
+
+        from docker.utils.socket import STDOUT, frames_iter
+
+        api = self.client.api
+        created = api.exec_create(cid, list(argv), stdout=True, stderr=True, stdin=stdin is not None)
+        # The raw connection, the SDK's own way to feed an exec's stdin (its `_sock` is the
+        # socket). The SDK's frame reader waits in poll() without a timeout, so the deadline
+        # is a timer that shuts the socket down: the reader then sees the end of the stream.
+        conn = api.exec_start(created["Id"], socket=True)
+        raw = getattr(conn, "_sock", conn)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+
+        fed = 0
+
+        def feed() -> None:  # beside the reader: a command that talks back must not block us
+            nonlocal fed
+            assert stdin is not None
+            with contextlib.suppress(OSError):
+                while chunk := stdin.read(1 << 16):
+                    raw.sendall(chunk)
+                    fed += len(chunk)
+                raw.shutdown(socket.SHUT_WR)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        feeder = threading.Thread(target=feed, name="exec-stdin", daemon=True) if stdin else None
+        written = 0
+        stderr = bytearray()
+        try:
+            raw.settimeout(None)  # the timer bounds the whole exchange, not each read
+            if feeder is not None:
+                feeder.start()
+            for stream, data in frames_iter(conn, tty=False):
+                if stream == STDOUT and stdout_fd is not None:
+                    _write_all(stdout_fd, data)
+                    written += len(data)
+                else:
+                    stderr += data
+                    del stderr[:-8192]  # the tail is what a failure shows
+            if feeder is not None:
+                feeder.join()
+        except OSError:
+            if not expired.is_set():
+                raise
+        finally:
+            timer.cancel()
+            conn.close()
+        tail = REDACTOR(stderr.decode(errors="replace"))
+        if expired.is_set():
+            return ExecResult(None, written + fed, tail)
+        code = api.exec_inspect(created["Id"]).get("ExitCode")
+        return ExecResult(code, written + fed, tail)
 
     def rename(self, cid: str, name: str) -> None:
         self.client.api.rename(cid, name)

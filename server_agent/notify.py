@@ -45,6 +45,7 @@ def notice(record: dict[str, Any], project: str, host: str | None = None) -> Not
         f"result: {result}",
         f"reason: {reason or ('healthy' if result == 'success' else '-')}",
         f"duration: {duration if duration is not None else '-'} s",
+        *(f"warning: {w}" for w in record.get("warnings") or []),
     ]
     level = {"success": "success", "rolled_back": "warning"}.get(result, "failure")
     title = f"[{project}@{host}] {record.get('action')} {record.get('tag')}: {result}"

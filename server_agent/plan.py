@@ -24,9 +24,9 @@ from typing import Any
 
 from .common.redact import REDACTOR
 from .compose import ComposeConfig, ServiceSpec
-from .engine import ROLE_LABEL, ContainerInfo
+from .engine import ContainerInfo
+from .names import BACKUP_LABEL, ORDER_LABEL, RESTORE_LABEL, REVERSIBLE_LABEL, ROLE_LABEL
 
-ORDER_LABEL = "obsdeploy.order"
 ROLES = ("release", "accessory", "job")
 STRATEGIES = ("stop-first", "start-first")
 
@@ -66,6 +66,13 @@ class AccessoryPlan:
     definition_changed: bool  # its compose definition differs from its container's
     needs: tuple[str, ...] = ()  # the release services it depends on, directly or through accessories
     after_step: int = 0  # started after this step (1-based); 0: before the first step
+    dump: tuple[str, ...] = ()  # obsdeploy.backup as argv: its stdout is the dump; () none
+    restore: tuple[str, ...] = ()  # obsdeploy.restore as argv: reads a dump on stdin
+
+    @property
+    def dumped(self) -> bool:
+        """A deploy dumps it: it has a backup command and runs (a missing one holds nothing)."""
+        return bool(self.dump) and self.action == "leave"
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,9 @@ class RolloutPlan:
     changes: dict[str, list[str]] = field(default_factory=dict)
     problems: tuple[tuple[str, str], ...] = ()
     proxied: str | None = None  # the release service behind agent.proxy (SPEC §15)
+    # Jobs labelled obsdeploy.reversible "false": once one ran, rolling back to an older
+    # release is refused without --force (the older release cannot undo its migration).
+    irreversible_jobs: tuple[str, ...] = ()
 
     def accessories_starting(self, after_step: int) -> list[str]:
         """The accessories to start once `after_step` steps have passed (0: before the
@@ -98,12 +108,17 @@ class RolloutPlan:
             "changes": self.changes,
             "problems": [{"code": c, "message": m} for c, m in self.problems],
             "proxied": self.proxied,
+            "irreversible_jobs": list(self.irreversible_jobs),
         }
 
     def describe(self) -> list[str]:
         """The plan as lines for a person (obs-agent plan)."""
         lines = [f"plan for {self.tag}:"]
-        lines += [f"  job       {j}: compose run --rm, must exit 0 before any switch" for j in self.jobs]
+        lines += [f"  dump      {a.name}: {' '.join(a.dump)} (its stdout into the backup, before the jobs)"
+                  for a in self.accessories if a.dumped]
+        lines += [f"  job       {j}: compose run --rm, must exit 0 before any switch"
+                  + ("; not reversible: a rollback to an older release then needs --force"
+                     if j in self.irreversible_jobs else "") for j in self.jobs]
         for a in self.accessories:
             note = ("running, left alone" if a.action == "leave" else
                     "missing or stopped: started first" if not a.after_step else
@@ -186,6 +201,9 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
             orders[s.name] = None
     problems += _order_problems(releases, orders)
     problems += _strategy_problems(releases, proxy_service)
+    commands = {s.name: _data_commands(s, roles[s.name], problems) for s in specs}
+    irreversible = tuple(sorted(s.name for s in specs if roles[s.name] == "job"
+                                and _reversible(s, problems) is False))
 
     plans = {s.name: ServicePlan(
         name=s.name, strategy=s.update_order, replicas=s.replicas,
@@ -209,7 +227,8 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
             action="leave" if any(c.service == s.name for c in running) else "start",
             definition_changed=s.name in hashes and any(
                 c.service == s.name and c.config_hash != hashes[s.name] for c in running),
-            needs=needs, after_step=max((step_of[n] for n in needs), default=0)))
+            needs=needs, after_step=max((step_of[n] for n in needs), default=0),
+            dump=commands[s.name][0], restore=commands[s.name][1]))
     changes = {s.name: diffs for s in releases
                if (diffs := definition_changes(s, [c for c in running if c.service == s.name]))}
     return RolloutPlan(
@@ -220,7 +239,47 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
         changes=changes,
         problems=tuple(problems),
         proxied=proxy_service if proxy_service in {s.name for s in releases} else None,
+        irreversible_jobs=irreversible,
     )
+
+
+def _data_commands(spec: ServiceSpec, role: str, problems: list[tuple[str, str]]
+                   ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An accessory's obsdeploy.backup and obsdeploy.restore commands as argv (split as a
+    shell would, run without one: write `sh -c '...'` for redirections)."""
+    import shlex
+
+    out: list[tuple[str, ...]] = []
+    for label in (BACKUP_LABEL, RESTORE_LABEL):
+        raw = spec.labels.get(label)
+        if raw is None:
+            out.append(())
+            continue
+        if role != "accessory":
+            problems.append(("plan.data_label", f"service {spec.name}: label {label} is for "
+                             f"accessories (a database, a cache), and {spec.name} is a {role}"))
+            out.append(())
+            continue
+        try:
+            argv = tuple(shlex.split(raw))
+        except ValueError as exc:
+            argv = ()
+            problems.append(("plan.data_label", f"service {spec.name}: label {label}={raw!r} "
+                             f"cannot be split into a command ({exc})"))
+        else:
+            if not argv:
+                problems.append(("plan.data_label", f"service {spec.name}: label {label} is "
+                                 "empty; write the command, e.g. pg_dump -Fc -U app app"))
+        out.append(argv)
+    return out[0], out[1]
+
+
+def _reversible(spec: ServiceSpec, problems: list[tuple[str, str]]) -> bool:
+    raw = spec.labels.get(REVERSIBLE_LABEL, "true").strip().lower()
+    if raw not in ("true", "false"):
+        problems.append(("plan.reversible", f"job {spec.name}: label {REVERSIBLE_LABEL}="
+                         f"{spec.labels[REVERSIBLE_LABEL]!r} is not \"true\" or \"false\""))
+    return raw != "false"
 
 
 def _release_needs(name: str, specs: dict[str, ServiceSpec], roles: dict[str, str]) -> tuple[str, ...]:

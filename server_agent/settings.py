@@ -284,6 +284,10 @@ class AgentSettings(BaseSettings):
         default_factory=lambda: ["config", "logs"],
         description="What each backup archives, relative to the agent root, besides the compose "
                     "file, deployment_config.json and state/.")
+    backup_timeout: float = Field(
+        600, gt=0, description="Seconds an accessory's dump (its label obsdeploy.backup) may take "
+                               "during a deploy, and its restore; a dump that fails or takes "
+                               "longer stops the deploy before anything is switched (exit 13).")
     min_free_mb: int = Field(
         1024, ge=0, description="Free disk space, in MB, needed under the agent root (also once "
                                 "the backup is written) and under Docker's root directory.")

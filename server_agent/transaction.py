@@ -1,9 +1,9 @@
 """Transaction: one deploy or rollback, all or nothing, over a backend (compose or swarm).
 
-    lock → recover a killed attempt → journal → preflight (the plan) → images → accessories
-    → jobs (deploy only) → for each step: switch → gate → cut over → the accessories that
-    depend on it → watch (deploy only) → commit; or walk the switched steps back and gate
-    what ran before → record → report
+    lock → recover a killed attempt → journal → preflight (the plan) → images → the
+    accessories' dumps (deploy only) → accessories → jobs (deploy only) → for each step:
+    switch → gate → cut over → the accessories that depend on it → watch (deploy only) →
+    commit; or walk the switched steps back and gate what ran before → record → report
 
 The backup is captured the moment the step that carries the path contract stopped its old
 units (the writer has stopped writing), and written while the gates run. The transaction
@@ -22,7 +22,7 @@ from typing import Any
 from . import report
 from .attempt import Attempt, Outcome, log_tail_lines
 from .backends.base import Backend, PreSwitchFailure, Release, S, Switched
-from .backup import BackupArchive, BackupSnapshot
+from .backup import BackupArchive, BackupSnapshot, DumpFile
 from .checkpoint import checkpoint
 from .common.errors import ExitCode, ObsError, PreflightError, UsageError
 from .common.redact import REDACTOR
@@ -51,15 +51,17 @@ class Transaction:
     def deploy(self, tag: str) -> Outcome:
         return self._attempt("deploy", tag)
 
-    def rollback(self, tag: str | None) -> Outcome:
-        return self._attempt("rollback", tag)
+    def rollback(self, tag: str | None, *, force: bool = False) -> Outcome:
+        return self._attempt("rollback", tag, force=force)
 
-    def _attempt(self, action: str, tag: str | None) -> Outcome:
+    def _attempt(self, action: str, tag: str | None, *, force: bool = False) -> Outcome:
         self.state.ensure()
         with self.state.lock.hold(action, tag or "previous"):
             interrupted = self.state.recover_interrupted()
             self.backend.recover(interrupted)
             target = tag or self._previous_good(interrupted)
+            if action == "rollback" and not force:
+                refuse_across_a_migration(self.state.history.records(), target)
             # A rollback re-creates and judges its release as that release passed its gate.
             root = self.root.as_released(target) if action == "rollback" else self.root
             attempt = Attempt(action, target)
@@ -77,15 +79,23 @@ class Transaction:
             self.state.begin(attempt.journal())
             checkpoint("journaled")
             criteria = GateCriteria.of(root.settings, root.path)
+            dumps: tuple[DumpFile, ...] = ()
             try:
-                self._start_accessories(plan, release, criteria, after_step=0)
-                if action == "deploy":  # jobs never run on a rollback
-                    self._run_jobs(attempt, plan, release)
-            except PreSwitchFailure as exc:
-                attempt.failure = {"reason": REDACTOR(str(exc)), **exc.details}
-                return self._finish(attempt, "failed", ExitCode.JOB_FAILED,
-                                    f"{exc}; nothing running was switched")
-            return self._roll_out(attempt, plan, release, criteria)
+                try:
+                    if action == "deploy":  # the data as the running release left it, then jobs
+                        dumps = self._dump_accessories(attempt, plan, release)
+                    self._start_accessories(plan, release, criteria, after_step=0)
+                    if action == "deploy":  # jobs never run on a rollback
+                        self._run_jobs(attempt, plan, release)
+                except PreSwitchFailure as exc:
+                    attempt.failure = {"reason": REDACTOR(str(exc)), **exc.details}
+                    if dumps:  # a failed migration may have changed the data: keep what it was
+                        self._keep_dumps(attempt, dumps)
+                    return self._finish(attempt, "failed", ExitCode.JOB_FAILED,
+                                        f"{exc}; nothing running was switched")
+                return self._roll_out(attempt, plan, release, criteria, dumps)
+            finally:
+                _close(dumps)
 
     def _start_accessories(self, plan: RolloutPlan, release: Release, criteria: GateCriteria, *,
                            after_step: int) -> None:
@@ -117,12 +127,57 @@ class Transaction:
         for job in plan.jobs:
             t = time.monotonic()
             log.info("running job %s with %s", job, release.tag)
+            if job in plan.irreversible_jobs:
+                # Recorded before it runs: one that fails half-way may have changed the data too.
+                attempt.irreversible_jobs.append(job)
+                self.state.update(irreversible_jobs=attempt.irreversible_jobs)
             self.backend.run_job(job, release)
             log.info("job %s done (%.2fs)", job, attempt.took(f"job:{job}", t))
 
+    # --- the data of accessories -------------------------------------------------------------
+    def _dump_accessories(self, attempt: Attempt, plan: RolloutPlan, release: Release
+                          ) -> tuple[DumpFile, ...]:
+        """Each running accessory with a backup command: its stdout streamed into a spool file
+        that the attempt's archive takes in (PreSwitchFailure when one fails: exit 13)."""
+        timeout = release.root.settings.backup_timeout
+        dumps: list[DumpFile] = []
+        try:
+            for a in (a for a in plan.accessories if a.dumped):
+                t = time.monotonic()
+                dump = DumpFile(a.name, a.dump, self.backups.spool_file())
+                dumps.append(dump)
+                log.info("dumping %s: %s", a.name, " ".join(a.dump))
+                res = self.backend.run_in_accessory(a.name, a.dump, timeout=timeout, stdout_fd=dump.fd)
+                dump.bytes, dump.seconds = res.bytes, attempt.took(f"dump:{a.name}", t)
+                if res.exit_code != 0:
+                    how = (f"did not finish within backup_timeout={timeout:g}s" if res.exit_code is None
+                           else f"exited with code {res.exit_code}")
+                    raise PreSwitchFailure(
+                        f"the dump of accessory {a.name} ({' '.join(a.dump)}) {how}",
+                        {"dump": dump.record(), "log_tail": {f"dump {a.name}": res.stderr_tail}})
+                log.info("dumped %s: %d bytes (%.2fs)", a.name, dump.bytes, dump.seconds)
+        except BaseException:
+            _close(tuple(dumps))
+            raise
+        attempt.dumps = [d.record() for d in dumps]
+        self.state.update(dumps=attempt.dumps)
+        return tuple(dumps)
+
+    def _keep_dumps(self, attempt: Attempt, dumps: tuple[DumpFile, ...]) -> None:
+        """A job failed after the dumps: they (and the files as they are) go into an archive
+        now, since no switch will capture one."""
+        try:
+            path = self.backups.write(self.backups.capture(
+                f"{attempt.from_tag or 'none'}-to-{attempt.tag}-job-failed", dumps))
+        except Exception as exc:  # the failure is the job's; the archive is a courtesy
+            log.warning("could not archive the dumps: %s", REDACTOR(str(exc)))
+            return
+        attempt.backup = path.name
+        log.info("the dumps taken before the job are in %s", path.name)
+
     # --- the switch, step by step ----------------------------------------------------------
     def _roll_out(self, attempt: Attempt, plan: RolloutPlan, release: Release,
-                  criteria: GateCriteria) -> Outcome:
+                  criteria: GateCriteria, dumps: tuple[DumpFile, ...]) -> Outcome:
         tag = attempt.tag
         capture_at = next((st for st in plan.steps if st.contract), plan.steps[0])
         # The watch is a deploy's probation: a rollback returns to a release that already
@@ -137,7 +192,7 @@ class Transaction:
         verdict = PASSED
 
         def capture() -> BackupSnapshot:
-            return self.backups.capture(f"{attempt.from_tag or 'none'}-to-{tag}")
+            return self.backups.capture(f"{attempt.from_tag or 'none'}-to-{tag}", dumps)
 
         for n, step in enumerate(plan.steps, 1):
             try:
@@ -273,11 +328,16 @@ class Transaction:
                              .for_step(contract=restored.contract))
         attempt.rollback_gate = {"healthy": again.healthy, "reason": again.reason}
         attempt.took("restore", t_fail)
+        if attempt.irreversible_jobs:
+            attempt.warnings.append(
+                f"job {', '.join(attempt.irreversible_jobs)} of {tag} (not reversible) ran before "
+                f"the rollback: the data may be newer than {back_tag or previous} expects"
+                + (f"; the backup taken before it is {attempt.backup}" if attempt.backup else ""))
         if again.healthy:
             self.backend.walked_back()
             return self._finish(attempt, "rolled_back", ExitCode.ROLLED_BACK,
                                 f"{tag} failed ({verdict.reason}); rolled back to {back_tag or previous}, "
-                                "which is healthy")
+                                "which is healthy" + "".join(f"; warning: {w}" for w in attempt.warnings))
         return self._finish(attempt, "failed", ExitCode.ROLLBACK_FAILED,
                             f"{tag} failed ({verdict.reason}); rollback to {back_tag or previous} failed "
                             f"too ({again.reason})")
@@ -329,7 +389,7 @@ class Transaction:
             self.backups.prune()
         except OSError as exc:
             log.warning("could not prune old backups: %s", exc)
-        if attempt.failure is not None and ("job" in attempt.failure or "accessories" in attempt.failure):
+        if attempt.failure is not None and {"job", "accessories", "dump"} & attempt.failure.keys():
             # The cause is in their own log ("host not found in upstream"): shown, not hidden.
             message = "\n  ".join([message, *log_tail_lines(attempt.failure)])
         record = attempt.record(result)
@@ -368,3 +428,28 @@ class Transaction:
             + (f" (only {current} passed the gate)" if current else ""),
             hint="name the version: obs-agent rollback vX.Y.Z",
         )
+
+
+def refuse_across_a_migration(records: list[dict[str, Any]], target: str) -> None:
+    """A rollback to a release older than one whose deploy ran a job labelled
+    obsdeploy.reversible "false" would run that release against data it does not know:
+    UsageError (exit 2) naming the job, the release and the archive (--force overrides)."""
+    from .common.versions import older_than
+
+    for rec in reversed(records):
+        jobs, ran = rec.get("irreversible_jobs"), rec.get("tag")
+        if not jobs or not isinstance(ran, str) or not older_than(target, ran):
+            continue
+        archive = rec.get("backup")
+        raise UsageError(
+            f"refusing to roll back to {target}: job {', '.join(map(str, jobs))} of {ran} "
+            f"(labelled obsdeploy.reversible: \"false\") ran at {rec.get('started_at')}, "
+            f"and {target} is older than {ran}: it would run against data changed for {ran}"
+            + (f"; the backup taken just before it is {archive}" if archive else ""),
+            hint=(f"restore the data first (obs-agent backup restore {archive} --accessories), "
+                  if archive else "") + f"then: obs-agent rollback {target} --force")
+
+
+def _close(dumps: tuple[DumpFile, ...]) -> None:
+    for d in dumps:
+        d.close()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..backup import BackupSnapshot
     from ..compose import ComposeConfig
-    from ..engine import Engine
+    from ..engine import Engine, ExecResult
     from ..gate.loop import Observer, Verdict
     from ..plan import PreflightReport, RolloutPlan, Step
     from ..root import AgentRoot
@@ -91,6 +91,13 @@ class Backend(Protocol[S]):
 
     def run_job(self, job: str, release: Release) -> None:
         """Run one job with `tag` to its end (PreSwitchFailure when it fails)."""
+        ...
+
+    def run_in_accessory(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                         stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
+        """Run `argv` in the accessory's running container (its dump or its restore),
+        streaming its stdout to `stdout_fd` or its stdin from `stdin`; UsageError when the
+        accessory has no running container here."""
         ...
 
     def switch(self, step: Step, release: Release, *, reuse: bool,

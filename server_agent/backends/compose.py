@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..common.errors import CommandError
+from ..common.errors import CommandError, UsageError
 from ..common.redact import REDACTOR
 from ..common.runner import run
 from ..compose import ComposeProject
@@ -27,6 +27,7 @@ from ..engine import (
     ContainerInfo,
     Engine,
     EngineUnreachable,
+    ExecResult,
     engine_down,
     newest_per_service,
     running_tag,
@@ -152,6 +153,15 @@ class ComposeBackend:
             raise PreSwitchFailure(f"job {job} exited with code {res.returncode}",
                                    {"job": {"name": job, "exit_code": res.returncode,
                                             "log_tail": REDACTOR(tail)}})
+
+    def run_in_accessory(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                         stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
+        running = [c for c in self.rollout.containers([name]) if c.running]
+        if not running:
+            raise UsageError(f"accessory {name} has no running container in project "
+                             f"{self.root.project}", hint=f"start it first: docker compose up -d {name}")
+        newest = max(running, key=lambda c: c.number)
+        return self.engine.exec_streams(newest.id, argv, timeout=timeout, stdout_fd=stdout_fd, stdin=stdin)
 
     # --- the switch ------------------------------------------------------------------------
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Capture | None) -> Switch:

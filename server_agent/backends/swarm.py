@@ -19,12 +19,12 @@ import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..common.errors import ImageError
+from ..common.errors import ImageError, UsageError
 from ..common.redact import REDACTOR
 from ..common.runner import run
-from ..engine import ROLE_LABEL, Engine, EngineUnreachable
+from ..engine import ROLE_LABEL, Engine, EngineHTTPError, EngineUnreachable, ExecResult
 from ..gate.loop import Look, Observer, Unit, Verdict
 from ..plan import PreflightReport, RolloutPlan, ServicePlan, Step
 from ..swarm import (
@@ -252,6 +252,23 @@ class SwarmBackend:
             if time.monotonic() > deadline:
                 return f"did not finish within job_timeout={self.root.settings.job_timeout:g}s", None
             time.sleep(POLL_S)
+
+    def run_in_accessory(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                         stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
+        """In the accessory's running task on this node (the manager): docker exec reaches
+        only this engine's containers."""
+        for task in self.swarm.tasks([name]):
+            if task.state != "running" or not task.container_id:
+                continue
+            try:
+                self.engine.inspect(task.container_id)
+            except EngineHTTPError:  # a task of another node
+                continue
+            return self.engine.exec_streams(task.container_id, argv, timeout=timeout,
+                                            stdout_fd=stdout_fd, stdin=stdin)
+        raise UsageError(f"accessory {name} has no running task on this node",
+                         hint=f"place {name} on the manager the agent runs on (deploy.placement."
+                              "constraints: [node.role == manager]) so its data can be dumped")
 
     # --- the switch ------------------------------------------------------------------------
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Capture | None) -> SwarmSwitch:

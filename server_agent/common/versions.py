@@ -26,3 +26,10 @@ def validate_version(value: str) -> str:
             hint="expected vMAJOR.MINOR.PATCH with an optional -PRERELEASE, e.g. v1.2.3 or v1.2.3-rc.1",
         )
     return value
+
+
+def older_than(a: str, b: str) -> bool:
+    """Whether release `a` precedes release `b` by SemVer precedence (v1.2.3-rc.1 < v1.2.3)."""
+    import semver
+
+    return bool(semver.Version.parse(a[1:]) < semver.Version.parse(b[1:]))

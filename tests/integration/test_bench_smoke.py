@@ -21,7 +21,7 @@ from tests.conftest import missing
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["1", "2", "3", "4", "5", "6", "7"]
+SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8"]
 
 
 def numbers(value: object) -> list[float]:

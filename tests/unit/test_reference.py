@@ -328,7 +328,8 @@ def test_json_doc_history() -> None:
 
     section = _doc_keys("json.md", "`obs-agent history --json [--limit N]`")
     attempt = Attempt("deploy", "v1.0.0", failure={"reason": "x"}, watch={"result": "passed"},
-                      rollback_gate={"healthy": True, "reason": "healthy"})
+                      rollback_gate={"healthy": True, "reason": "healthy"},
+                      dumps=[{"accessory": "db"}], irreversible_jobs=["migrate"], warnings=["w"])
     record = attempt.record("success")
     assert set(HISTORY_KEYS) <= section
     assert set(record) == section, "docs/json.md: the history keys are " + ", ".join(record)
