@@ -153,7 +153,7 @@ def _agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _remote(action: str, ctx: Ctx, version: str | None, batch: int | None, as_json: bool,
             secrets: tuple[str, ...] = (), canary_hosts: int | None = None,
-            on_failure: str | None = None, **o: Any) -> None:
+            on_failure: str | None = None, force: bool = False, **o: Any) -> None:
     from .remote import AgentCall, SshOptions, parse_hosts, read_secrets, rollout
 
     cfg = ctx.config().deploy
@@ -161,7 +161,7 @@ def _remote(action: str, ctx: Ctx, version: str | None, batch: int | None, as_js
                         port=o["port"] or cfg.port)
     call = AgentCall(agent_command=o["agent_command"] or cfg.agent_command,
                      agent_root=o["agent_root"] or cfg.agent_root,
-                     secrets=read_secrets(_secret_names(secrets, cfg.secrets)))
+                     secrets=read_secrets(_secret_names(secrets, cfg.secrets)), force=force)
     opts = SshOptions(identity=o["identity"] or cfg.identity,
                       known_hosts=o["known_hosts"] or cfg.known_hosts,
                       connect_timeout=cfg.connect_timeout)
@@ -254,6 +254,9 @@ def deploy(ctx: Ctx, version: str, batch: int | None, as_json: bool, **o: Any) -
 @_batch_option
 @_canary_option
 @_secret_option
+@click.option("--force", is_flag=True,
+              help="Go back even to a release older than one whose deploy ran a job labelled "
+                   "obsdeploy.reversible \"false\" (each agent refuses it otherwise, exit 2).")
 @_agent_options
 @click.pass_obj
 def rollback(ctx: Ctx, version: str | None, batch: int | None, as_json: bool, **o: Any) -> None:

@@ -128,6 +128,9 @@ class AgentCall(BaseModel):
     agent_command: str = "obs-agent"
     agent_root: str | None = None
     secrets: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+    # `obsdeploy rollback --force`: past a migration job labelled obsdeploy.reversible "false"
+    # (the agent refuses such a rollback with exit 2 otherwise). Never for a fleet's way back.
+    force: bool = False
 
     def stdin(self) -> str | None:
         """NAME=VALUE lines for `--secrets-stdin`, or None when there is nothing to send."""
@@ -311,6 +314,7 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
                                   seconds=round(time.monotonic() - started, 2))
             stdin = call.stdin()
             args = [action, "--json", *(["--secrets-stdin"] if stdin else []),
+                    *(["--force"] if call.force and action == "rollback" else []),
                     *([version] if version else [])]
             code, stdout = session.run(call.command(*args), err=err, stdin=stdin)
             outcome = _json_object(stdout)

@@ -278,3 +278,17 @@ def test_missing_key_files_are_usage_errors(tmp_path) -> None:  # type: ignore[n
 )
 def test_source_url(url: str | None, expected: str) -> None:
     assert source_url(url) == expected
+
+
+@pytest.mark.parametrize(("action", "force", "passed"), [
+    ("rollback", True, True), ("rollback", False, False), ("deploy", True, False)])
+def test_force_reaches_the_agent_on_a_rollback_only(monkeypatch: pytest.MonkeyPatch, action: str,
+                                                   force: bool, passed: bool) -> None:
+    session = type("Session", (FakeSession,), {"code": 0, "answer": {"from_tag": "v1.1.0",
+                                                                      "current_tag": "v1.0.0"},
+                                               "commands": []})
+    monkeypatch.setattr(remote, "SshSession", session)
+    run_on_host(HostSpec(host="vm1"), action, "v1.0.0", AgentCall(force=force),  # type: ignore[arg-type]
+                SshOptions(), io.StringIO(), io.StringIO())
+    agent_runs = [shlex.split(c) for c in session.commands if shlex.split(c)[1] != "status"]
+    assert ("--force" in agent_runs[0]) is passed, agent_runs
