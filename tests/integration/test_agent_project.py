@@ -5,6 +5,7 @@ registry and compose."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -336,9 +337,11 @@ def test_an_accessory_with_build_is_built_here_only_when_its_image_is_missing(
     context.mkdir()
     (context / "Dockerfile").write_text('ARG BASE\nFROM ${BASE}\nCMD ["sleep", "3600"]\n')
     compose = project.path / "docker-compose.server.yml"
-    compose.write_text(compose.read_text().replace("\nservices:\n", (
-        "\nservices:\n  tool:\n    image: " + image + "\n    build:\n      context: ./tool\n"
-        "      args:\n        BASE: " + parts.FIXTURE_BASE + "\n"), 1))
+    text, n = re.subn(r"^services:\n", (
+        "services:\n  tool:\n    image: " + image + "\n    build:\n      context: ./tool\n"
+        "      args:\n        BASE: " + parts.FIXTURE_BASE + "\n"), compose.read_text(), count=1, flags=re.M)
+    assert n == 1
+    compose.write_text(text)
     try:
         res = project.agent("plan", "v1.0.0")
         assert res.returncode == 0, res.stdout + res.stderr
