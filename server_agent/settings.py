@@ -288,6 +288,16 @@ class AgentSettings(BaseSettings):
         600, gt=0, description="Seconds an accessory's dump (its label obsdeploy.backup) may take "
                                "during a deploy, and its restore; a dump that fails or takes "
                                "longer stops the deploy before anything is switched (exit 13).")
+    backup_volumes: list[str] = Field(
+        default_factory=list,
+        description="Named volumes archived with the files in every backup (under volumes/NAME/ "
+                    "of the archive), by their compose name (the key under the compose file's "
+                    "top-level `volumes:`) or their Docker name. A deploy takes each from a "
+                    "stopped container of the old release at the moment it stopped (else from "
+                    "the container that mounts it, e.g. a database accessory, which keeps running: "
+                    "a copy of a live database's files is not a consistent backup of it); `backup "
+                    "restore` puts the files back into the volume (files it does not hold are "
+                    "left as they are).")
     min_free_mb: int = Field(
         1024, ge=0, description="Free disk space, in MB, needed under the agent root (also once "
                                 "the backup is written) and under Docker's root directory.")

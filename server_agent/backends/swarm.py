@@ -370,7 +370,7 @@ class TaskObserver:
         self.since = since
         self.resumed: dict[str, int] = {}
         self.stuck_since: dict[str, float] = {}
-        self.mine: list[TaskInfo] = []  # the running tasks of contract services, last look
+        self.mine: list[TaskInfo] = []  # the running tasks of the step's services, last look
         self.nodes: dict[str, NodeInfo] = {}
 
     def look(self) -> Look:
@@ -390,15 +390,16 @@ class TaskObserver:
         # Probe as soon as a task's container runs ("starting": Swarm waits for Docker's
         # first healthcheck before it says "running"), so an error-answering release is
         # caught before Swarm's update moves on to the next task.
-        running = [t for t in tasks if t.desired == "running" and t.state in ("starting", "running")
-                   and (self.tag is None or t.tag == self.tag)]
-        self.mine = [t for t in running if t.service in self.contract]
+        # health_url is asked of every task of the step, contract or not (it is how the
+        # release says it works); verify and the environment only of the contract's.
+        self.mine = [t for t in tasks if t.desired == "running" and t.state in ("starting", "running")
+                     and (self.tag is None or t.tag == self.tag)]
         return Look(waiting=None if judged.kind == "pass" else judged.reason, probing=bool(self.mine),
-                    units=tuple(Unit(f"{t.service}.{t.slot or t.id[:12]}", True, t.env_names)
-                                for t in self.mine))
+                    units=tuple(Unit(f"{t.service}.{t.slot or t.id[:12]}", t.service in self.contract,
+                                     t.env_names) for t in self.mine))
 
     def health_urls(self, url: str) -> list[str]:
-        """health_url at each node that runs a contract task (the published port)."""
+        """health_url at each node that runs a task of the step (the published port)."""
         return node_urls(url, [self.nodes[t.node_id].address for t in self.mine if t.node_id in self.nodes])
 
     def logs_contain(self, pattern: re.Pattern[str]) -> bool:
