@@ -81,6 +81,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 SLOW_FIRST = ("swarm-lab", "test_bench_smoke.py", "test_nonroot_user.py", "test_progress_over_ssh.py")
 
 
+# tryfirst: xdist's worker turns an item's xdist_group mark into its scheduling group in a
+# pytest_collection_modifyitems of its own; a mark added after that is ignored, and the lab's
+# tests would be spread over every worker, each starting a lab (tests/unit/test_xdist_groups.py).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         # The lab's tests take its nodes down and up: they share one lab, on one worker.
