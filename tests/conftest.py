@@ -97,6 +97,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return next((i for i, slow in enumerate(SLOW_FIRST) if slow in key), len(SLOW_FIRST))
 
     items.sort(key=rank)  # stable: collection order within each rank
+    if not config.option.collectonly and any(
+            name in item.fixturenames for item in items for name in IMAGE_FIXTURES):
+        _build_images_in_background()
+
+
+# The session fixtures that need tests/parts_images.py's images (minutes to build on a fresh
+# machine): collecting a test that uses one starts the builds at once, in the background.
+IMAGE_FIXTURES = ("service_images", "example_images")
+
+
+def _build_images_in_background() -> None:
+    """Once per run (the first worker to collect): a builder process, noted for the sweeper."""
+    from tests import parts_images
+
+    def start(workdir: Path) -> dict[str, object]:
+        proc = parts_images.build_in_background(workdir / "log")
+        runs.record_process(proc.pid, "the service images' builder")
+        return {"pid": proc.pid, "log": str(workdir / "log")}
+
+    if runs.current() is not None:
+        runs.shared("image-builds", start)
 
 
 def missing(part: str) -> None:
