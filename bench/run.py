@@ -51,13 +51,12 @@ AGENT_SETTINGS: dict[str, Any] = {
 }
 # --quick is a smoke run (the test suite's): it proves that every scenario runs and reports,
 # at the smallest settings that still exercise each one; its numbers are not the benchmark's.
-# A shorter stability window, a smaller archive, one pair, a shorter steady-state window
-# behind a proxy. The health timeout stays: a smoke run on a loaded machine must not fail a
-# good release for being slow.
+# A shorter stability window, a smaller archive, one pair. The health timeout stays (a smoke
+# run on a loaded machine must not fail a good release for being slow), and so does the 3 s
+# steady window before each case behind a proxy (with a 1 s one, nginx's manual rollback
+# failed 13 requests in one run at load 5-19; the cause is not found, so it is not shortened).
 QUICK_STABILIZE = 0.3
 QUICK_ARCHIVE = 16 << 20
-STEADY_SECONDS = 3.0
-QUICK_STEADY_SECONDS = 1.0
 # Scenario 1's wall-time target: paired runs of the agent (stabilize_seconds 0) and the script.
 PAIRS = 5
 QUICK_PAIRS = 1
@@ -694,7 +693,7 @@ class Bench:
                      ("manual rollback", "rollback", "v1.0.0")]
             for label, tag, back in cases:
                 # Steady state right before each case: this shared machine's load moves it.
-                steady = side.steady_p99(QUICK_STEADY_SECONDS if self.quick else STEADY_SECONDS)
+                steady = side.steady_p99(3.0)
                 run = self._run(side, tag, expect_back=back, after=30)
                 run.detail["case"] = label
                 runs.append(run)
