@@ -117,7 +117,8 @@ def test_plan_then_deploy_in_order_accessory_untouched_job_once_rollback(project
         "name": "worker", "strategy": "start-first", "replicas": 2, "container_name": None,
         "contract": None}
     assert plan["accessories"] == [{"name": "kv", "action": "start", "definition_changed": False,
-                                  "needs": [], "after_step": 0, "build": False}]
+                                  "needs": [], "after_step": 0, "dump": [], "restore": [],
+                                  "build": False}]
     assert containers(project.project) == []  # plan changed nothing
 
     code, out = deploy(project, "deploy", "v1.0.0")
@@ -277,7 +278,7 @@ def test_a_stopped_accessory_is_started_and_a_changed_one_only_reported(project:
     res = project.agent("plan", "v1.1.0", "--json")
     assert [a for a in json.loads(res.stdout)["accessories"]] == [
         {"name": "kv", "action": "leave", "definition_changed": True, "needs": [], "after_step": 0,
-         "build": False}]
+         "dump": [], "restore": [], "build": False}]
     assert deploy(project, "deploy", "v1.1.0")[0] == 0
     assert [c["Id"] for c in running(project.project, "kv")] == [kv["Id"]], "reported, never applied"
 
