@@ -74,7 +74,7 @@ TITLES = {
     "4": "backup of a config dir holding a large JSONL archive",
     "5": "CLI overhead: obs-agent --help and status vs docker compose ps",
     "6": "obsdeploy deploy over SSH: N loopback hosts --batch N vs 1 host",
-    "7": "behind a proxy (caddy, nginx): good deploy, crash, error, rollback",
+    "7": "behind a proxy (caddy, nginx, traefik): good deploy, crash, error, rollback",
     "8": "a deploy dumping a 1 GiB PostgreSQL accessory (obsdeploy.backup) vs pg_dump alone",
 }
 
@@ -707,18 +707,20 @@ class Bench:
 
     # 7 -------------------------------------------------------------------------------------------
     def scenario_7(self) -> dict[str, Any]:
-        """obs-agent behind caddy and nginx (SPEC §15): a good deploy, a crash-at-start release,
+        """obs-agent behind caddy, nginx and traefik (SPEC §15): a good deploy, a crash-at-start release,
         an error-answering release and a manual rollback, each under the prober's load through
         the proxy. Targets: 0 failed requests; p99 latency at most 2x the
         steady-state p99 through the same proxy, around the cutover (the proxy's one change).
         The p99 of the whole command is reported too: on this 2-core machine the agent's own
         work (Python start, compose, the gate) competes with the load and the proxy for CPU."""
-        from tests.parts_proxy import caddy_binary
+        from tests.parts_proxy import caddy_binary, traefik_binary
 
-        kinds = [k for k in ("caddy", "nginx") if shutil.which(k) or (k == "caddy" and
-                                                                      shutil.which(caddy_binary()))]
+        kinds = [k for k in ("caddy", "nginx", "traefik")
+                 if (traefik_binary() if k == "traefik" else shutil.which(k))
+                 or (k == "caddy" and shutil.which(caddy_binary()))]
         if not kinds:
-            return self._not_measured("neither caddy nor nginx is installed (scripts/setup-machine.sh)")
+            return self._not_measured("none of caddy, nginx, traefik is installed "
+                                      "(scripts/setup-machine.sh)")
         rows: list[dict[str, Any]] = []
         runs: list[h.Run] = []
         for kind in kinds:
