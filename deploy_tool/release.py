@@ -162,6 +162,7 @@ class ReleaseActions:
         self._local = threading.local()
         self.progress = progress
         self.creds: Credentials | None = None
+        self.logged_in: list[str] = []
 
     def _client(self) -> Any:
         """The engine client of this thread: images are built and pushed side by side, and
@@ -171,7 +172,14 @@ class ReleaseActions:
         if self._injected:
             return self.client
         if not hasattr(self._local, "client"):
-            self._local.client = docker.from_env()
+            client = docker.from_env()
+            # The login was the main client's; a build pulling a private base image from the
+            # registry needs it in this one too.
+            for registry in self.logged_in:
+                assert self.creds is not None
+                client.login(username=self.creds.username, password=self.creds.token,
+                             registry=registry, reauth=True)
+            self._local.client = client
         return self._local.client
 
     def say(self, img: ImagePlan, line: str) -> None:
@@ -196,6 +204,7 @@ class ReleaseActions:
         try:
             self.client.login(username=creds.username, password=creds.token,
                               registry=registry, reauth=True)
+            self.logged_in.append(registry)
         except Exception as exc:
             raise ImageError(
                 f"registry login to {registry} as {creds.username} failed: "
@@ -512,16 +521,18 @@ def execute(plan: ReleasePlan, actions: ReleaseActions,
         for step in plan.image_steps(img.name):
             if step.state != "todo":
                 continue
-            on_step(step)
             try:
                 if step.name == "build":
-                    with builds:
+                    with builds:  # said when it starts, not while it waits its turn
+                        on_step(step)
                         actions.build(img)
                 elif step.name == "push":
+                    on_step(step)
                     actions.push(img, plan.version)
                     there = actions.remote(img.image, plan.version)
                     img.digest = there.digest if there else None
                 else:
+                    on_step(step)
                     img.digest = actions.reuse(img, plan.version)
             except BaseException:
                 step.state = "failed"
