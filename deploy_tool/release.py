@@ -22,6 +22,7 @@ import queue
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ class Step(BaseModel):
     description: str
     state: StepState
     image: str | None = None  # the image's name, for build, push and reuse
+    seconds: float | None = None  # how long it took, once done
 
 
 class ImagePlan(BaseModel):
@@ -499,8 +501,9 @@ def image_steps(img: ImagePlan, actions: ReleaseActions) -> list[Step]:
     ]
 
 
-def _finished(step: Step) -> None:
+def _finished(step: Step, started: float) -> None:
     step.state = "done"
+    step.seconds = round(time.monotonic() - started, 3)
     if os.environ.get(DIE_AFTER_ENV) == step.name:
         log.warning("%s=%s: killing myself", DIE_AFTER_ENV, step.name)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -525,19 +528,22 @@ def execute(plan: ReleasePlan, actions: ReleaseActions,
                 if step.name == "build":
                     with builds:  # said when it starts, not while it waits its turn
                         on_step(step)
+                        started = time.monotonic()
                         actions.build(img)
                 elif step.name == "push":
                     on_step(step)
+                    started = time.monotonic()
                     actions.push(img, plan.version)
                     there = actions.remote(img.image, plan.version)
                     img.digest = there.digest if there else None
                 else:
                     on_step(step)
+                    started = time.monotonic()
                     img.digest = actions.reuse(img, plan.version)
             except BaseException:
                 step.state = "failed"
                 raise
-            _finished(step)
+            _finished(step, started)
             finished.put(step)
 
     todo = [img for img in plan.images if any(s.state == "todo" for s in plan.image_steps(img.name))]
@@ -562,10 +568,11 @@ def execute(plan: ReleasePlan, actions: ReleaseActions,
         if step.state != "todo" or step.name not in runners:
             continue
         on_step(step)
+        started = time.monotonic()
         try:
             runners[step.name](plan)
         except BaseException:
             step.state = "failed"
             raise
-        _finished(step)
+        _finished(step, started)
         yield step
