@@ -163,10 +163,11 @@ class ObsdeployConfig(BaseModel):
                                 ("images_from", self.images_from)) if v]
         if len(given) > 1:
             raise ValueError(f"set one of image, [[images]] and images_from, not {' and '.join(given)}")
-        names = [i.name for i in self.images]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"images: the name {', '.join(twice)} is used twice")
+        for key in ("name", "image"):
+            values = [getattr(i, key) for i in self.images]
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"images: the {key} {', '.join(twice)} is used twice")
         return self
 
     @property

@@ -73,7 +73,7 @@ def compose_images(file: Path) -> list[ImageSpec]:
                          f"{exc.stderr.strip()[-500:]}",
                          hint="fix the compose file (or set the variables it needs)") from None
     services = json.loads(res.stdout).get("services") or {}
-    specs = []
+    specs: list[ImageSpec] = []
     for name, svc in sorted(services.items()):
         build, image = svc.get("build"), str(svc.get("image") or "")
         if not build or marker not in image:
@@ -92,9 +92,19 @@ def compose_images(file: Path) -> list[ImageSpec]:
             raise UsageError(f"{where}: build.dockerfile_inline is not supported by release",
                              hint="put the dockerfile in a file and name it in build.dockerfile")
         args = {k: str(v) for k, v in (build.get("args") or {}).items() if v is not None}
-        specs.append(ImageSpec(name=name, image=repository, context=Path(build["context"]),
-                               dockerfile=build.get("dockerfile") or "Dockerfile",
-                               target=build.get("target"), build_args=args))
+        spec = ImageSpec(name=name, image=repository, context=Path(build["context"]),
+                         dockerfile=build.get("dockerfile") or "Dockerfile",
+                         target=build.get("target"), build_args=args)
+        same = next((s for s in specs if s.image == repository), None)
+        if same is not None:
+            # Two services of one image (an app and its worker with another command): one
+            # build, when they build it alike.
+            if same.model_dump(exclude={"name"}) != spec.model_dump(exclude={"name"}):
+                raise UsageError(f"{where}: its image {repository} is also service {same.name}'s, "
+                                 "built another way",
+                                 hint="give each image one build: section, or different images")
+            continue
+        specs.append(spec)
     if not specs:
         raise UsageError(f"images_from: no service of {file} has both a build: section and an "
                          "image: of ${IMAGE_TAG}",

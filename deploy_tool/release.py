@@ -44,6 +44,7 @@ log = logging.getLogger("obsdeploy.release")
 LABEL = "org.opencontainers.image."
 USERNAME_ENV = "GHCR_USERNAME"
 TOKEN_ENV = "GHCR_TOKEN"
+BUILD_TIMEOUT = 3600
 DIE_AFTER_ENV = "OBSDEPLOY_DIE_AFTER"  # test hook: SIGKILL ourselves after the named step
 # The classic builder's "Step 3/7 : RUN ..." lines: how far the build is.
 _BUILD_STEP = re.compile(r"Step (\d+)/(\d+) :")
@@ -174,7 +175,9 @@ class ReleaseActions:
         if self._injected:
             return self.client
         if not hasattr(self._local, "client"):
-            client = docker.from_env()
+            # A build step can print nothing for minutes (a silent RUN): the SDK's default
+            # 60 s read timeout would call that a failure.
+            client = docker.from_env(timeout=BUILD_TIMEOUT)
             # The login was the main client's; a build pulling a private base image from the
             # registry needs it in this one too.
             for registry in self.logged_in:

@@ -93,7 +93,8 @@ def test_the_one_image_form_and_the_list(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kw, message", [
     ({"image": "reg/a", "images_from": "compose.yaml"}, "set one of image"),
-    ({"images": [{"name": "a", "image": "reg/a"}, {"name": "a", "image": "reg/b"}]}, "used twice"),
+    ({"images": [{"name": "a", "image": "reg/a"}, {"name": "a", "image": "reg/b"}]}, "name a is used twice"),
+    ({"images": [{"name": "a", "image": "reg/a"}, {"name": "b", "image": "reg/a"}]}, "image reg/a is used twice"),
     ({"images": [{"name": "A b", "image": "reg/a"}]}, "lowercase"),
     ({"images": [{"name": "a", "image": "reg/a:v1"}]}, "without tag"),
 ])
@@ -123,6 +124,18 @@ def test_images_from_reads_compose_config(tmp_path: Path) -> None:
     (tmp_path / "compose.yaml").write_text(
         "services:\n  api: {image: 'reg.example/acme/api:v-${IMAGE_TAG}', build: .}\n")
     with pytest.raises(UsageError, match=r"service api .* must be REPOSITORY:\$\{IMAGE_TAG\}"):
+        resolve_images(ObsdeployConfig(images_from="compose.yaml", base_dir=tmp_path))
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n"
+        "  app: {image: 'reg.example/acme/app:${IMAGE_TAG}', build: w}\n"
+        "  jobs: {image: 'reg.example/acme/app:${IMAGE_TAG}', build: w, command: [jobs]}\n")
+    [one] = resolve_images(ObsdeployConfig(images_from="compose.yaml", base_dir=tmp_path))
+    assert one.name == "app"  # one image of two services: built once
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n"
+        "  app: {image: 'reg.example/acme/app:${IMAGE_TAG}', build: w}\n"
+        "  jobs: {image: 'reg.example/acme/app:${IMAGE_TAG}', build: .}\n")
+    with pytest.raises(UsageError, match="also service app's, built another way"):
         resolve_images(ObsdeployConfig(images_from="compose.yaml", base_dir=tmp_path))
     (tmp_path / "compose.yaml").write_text("services:\n  kv: {image: 'redis:7'}\n")
     with pytest.raises(UsageError, match="no service .* has both a build"):
