@@ -120,11 +120,8 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, parallel: 
             out.print(f"  [{'done':>12}] {step.name:<9} {step.image or ''}".rstrip(), markup=False)
     width = max(len(i.name) for i in plan.images)
     for img in plan.images:
-        how = f"reused from {img.reused_from}" if img.action == "reuse" else "built"
-        if dry_run:
-            how = f"would be {how}" if img.action == "build" or img.copy_from else how
-        out.print(f"  {img.name:<{width}}  {img.reference}  {img.digest or '-'}  {how}",
-                  markup=False)
+        out.print(f"  {img.name:<{width}}  {img.reference}  {img.digest or '-'}  "
+                  f"{img.outcome(done=not dry_run)}", markup=False)
     if not dry_run:
         out.print(f"released {plan.reference or f'{len(plan.images)} images'} and tag "
                   f"{plan.version} on {plan.git_remote}", markup=False)

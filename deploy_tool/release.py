@@ -80,6 +80,12 @@ class ImagePlan(BaseModel):
     reused_from: str | None = None
     digest: str | None = None  # the registry's manifest digest of `reference`, when known
 
+    def outcome(self, *, done: bool) -> str:
+        """`built` or `reused from vX.Y.Z`; before the run (a dry run), what would be done."""
+        how = f"reused from {self.reused_from}" if self.action == "reuse" else "built"
+        pending = self.action == "build" and self.digest is None or self.copy_from is not None
+        return how if done or not pending else f"would be {how}"
+
     def spec(self) -> ImageSpec:
         from pathlib import Path
 

@@ -275,7 +275,11 @@ def test_an_unchanged_image_is_reused_from_the_previous_release(tmp_path: Path) 
         "api": ("reuse", "v1.0.0", "v1.0.0"), "worker": ("build", None, None),
         "web": ("reuse", "v1.0.0", "v1.0.0")}
     assert plan.step("reuse", "api").description.endswith("(reused from v1.0.0: same context digest)")
+    assert [i.outcome(done=False) for i in plan.images] == [
+        "would be reused from v1.0.0", "would be built", "would be reused from v1.0.0"]
     run(plan, actions)
+    assert [i.outcome(done=True) for i in plan.images] == [
+        "reused from v1.0.0", "built", "reused from v1.0.0"]
     assert sorted(actions.log) == ["build worker", "push worker", "reuse api", "reuse web"]
     assert plan.images[0].digest == "sha256:reg.example/acme/api@v1.0.0"
 
@@ -286,6 +290,8 @@ def test_an_unchanged_image_is_reused_from_the_previous_release(tmp_path: Path) 
     assert {(s.name, s.state) for s in replan.steps} == {
         ("reuse", "already-done"), ("build", "already-done"), ("push", "already-done"),
         ("tag", "already-done"), ("push-tag", "already-done")}
+    assert [i.outcome(done=False) for i in replan.images] == [  # a dry run of a done release
+        "reused from v1.0.0", "built", "reused from v1.0.0"]
     assert run(replan, again) == [] and again.log == []
 
 
