@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tenacity import retry, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
-from tests import parts
+from tests import parts, runs
 from tests.parts_user_projects import (
     ALL,
     DATA,
@@ -25,21 +25,22 @@ from tests.parts_user_projects import (
     ProjectRoot,
     place,
     push_accessories,
-    untag,
 )
 
 
-@pytest.fixture(scope="module")
-def project_releases(service_images: dict[str, str], registry: parts.Registry) -> Iterator[None]:
-    """The accessories' images and every project's three releases, in the test registry."""
-    refs: list[str] = []
-    try:
-        refs += push_accessories(registry.address, service_images)
+@pytest.fixture(scope="session")
+def project_releases(service_images: dict[str, str], registry: parts.Registry) -> None:
+    """The accessories' images and every project's three releases, in the test registry: once
+    per run, whichever worker gets there first. Never untagged by a worker: both workers deploy
+    these names on the one engine, and one worker's `docker rmi` at its end took an image away
+    from under the other's deploy ("No such image" between the digest check and the create)."""
+    def build(_: object) -> dict[str, object]:
+        refs = push_accessories(registry.address, service_images)
         for project in ALL:
             refs += project.build_releases(registry.address, service_images["pyapp"]).values()
-        yield
-    finally:
-        untag(refs)
+        return {"refs": refs}
+
+    runs.shared("user-project-releases", build)
 
 
 @pytest.fixture(params=ALL, ids=lambda p: p.name)
