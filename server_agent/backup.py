@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING
 
 from .common.errors import ObsError, UsageError
 from .common.progress import Tracker, track
+from .engine import write_all as _write_all
 from .root import AgentRoot
 
 if TYPE_CHECKING:
@@ -584,12 +585,6 @@ def opened_dump(path: Path, member: str) -> Iterator[IO[bytes]]:
 def _advance(tracker: Tracker, base: int, total: int) -> Callable[[int], None]:
     """A large file's progress, `base` bytes into the archive."""
     return lambda copied: tracker.update(base + copied, total)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _copy_range(src: int, dst: int, size: int, src_offset: int = 0,

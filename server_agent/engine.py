@@ -48,7 +48,8 @@ class ExecResult:
     stderr_tail: str
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a pipe or a full disk may take part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -589,7 +590,7 @@ class Engine:
                 feeder.start()
             for stream, data in frames_iter(conn, tty=False):
                 if stream == STDOUT and stdout_fd is not None:
-                    _write_all(stdout_fd, data)
+                    write_all(stdout_fd, data)
                     written += len(data)
                 else:
                     stderr += data
