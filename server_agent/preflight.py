@@ -19,6 +19,7 @@ from .common.errors import CommandError, ObsError
 from .common.redact import REDACTOR
 from .compose import ComposeConfig, ComposeProject, ServiceSpec
 from .engine import Engine, importing_sdk_meanwhile, socket_denied
+from .names import SINGLE_WRITER_LABEL
 from .plan import PreflightReport, Problem, RolloutPlan, build_plan, contract_services
 from .root import AgentRoot
 
@@ -79,6 +80,15 @@ def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
     advice = proxy.driver.advice()
     if advice:
         report.notes.append(f"proxy: {advice}")
+    if report.plan is not None and report.plan.proxied is not None and not proxy.driver.can_hold \
+            and any(sv.single_writer for sv in report.plan.release_services
+                    if sv.name == report.plan.proxied):
+        report.add("proxy.cannot_hold", (
+            f"service {report.plan.proxied} is a single writer, so it is switched stop-first, "
+            f"and proxy kind {root.settings.proxy.kind} cannot hold the requests that arrive "
+            "while it stops and its new container is gated (they would fail): use agent.proxy.kind "
+            f"caddy (or traefik), or label the service {SINGLE_WRITER_LABEL}: \"false\" if two of "
+            "its containers may run at once (then it is switched start-first)"))
     problem = proxy.driver.problem()
     if problem is None:
         return

@@ -7,6 +7,9 @@
     Nginx        the upstream file (`server ADDRESS;` lines the user's `upstream` block
                  includes), replaced atomically, then the reload command (graceful: old
                  workers finish their requests)
+    holding      (SPEC §19) a proxy that `can_hold` keeps requests waiting while a single
+                 writer's old container stops and its new one is gated: `hold()`, then
+                 `point_at` sends them on (docs/held-requests.md says how caddy does it)
     ProxyCutover what the rollout needs: which service, where its containers answer, how
                  long the old ones drain
 
@@ -44,6 +47,12 @@ MAX_DRAIN_SECONDS = 30.0
 DEFAULT_STOP_TIMEOUT = 10
 
 
+# A held server's dial address while it holds: a unix socket that cannot exist, so each try
+# fails at once with a dial error, which caddy retries (SPEC §19).
+HOLD_DIAL = "unix//nonexistent/obsdeploy-hold.sock"
+HOLD_TRY_INTERVAL = "50ms"
+
+
 class ProxyError(ObsError):
     """The proxy could not be read or updated; what runs and what it serves did not change."""
 
@@ -61,6 +70,14 @@ class Proxy(Protocol):
     def advice(self) -> str | None:
         """What the host needs for the proxy's changes to lose no request (a preflight
         note), or None."""
+
+    @property
+    def can_hold(self) -> bool:
+        """Whether `hold()` works: requests wait instead of failing (SPEC §19)."""
+
+    def hold(self) -> None:
+        """From now on send no request to any container and keep arriving ones waiting
+        (up to hold_seconds) until the next point_at, which sends them on."""
 
 
 # --- caddy -----------------------------------------------------------------------------------
@@ -100,6 +117,21 @@ def caddy_server(name: str, listen: Sequence[str], hosts: Sequence[str],
     return {"@id": name, "listen": list(listen), "routes": [route]}
 
 
+def caddy_held_server(name: str, listen: Sequence[str], hosts: Sequence[str], dial_file: str,
+                      hold_seconds: float) -> dict[str, Any]:
+    """The server of a single writer (SPEC §19): its one upstream's dial address is the
+    content of `dial_file`, read again on every try (caddy's `{file.*}` placeholder, 2.8+),
+    and a try that cannot connect is retried every HOLD_TRY_INTERVAL for `hold_seconds`.
+    Holding is writing an address nothing listens on into the file; releasing, writing the
+    new container's. The config never changes for it, so a request already retrying sees
+    the new address on its next try (a config change would not: a request in flight keeps
+    the upstreams of the config it arrived under)."""
+    server = caddy_server(name, listen, hosts, [f"{{file.{dial_file}}}"])
+    server["routes"][0]["handle"][0]["load_balancing"] = {
+        "try_duration": f"{hold_seconds:g}s", "try_interval": HOLD_TRY_INTERVAL}
+    return server
+
+
 def caddy_change(config: Any, name: str, server: dict[str, Any]) -> tuple[str, Any]:
     """The one request (POST path, body) that puts `server` into `config` under `name`.
     Caddy's POST sets or replaces the object at an existing path, so the body nests the
@@ -130,25 +162,83 @@ def caddy_upstreams(server: Any) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class CaddyHold:
+    """Where the held server's dial address lives: the file the agent writes, and the same
+    file as caddy sees it (another path when caddy runs in a container that mounts it)."""
+
+    file: Path
+    seen_by_caddy: str
+    seconds: float
+
+
 class Caddy:
     def __init__(self, admin_url: str, server_name: str, listen: Sequence[str],
-                 hosts: Sequence[str]) -> None:
+                 hosts: Sequence[str], hold: CaddyHold | None = None) -> None:
         self.admin_url = admin_url
         self.name = server_name
         self.listen = list(listen)
         self.hosts = list(hosts)
+        self._hold = hold
+
+    @property
+    def can_hold(self) -> bool:
+        return self._hold is not None
 
     def point_at(self, addresses: Sequence[str]) -> None:
         config = self._request("GET", "/config/")
+        if self._hold is not None and len(addresses) == 1 and self._held_server_in(config):
+            self._write_dial(addresses[0])  # the requests held, if any, go there on their next try
+            log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
+            return
         path, body = caddy_change(config, self.name,
                                   caddy_server(self.name, self.listen, self.hosts, addresses))
         self._request("POST", path, body)
         log.info("caddy server %s now proxies to %s", self.name, ", ".join(addresses))
 
+    def hold(self) -> None:
+        assert self._hold is not None
+        self._write_dial(HOLD_DIAL)
+        config = self._request("GET", "/config/")
+        if not self._held_server_in(config):
+            # Once: requests in flight finish on the old config, the old containers still run.
+            path, body = caddy_change(config, self.name, self._held_server())
+            self._request("POST", path, body)
+        log.info("caddy server %s holds requests (up to %gs)", self.name, self._hold.seconds)
+
     def current(self) -> list[str]:
         config = self._request("GET", "/config/")
         servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
-        return caddy_upstreams(servers.get(self.name))
+        dials = caddy_upstreams(servers.get(self.name))
+        if self._hold is not None and dials == [f"{{file.{self._hold.seen_by_caddy}}}"]:
+            try:
+                dial = self._hold.file.read_text().strip()
+            except OSError:
+                return dials
+            return [] if dial == HOLD_DIAL else [dial]
+        return dials
+
+    def _held_server(self) -> dict[str, Any]:
+        assert self._hold is not None
+        return caddy_held_server(self.name, self.listen, self.hosts, self._hold.seen_by_caddy,
+                                 self._hold.seconds)
+
+    def _held_server_in(self, config: Any) -> bool:
+        servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
+        mine = servers.get(self.name)
+        # caddy adds fields of its own (e.g. an automatic @id): compare what the agent wrote.
+        return isinstance(mine, dict) and all(mine.get(k) == v for k, v in self._held_server().items())
+
+    def _write_dial(self, address: str) -> None:
+        from .state import atomic_write
+
+        assert self._hold is not None
+        try:
+            self._hold.file.parent.mkdir(parents=True, exist_ok=True)
+            # Replaced by a rename: caddy reads either the old address or the new, never half.
+            atomic_write(self._hold.file, address + "\n")
+        except OSError as exc:
+            raise ProxyError(f"cannot write caddy's dial file {self._hold.file}: {exc.strerror}") from None
 
     def problem(self) -> str | None:
         try:
@@ -244,6 +334,13 @@ class Nginx:
             return f"the reload command {self.reload_command[0]} is not found"
         return None
 
+    @property
+    def can_hold(self) -> bool:
+        return False  # open-source nginx cannot keep a request waiting for an upstream
+
+    def hold(self) -> None:
+        raise ProxyError("nginx cannot hold requests")
+
     def advice(self) -> str | None:
         # nginx's master keeps its listening sockets across a reload (unless `reuseport`
         # gives each worker its own: README, "Zero failed requests behind a proxy").
@@ -285,8 +382,10 @@ class ProxyCutover:
                     for c in old if c.service == self.service]
         return min(max(timeouts, default=0), MAX_DRAIN_SECONDS)
 
-    def wait_drain(self, old: Sequence[ContainerInfo]) -> None:
-        seconds = self.drain_seconds(old)
+    def wait_drain(self, old: Sequence[ContainerInfo], at_most: float = MAX_DRAIN_SECONDS) -> None:
+        if not any(c.service == self.service for c in old):
+            return  # nothing of the service left serving (a stop-first switch stopped it)
+        seconds = min(self.drain_seconds(old), at_most)
         if seconds > 0:
             log.info("draining %s for %.1fs", ", ".join(c.name for c in old
                                                           if c.service == self.service), seconds)
@@ -299,7 +398,9 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
         return None
     driver: Proxy
     if s.kind == "caddy":
-        driver = Caddy(s.admin_url, f"obsdeploy-{root.project}", s.listen, s.hosts)
+        file = Path(s.hold_file) if s.hold_file else root.state_dir / "proxy/upstream"
+        hold = CaddyHold(file, s.caddy_hold_file or str(file), s.hold_seconds)
+        driver = Caddy(s.admin_url, f"obsdeploy-{root.project}", s.listen, s.hosts, hold)
     else:
         assert s.upstream_file is not None
         driver = Nginx(Path(s.upstream_file), s.reload_command)

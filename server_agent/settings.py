@@ -215,6 +215,21 @@ class ProxySettings(BaseModel):  # SPEC §15
                     "the requests in flight. null: their stop timeout (the service's "
                     # proxy.DEFAULT_STOP_TIMEOUT and MAX_DRAIN_SECONDS (a test holds them equal)
                     "stop_grace_period, else 10), at most 30.")
+    hold_seconds: float = Field(
+        30, gt=0, le=300,
+        description="caddy, a single-writer service (its switch is stop-first): how long a "
+                    "request arriving while the old container stops and the new one is gated "
+                    "waits for it before caddy answers 502.")
+    hold_file: str | None = Field(
+        None, description="caddy, a single-writer service: the absolute path of the file the "
+                          "agent writes the container's address into; caddy reads it on every "
+                          "try of a request ({file.*} placeholder, caddy 2.8 or later). null: "
+                          "DIR/state/proxy/upstream. Caddy must be able to read it.")
+    caddy_hold_file: str | None = Field(
+        None, description="caddy, a single-writer service: the same file as caddy sees it, "
+                          "when caddy runs in a container that mounts its directory (mount the "
+                          "directory, not the file: the agent replaces the file by a rename). "
+                          "null: hold_file.")
 
     @field_validator("admin_url")
     @classmethod
@@ -223,7 +238,7 @@ class ProxySettings(BaseModel):  # SPEC §15
             raise ValueError("must be the admin API's base URL, e.g. http://127.0.0.1:2019")
         return v.rstrip("/")
 
-    @field_validator("upstream_file")
+    @field_validator("upstream_file", "hold_file", "caddy_hold_file")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         if v is not None and not PurePosixPath(v).is_absolute():

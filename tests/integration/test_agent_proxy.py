@@ -37,14 +37,19 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CaddyProce
     proc.stop()
 
 
-def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProcess,
-                 **proxy_extra: object) -> parts.AgentRootDir:
+def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProcess, *,
+                 single_writer: bool = False, **proxy_extra: object) -> parts.AgentRootDir:
+    """The observer behind `proxy`. It carries the path contract, so it is a single writer
+    (SPEC §19) unless labelled otherwise: these tests of the start-first cutover (§15) label it
+    obsdeploy.single_writer "false"; test_agent_held.py tests it as the single writer it is."""
     root = parts.make_agent_root(tmp_path / "observer", registry, f"obs-{uuid.uuid4().hex[:8]}",
                                  health_url=f"{proxy.url}/health",
                                  proxy=proxy.proxy_settings(drain_seconds=1, **proxy_extra))
     compose = root.path / "docker-compose.server.yml"
-    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"',
-                                                   '"127.0.0.1::8000"'))
+    text = compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+    label = "true" if single_writer else "false"
+    compose.write_text(text.replace("    restart: unless-stopped\n", (
+        f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
     return root
 
 
@@ -187,8 +192,7 @@ def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
     parts_project.build_project_images(docker_client, registry.address)
     root = proxied_root(tmp_path, registry.address, proxy)
     compose = root.path / "docker-compose.server.yml"
-    text = compose.read_text().replace("    restart: unless-stopped\n", (
-        "    restart: unless-stopped\n    labels:\n      obsdeploy.order: \"1\"\n"), 1)
+    text = compose.read_text().replace("    labels:\n", '    labels:\n      obsdeploy.order: "1"\n', 1)
     scanner = (f"  scanner:\n    image: {registry.address}/{parts.REPOSITORY}:${{IMAGE_TAG:?IMAGE_TAG required}}\n"
                "    labels:\n      obsdeploy.order: \"2\"\n    stop_grace_period: 2s\n"
                "    environment:\n      ROLE: scanner\n")
