@@ -51,6 +51,7 @@ DEFAULT_STOP_TIMEOUT = 10
 # fails at once with a dial error, which caddy retries (SPEC §19).
 HOLD_DIAL = "unix//nonexistent/obsdeploy-hold.sock"
 HOLD_TRY_INTERVAL = "50ms"
+HOLD_MAX_REQUESTS = 8
 
 
 class ProxyError(ObsError):
@@ -127,6 +128,11 @@ def caddy_held_server(name: str, listen: Sequence[str], hosts: Sequence[str], di
     the new address on its next try (a config change would not: a request in flight keeps
     the upstreams of the config it arrived under)."""
     server = caddy_server(name, listen, hosts, [f"{{file.{dial_file}}}"])
+    # Released at once, every held request would connect at the same moment, more than a
+    # small listen backlog takes (python's http.server: 5): the dropped SYNs wait out TCP's
+    # retransmits, seconds. At most this many at a time go to the container; the others
+    # find no upstream free and retry every HOLD_TRY_INTERVAL (within hold_seconds).
+    server["routes"][0]["handle"][0]["upstreams"][0]["max_requests"] = HOLD_MAX_REQUESTS
     server["routes"][0]["handle"][0]["load_balancing"] = {
         "try_duration": f"{hold_seconds:g}s", "try_interval": HOLD_TRY_INTERVAL}
     return server

@@ -4,8 +4,9 @@ with a 10 s client timeout, while its running containers are sampled every 50 ms
 
 It is switched stop-first and caddy holds the requests of the gap: a good deploy, a
 crash-at-start release and an error-answering release (both rolled back) fail no request,
-never run two writers at once, the failing releases answer nothing, and the longest request
-is at most the hold plus 1 s. nginx cannot hold: a single writer behind it is refused."""
+never run two writers at once, and the failing releases answer nothing (the longest request
+against the hold is bench/'s to measure: no timings here). nginx cannot hold: a single writer
+behind it is refused."""
 
 from __future__ import annotations
 
@@ -79,9 +80,9 @@ def test_a_single_writer_behind_caddy_is_held_never_doubled_and_fails_no_request
     assert not load.failed, load.summary()
     assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
     assert writers.most_at_once == 1, writers.samples
-    hold = writers.longest_hold()
-    assert 0 < hold, writers.dials  # the gap was held, not skipped
-    assert max(a.latency for a in load.answers) <= hold + 1.0, (hold, load.summary())
+    # The gap was held, not skipped. How long the longest request waited against the hold
+    # is a timing, measured by bench/ (scenario held), not asserted here.
+    assert writers.longest_hold() > 0, writers.dials
 
     for bad in ("v2.0.0-crash", "v2.0.0-error"):
         code, load, writers, out = held_deploy(root, caddy, "deploy", bad)
@@ -89,8 +90,7 @@ def test_a_single_writer_behind_caddy_is_held_never_doubled_and_fails_no_request
         assert not load.failed, f"{bad}: {load.summary()}"
         assert answered(load) == {"v1.1.0"}, f"{bad} answered: {load.summary()}"
         assert writers.most_at_once == 1, (bad, writers.samples)
-        hold = writers.longest_hold()
-        assert max(a.latency for a in load.answers) <= hold + 1.0, (bad, hold, load.summary())
+        assert writers.longest_hold() > 0, (bad, writers.dials)
         assert {parts_project.release_of(c) for c in parts_project.running(root.project, "observer")} == {"v1.1.0"}
 
     # A manual rollback is a stop-first switch too.
