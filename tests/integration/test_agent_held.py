@@ -103,7 +103,7 @@ def test_a_single_writer_behind_caddy_is_held_never_doubled_and_fails_no_request
 def test_kill_9_during_the_held_gap_leaves_the_next_deploy_working(
         caddy: CaddyProcess, writer: parts.AgentRootDir) -> None:
     """Killed after the old container stopped, while caddy holds: the next deploy switches
-    and the proxy serves the new release; never two writers."""
+    and the proxy serves the new release; never two writers, no request reset."""
     root = writer
     dial_file = root.path / "state" / "proxy" / "upstream"
     with WriterWatch(root.project, dial_file=dial_file) as writers, \
@@ -116,7 +116,10 @@ def test_kill_9_during_the_held_gap_leaves_the_next_deploy_working(
         load.stop()
     assert again.returncode == 0, again.stdout + again.stderr
     assert writers.most_at_once == 1, writers.samples
-    assert not load.failed, load.summary()
+    # Nobody releases the requests held when the agent died: they wait for the next deploy
+    # (and those older than the client's timeout give up). None is answered by a broken
+    # container or reset: every failure is a timeout or caddy's 502 after hold_seconds.
+    assert all("timed out" in a.detail or "HTTP 502" in a.detail for a in load.failed), load.summary()
     with Load(f"{caddy.url}/health", rate=20, max_seconds=1) as after:
         after._stop.wait(0.5)
     assert not after.failed and after.versions == {"v1.1.0"}, after.summary()
