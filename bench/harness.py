@@ -412,15 +412,14 @@ class AgentSide(Side):
 
 
 class ProxiedAgentSide(AgentSide):
-    """obs-agent behind a real caddy or nginx on loopback (SPEC §15): the observer publishes an
+    """obs-agent behind a real caddy, nginx or traefik on loopback (SPEC §15): the observer publishes an
     ephemeral port, the prober goes through the proxy. `deploy("rollback")` rolls back."""
 
     def __init__(self, path: Path, registry: str, project: str, settings: dict[str, Any],
                  kind: str) -> None:
-        from tests.parts_proxy import CaddyProcess, NginxProcess
+        from tests.parts_proxy import start_proxy
 
-        self.proxy = (CaddyProcess(path.parent / "caddy") if kind == "caddy"
-                      else NginxProcess(path.parent / "nginx")).start()
+        self.proxy = start_proxy(kind, path.parent)
         super().__init__(path, registry, project, {
             **settings, "health_url": f"{self.proxy.url}/health",
             "proxy": self.proxy.proxy_settings(drain_seconds=1)})

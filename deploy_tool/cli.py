@@ -69,12 +69,20 @@ def cli(ctx: click.Context, config: str | None, verbose: bool) -> None:
 @click.argument("version")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--allow-dirty", is_flag=True, help="Release even with uncommitted changes.")
+@click.option("--parallel", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Build at most N images at once (default: as many as this machine has cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and its outcome as JSON.")
 @click.pass_obj
-def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: bool) -> None:
-    """Build image:VERSION with OCI labels, push it, tag VERSION in git and push the tag.
+def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, parallel: int | None,
+            as_json: bool) -> None:
+    """Build each image as IMAGE:VERSION with OCI labels, push it, tag VERSION in git and push
+    the tag.
 
-    Run it in the app's repository (where obsdeploy.toml is). Registry credentials come from
+    Run it in the app's repository (where obsdeploy.toml is). The images are `image`, the
+    `[[images]]` list, or the services of `images_from` (a compose file) that have a build:
+    section; they are built side by side, and one whose build context is unchanged since the
+    previous release is that release's image tagged again (no build, no upload). The git tag
+    is pushed only when every image is in the registry. Registry credentials come from
     GHCR_USERNAME and GHCR_TOKEN (else Docker's own credential store); the token is never put
     on a command line or shown. Re-running after a failure finishes the job and skips what is
     done; a version already released from another commit is refused.
@@ -95,9 +103,11 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: b
         err.print(f"  {REDACTOR(line)}", markup=False, style="dim")
 
     actions = ReleaseActions(cfg, Git(cfg.base_dir), progress=progress)
-    plan = plan_release(cfg, version, actions, allow_dirty=allow_dirty, dry_run=dry_run)
+    plan = plan_release(cfg, version, actions, allow_dirty=allow_dirty, dry_run=dry_run,
+                        parallel=parallel)
     out = _console(stderr=as_json)
-    out.print(f"release {plan.version}: {plan.reference} from {plan.revision[:12]}"
+    what = plan.reference or f"{len(plan.images)} images (at most {plan.parallel} built at once)"
+    out.print(f"release {plan.version}: {what} from {plan.revision[:12]}"
               + (" (dry run: nothing will change)" if dry_run else ""), markup=False)
     for step in plan.steps:
         mark = {"already-done": "done already", "todo": "to do"}.get(step.state, step.state)
@@ -107,9 +117,14 @@ def release(ctx: Ctx, version: str, dry_run: bool, allow_dirty: bool, as_json: b
             out.print("nothing to do: this release is complete")
         for step in execute(plan, actions, on_step=lambda s: err.print(
                 f"-> {s.name}: {s.description}", markup=False)):
-            out.print(f"  [{'done':>12}] {step.name}", markup=False)
-        out.print(f"released {plan.reference} and tag {plan.version} on {plan.git_remote}",
-                  markup=False)
+            out.print(f"  [{'done':>12}] {step.name:<9} {step.image or ''}".rstrip(), markup=False)
+    width = max(len(i.name) for i in plan.images)
+    for img in plan.images:
+        out.print(f"  {img.name:<{width}}  {img.reference}  {img.digest or '-'}  "
+                  f"{img.outcome(done=not dry_run)}", markup=False)
+    if not dry_run:
+        out.print(f"released {plan.reference or f'{len(plan.images)} images'} and tag "
+                  f"{plan.version} on {plan.git_remote}", markup=False)
     if as_json:
         print_json(plan.model_dump())
 

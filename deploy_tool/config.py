@@ -7,7 +7,11 @@ Every key, top-level or of the `[deploy]` table, has one flat env name (`OBSDEPL
 bad values are refused (exit 2) with the field and where its value came from.
 
 Paths: `context` is relative to the directory of obsdeploy.toml (the app's repository);
-`dockerfile` is relative to the context, as with `docker build`.
+`dockerfile` is relative to the context, as with `docker build`. The same holds for each
+`[[images]]` entry, and `images_from` (a compose file) is relative to obsdeploy.toml.
+
+What is built: `image` (the one-image form, with the top-level `dockerfile`, `context`,
+`build_args`), or a list of `[[images]]`, or `images_from`; one of the three.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from server_agent.common.errors import UsageError
@@ -37,6 +48,39 @@ _IMAGE = re.compile(
     r"(?:[a-z0-9.-]+(?::[0-9]+)?/)?"  # optional registry host[:port]/
     rf"{_COMPONENT}(?:/{_COMPONENT})*"  # path components, no tag, no digest
 )
+IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_IMAGE_HINT = "must be an image repository without tag or digest, e.g. ghcr.io/tawbury/observer (lowercase)"
+
+
+def check_image(v: str | None) -> str | None:
+    if v is not None and not _IMAGE.fullmatch(v):
+        raise ValueError(_IMAGE_HINT)
+    return v
+
+
+class ImageConfig(BaseModel):
+    """One `[[images]]` entry: an image the release builds and pushes as `image:VERSION`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    image: str
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    target: str | None = None
+    build_args: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not IMAGE_NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: write lowercase letters, digits, '.', '_', '-'")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image_repository(cls, v: str) -> str:
+        return check_image(v) or v
 
 
 class DeployConfig(BaseModel):
@@ -85,6 +129,10 @@ class ObsdeployConfig(BaseModel):
     context: str = "."
     git_remote: str = "origin"
     build_args: dict[str, str] = Field(default_factory=dict)
+    # Several images: listed here, or read from a compose file (its services with a `build:`
+    # section and an `image:` of `${IMAGE_TAG}`).
+    images: list[ImageConfig] = Field(default_factory=list)
+    images_from: str | None = None
     # What `release` builds for (docker buildx --platform); the first is the one a
     # multi-platform index is read for.
     platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"], min_length=1)
@@ -107,12 +155,20 @@ class ObsdeployConfig(BaseModel):
     @field_validator("image")
     @classmethod
     def _image_repository(cls, v: str | None) -> str | None:
-        if v is not None and not _IMAGE.fullmatch(v):
-            raise ValueError(
-                "must be an image repository without tag or digest, "
-                "e.g. ghcr.io/tawbury/observer (lowercase)"
-            )
-        return v
+        return check_image(v)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ObsdeployConfig:
+        given = [k for k, v in (("image", self.image), ("images", self.images),
+                                ("images_from", self.images_from)) if v]
+        if len(given) > 1:
+            raise ValueError(f"set one of image, [[images]] and images_from, not {' and '.join(given)}")
+        for key in ("name", "image"):
+            values = [getattr(i, key) for i in self.images]
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"images: the {key} {', '.join(twice)} is used twice")
+        return self
 
     @property
     def context_dir(self) -> Path:
@@ -122,7 +178,8 @@ class ObsdeployConfig(BaseModel):
         if not self.image:
             raise UsageError(
                 "no image configured",
-                hint=f"set `image = \"ghcr.io/OWNER/NAME\"` in {CONFIG_NAME} or {ENV_PREFIX}IMAGE",
+                hint=f"set `image = \"ghcr.io/OWNER/NAME\"` in {CONFIG_NAME} or {ENV_PREFIX}IMAGE "
+                     "(or [[images]], or images_from = \"compose.yaml\")",
             )
         return self.image
 
@@ -143,6 +200,7 @@ class _EnvOverrides(BaseSettings):
     context: str | None = None
     git_remote: str | None = None
     build_args: dict[str, str] | None = None
+    images_from: str | None = None
     platforms: Annotated[list[str] | None, NoDecode] = None
     source: str | None = None
     progress_seconds: float | None = None
@@ -190,7 +248,8 @@ def _describe(exc: ValidationError, *, from_env: set[str], shown: str) -> str:
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         key = loc[1] if len(loc) > 1 and loc[0] == "deploy" else (loc[0] if loc else "")
-        where = f"env {env_name(key)}" if key in from_env else f"{shown}: {'.'.join(loc)}"
+        where = (f"env {env_name(key)}" if key in from_env
+                 else f"{shown}: {'.'.join(loc)}" if loc else shown)
         msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{where}: {msg}")
     return "; ".join(lines)

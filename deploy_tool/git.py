@@ -54,6 +54,18 @@ class Git:
             refs[ref.strip()] = sha.strip()
         return refs.get(f"refs/tags/{tag}^{{}}") or refs.get(f"refs/tags/{tag}")
 
+    def remote_tags(self, remote: str) -> list[str]:
+        """The names of every tag the remote has."""
+        try:
+            out = self._git("ls-remote", "--tags", "--refs", remote).stdout
+        except CommandError as exc:
+            raise UsageError(
+                f"cannot read tags of git remote {remote!r}: {exc.stderr.strip()}",
+                hint="check git_remote in obsdeploy.toml (OBSDEPLOY_GIT_REMOTE)",
+            ) from None
+        return [line.partition("\t")[2].strip().removeprefix("refs/tags/")
+                for line in out.splitlines() if "\t" in line]
+
     def push_tag(self, remote: str, tag: str) -> None:
         self._git("push", "--quiet", remote, f"refs/tags/{tag}:refs/tags/{tag}", timeout=300)
 

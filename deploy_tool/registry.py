@@ -1,9 +1,11 @@
-"""Reading an image's labels from its registry without pulling it (issue 12).
+"""The registry's distribution API, for what `obsdeploy release` needs without pulling.
 
-`obsdeploy release` (and its --dry-run) needs one thing from the registry: the revision
-label of what a tag holds, if anything. That is in the image's config blob: the distribution
-API gives the manifest (an index first, for a multi-platform image) and then the config, a
-few KiB, instead of every layer of the image.
+Reading: the labels of what a tag holds, if anything (its revision, its context digest). They
+are in the image's config blob: the distribution API gives the manifest (an index first, for a
+multi-platform image) and then the config, a few KiB, instead of every layer of the image.
+Writing: a tag put on an image the repository already has (`put_manifest`: the manifest's
+bytes again under another tag), which is how an unchanged image is released again without a
+build or a layer upload.
 
 Authentication follows the registry's challenge (`WWW-Authenticate`): a Bearer token from
 its realm (GHCR, Docker Hub), or Basic, with the credentials given (GHCR_USERNAME /
@@ -64,7 +66,22 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
 
 
-class RegistryReader:
+@dataclass(frozen=True)
+class Manifest:
+    body: bytes  # exactly as the registry serves it: its sha256 is the digest
+    media_type: str
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        return "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+class RegistryClient:
     def __init__(self, image: str, username: str | None = None, password: str | None = None) -> None:
         import requests
 
@@ -78,18 +95,25 @@ class RegistryReader:
         self._authorization: str | None = None
 
     def _get(self, path: str, accept: str | None = None) -> Any:
+        return self._request("GET", path, {"Accept": accept} if accept else {})
+
+    def _request(self, method: str, path: str, headers: dict[str, str],
+                 data: bytes | None = None) -> Any:
         import requests
 
         url = f"{self.name.base_url}/v2/{self.name.repository}/{path}"
-        headers = {"Accept": accept} if accept else {}
+        headers = dict(headers)
         for attempt in range(2):
             if self._authorization:
                 headers["Authorization"] = self._authorization
             try:
-                resp = self.session.get(url, headers=headers, timeout=TIMEOUT)
+                resp = self.session.request(method, url, headers=headers, data=data,
+                                            timeout=TIMEOUT)
             except requests.RequestException as exc:
                 raise ImageError(f"cannot reach the registry {self.name.registry}: {exc}",
                                  hint="check the registry address in `image` and that it is up") from None
+            # A token for reading is not one for writing: the registry's challenge to a put
+            # names the push scope, and the token is asked for again with it.
             if resp.status_code == 401 and attempt == 0:
                 self._authorization = self._authorize(resp.headers.get("WWW-Authenticate", ""))
                 continue
@@ -123,15 +147,32 @@ class RegistryReader:
         body = resp.json()
         return f"Bearer {body.get('token') or body.get('access_token')}"
 
-    def config_labels(self, tag: str, platform: str = "linux/amd64") -> dict[str, str] | None:
-        """The labels of the image `tag` names (for an index: its `platform` image, else its
-        first), or None when the registry has no such tag."""
+    def manifest(self, tag: str) -> Manifest | None:
+        """What `tag` names (an image manifest or an index), or None when there is no such tag."""
         resp = self._get(f"manifests/{tag}", ", ".join(MANIFEST_TYPES))
         if resp.status_code == 404:
             return None
         self._raise_for(resp, f"{self.image}:{tag}")
-        manifest = resp.json()
-        media = manifest.get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0]
+        body = resp.content
+        media = json.loads(body).get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0]
+        return Manifest(body, media)
+
+    def put_manifest(self, tag: str, manifest: Manifest) -> str:
+        """Tag `manifest` (already in this repository, with its blobs) as `tag`; its digest."""
+        resp = self._request("PUT", f"manifests/{tag}", {"Content-Type": manifest.media_type},
+                             data=manifest.body)
+        self._raise_for(resp, f"{self.image}:{tag} (a manifest put)")
+        return str(resp.headers.get("Docker-Content-Digest") or manifest.digest)
+
+    def config_labels(self, tag: str, platform: str = "linux/amd64") -> dict[str, str] | None:
+        """The labels of the image `tag` names (for an index: its `platform` image, else its
+        first), or None when the registry has no such tag."""
+        found = self.manifest(tag)
+        return None if found is None else self.labels_of(found, tag, platform)
+
+    def labels_of(self, found: Manifest, tag: str, platform: str = "linux/amd64") -> dict[str, str] | None:
+        manifest = found.json()
+        media = found.media_type
         if media in INDEX_TYPES or "manifests" in manifest:
             entries = manifest.get("manifests") or []
             os_, _, arch = platform.partition("/")

@@ -17,21 +17,26 @@ A file restore never extracts `accessories/`; `restore --accessories` feeds the 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import stat
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .common.errors import ObsError, UsageError
 from .common.progress import Tracker, track
+from .engine import write_all as _write_all
 from .root import AgentRoot
+
+if TYPE_CHECKING:
+    from .engine import ContainerInfo, Engine
 
 log = logging.getLogger("obs.backup")
 
@@ -48,6 +53,7 @@ MAX_HELD_FILES = 128
 SUFFIX = ".tar"
 _BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 64 * 1024 * 1024
+VOLUMES = "volumes"  # the archive's directory of backup_volumes: volumes/NAME/...
 
 
 class BackupError(ObsError):
@@ -123,9 +129,12 @@ def _held_limit() -> int:
 
 
 class BackupArchive:
-    def __init__(self, root: AgentRoot) -> None:
+    """`engine`: where backup_volumes are read from and restored to (None: files only)."""
+
+    def __init__(self, root: AgentRoot, engine: Engine | None = None) -> None:
         self.root = root
         self.dir = root.backups_dir
+        self.engine = engine
 
     def members_to_back_up(self) -> list[str]:
         s = self.root.settings
@@ -144,6 +153,8 @@ class BackupArchive:
                 self._capture_tree(self.root.path / rel, snap, limit)
             if dumps:
                 self._add_dumps(snap, dumps)
+            for key in self.root.settings.backup_volumes:
+                self._capture_volume(key, snap)
         except BaseException:
             snap.close()
             raise
@@ -235,6 +246,55 @@ class BackupArchive:
                 os.close(fd)
             snap.entries.append(_Entry(info, spooled=offset))
         # sockets, fifos, devices: not data worth keeping
+
+    def _capture_volume(self, key: str, snap: BackupSnapshot) -> None:
+        """The volume's files, as Docker's archive API gives them from a container that mounts
+        it: a stopped one first (the old release, at the moment it stopped), else any. The
+        stream is spooled member by member, never held in memory."""
+        if self.engine is None:
+            raise BackupError(f"backup_volumes names {key}, but no Docker engine was given")
+        found = self._mounting(key)
+        if found is None:
+            log.warning("backup_volumes: no container of %s mounts volume %s yet; nothing of it "
+                        "to archive", self.root.project, key)
+            return
+        container, target = found
+        top = f"{VOLUMES}/{_safe(key)}"
+        info = tarfile.TarInfo(top)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        snap.entries.append(_Entry(info))
+        assert snap.spool is not None
+        stream = io.BufferedReader(_ChunkReader(self.engine.get_archive(container.id, target)), 1 << 20)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for m in tar:
+                rel = m.name.split("/", 1)[1] if "/" in m.name else ""
+                if not rel or not (m.isdir() or m.isreg() or m.issym() or m.islnk()):
+                    continue  # the mount point itself; sockets, fifos, devices
+                m.name = f"{top}/{rel}"
+                if m.islnk():
+                    m.linkname = f"{top}/{m.linkname.split('/', 1)[1]}"
+                if not m.isreg():
+                    snap.entries.append(_Entry(m))
+                    continue
+                offset = snap.spool_size
+                os.lseek(snap.spool, offset, os.SEEK_SET)
+                src = tar.extractfile(m)
+                assert src is not None
+                while chunk := src.read(1 << 20):
+                    _write_all(snap.spool, chunk)
+                snap.spool_size += m.size
+                snap.entries.append(_Entry(m, spooled=offset))
+
+    def _mounting(self, key: str) -> tuple[ContainerInfo, str] | None:
+        """A container of the project that mounts volume `key`, and where: a stopped one first."""
+        assert self.engine is not None
+        name = self.engine.compose_volume(self.root.project, key)
+        if name is None:
+            return None
+        found = [(c, dest) for c in self.engine.project_containers(self.root.project)
+                 for vol, dest, _ in c.volumes if vol == name]
+        found.sort(key=lambda cd: cd[0].running)
+        return found[0] if found else None
 
     # --- write -----------------------------------------------------------------------------
     def _ensure_dir(self) -> None:
@@ -369,17 +429,126 @@ class BackupArchive:
                             f"{dest} ({type(exc).__name__})",
                             hint="this archive was not made by obs-agent or has been tampered with",
                         ) from None
+                volumes = archived_volumes(members)
+                targets = {key: self._volume_target(key, name) for key in volumes}
                 if before_writing is not None:
                     before_writing()
                 safety = self.create("pre-restore")
-                wanted = [m for m in members if m.name not in ("state", DUMPS_DIR)
-                          and not m.name.startswith(("state/", f"{DUMPS_DIR}/"))]
+                wanted = [m for m in members if _top(m.name) not in ("state", VOLUMES, DUMPS_DIR)]
                 tar.extractall(dest, members=wanted, filter="data")
+                for key, (container, target) in targets.items():
+                    self._restore_volume(tar, members, key, container, target)
         except tarfile.TarError as exc:
             raise UsageError(f"refusing {name}: not a readable tar archive ({exc})",
                              hint="pick another archive from `backup list`") from None
         log.info("restored %s; the files it replaced are in %s", name, safety.name)
         return safety
+
+    def restores(self, name: str) -> tuple[list[str], list[str]]:
+        """What restoring NAME writes: the paths under the root (top-level names) and the
+        Docker names of the volumes. Unreadable archives are left to `restore` to refuse."""
+        try:
+            with tarfile.open(self.path_of(name), "r:") as tar:
+                members = tar.getmembers()
+        except tarfile.TarError:
+            return [], []
+        tops = sorted({_top(m.name) for m in members} - {"state", VOLUMES, DUMPS_DIR})
+        keys = archived_volumes(members)
+        if keys and self.engine is None:
+            raise UsageError(f"{name} holds volumes ({', '.join(keys)}), and no Docker engine was given")
+        assert self.engine is not None or not keys
+        return tops, [self.engine.compose_volume(self.root.project, k) or k for k in keys] if self.engine else []
+
+    def _volume_target(self, key: str, name: str) -> tuple[ContainerInfo, str]:
+        if self.engine is None:
+            raise UsageError(f"{name} holds volume {key}, and no Docker engine was given to restore it")
+        found = self._mounting(key)
+        if found is None:
+            raise UsageError(f"refusing to restore {name}: it holds volume {key}, which no container "
+                             f"of {self.root.project} mounts now (nothing was restored)",
+                             hint="deploy (or `docker compose create`) the project first, so a "
+                                  "container mounts the volume, then restore again")
+        return found
+
+    def _restore_volume(self, tar: tarfile.TarFile, members: list[tarfile.TarInfo], key: str,
+                        container: ContainerInfo, target: str) -> None:
+        """The archive's volumes/KEY/ files into the volume, through a container that mounts
+        it (Docker's archive API: no helper image). Written as a tar spool file first."""
+        assert self.engine is not None
+        prefix = f"{VOLUMES}/{key}/"
+        with tempfile.TemporaryFile(dir=self.dir) as spool:
+            with tarfile.open(fileobj=spool, mode="w:", format=tarfile.PAX_FORMAT) as out:
+                for m in members:
+                    if not m.name.startswith(prefix):
+                        continue
+                    info = tarfile.TarInfo(m.name[len(prefix):])
+                    for attr in ("mode", "mtime", "uid", "gid", "uname", "gname", "type", "size"):
+                        setattr(info, attr, getattr(m, attr))
+                    if m.issym():
+                        info.linkname = m.linkname
+                    elif m.islnk():
+                        info.linkname = m.linkname[len(prefix):]
+                    out.addfile(info, tar.extractfile(m) if m.isreg() else None)
+            spool.seek(0)
+            self.engine.put_archive(container.id, target, spool)  # type: ignore[arg-type]
+        log.info("restored volume %s through %s:%s", key, container.name, target)
+
+
+def archived_volumes(members: Iterable[tarfile.TarInfo]) -> list[str]:
+    """The backup_volumes an archive holds (volumes/NAME/)."""
+    return sorted({m.name.split("/")[1] for m in members
+                   if _top(m.name) == VOLUMES and m.name.count("/") >= 1 and m.name.split("/")[1]})
+
+
+def _top(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def restore_writers(containers: Iterable[ContainerInfo], root: Path, restored: Iterable[str],
+                    volumes: Iterable[str], depends_on: dict[str, set[str]] | None = None
+                    ) -> list[ContainerInfo]:
+    """The running containers a restore would write under: a writable bind mount of a path
+    the archive restores (or of a directory holding one), or a writable mount of a volume it
+    restores; then the release containers that depend_on an accessory among them (they use
+    its data, and may hold connections to it). Read-only mounts (`:ro`, compose secrets and
+    configs) are not written; a container that uses nothing restored (a database beside
+    restored config files) is not one of them. Accessories come first: the order to start
+    them again in."""
+    paths = [str((root / r).resolve()) for r in restored]
+    names = set(volumes)
+
+    def under(src: str) -> bool:
+        return any(src == p or p.startswith(src.rstrip("/") + "/") or src.startswith(p + "/") for p in paths)
+
+    running = [c for c in containers if c.running]
+    writing = [c for c in running if any(under(src) for src in c.written_binds)
+               or any(rw and vol in names for vol, _, rw in c.volumes)]
+    used = {c.service for c in writing if c.role == "accessory"}
+    users = [c for c in running if c not in writing and c.role == "release"
+             and (depends_on or {}).get(c.service, set()) & used]
+    return sorted(writing + users, key=lambda c: c.role != "accessory")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (Docker's archive stream)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.left = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self.left:
+            try:
+                self.left = memoryview(next(self.chunks))
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self.left))
+        b[:n] = self.left[:n]
+        self.left = self.left[n:]
+        return n
 
 
 def archived_dumps(path: Path) -> list[dict[str, object]]:
@@ -416,12 +585,6 @@ def opened_dump(path: Path, member: str) -> Iterator[IO[bytes]]:
 def _advance(tracker: Tracker, base: int, total: int) -> Callable[[int], None]:
     """A large file's progress, `base` bytes into the archive."""
     return lambda copied: tracker.update(base + copied, total)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _copy_range(src: int, dst: int, size: int, src_offset: int = 0,

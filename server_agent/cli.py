@@ -252,6 +252,38 @@ def check(ctx: Ctx, as_json: bool, tag: str | None) -> None:
 
 
 @cli.command()
+@click.option("--compose", "compose_file", default=None, metavar="FILE",
+              help="The compose file, relative to the root (default: the first of compose.yaml, "
+                   "compose.yml, docker-compose.yaml, docker-compose.yml there).")
+@click.option("--service", default=None, metavar="NAME",
+              help="The release service health_url is taken from (default: the first whose "
+                   "healthcheck and published port give one).")
+@click.option("--force", is_flag=True, help="Replace an existing deployment_config.json.")
+@click.pass_obj
+def init(ctx: Ctx, compose_file: str | None, service: str | None, force: bool) -> None:
+    """Write deployment_config.json for the compose project in the root, and change
+    nothing else: the compose file, the variables it requires (secrets among them), and
+    health_url when its release service's healthcheck and port give one."""
+    from pathlib import Path
+
+    from .common.errors import UsageError
+    from .init_config import decide, find_compose_file, read_compose, refuse_overwrite, write_config
+    from .root import _default_project
+
+    root = Path(ctx.root_path).absolute()
+    if not root.is_dir():
+        raise UsageError(f"agent root {root} does not exist",
+                         hint="pass --root DIR or set OBS_AGENT_ROOT: the project's directory")
+    refuse_overwrite(root, force=force)
+    file = find_compose_file(root, compose_file)
+    written, resolved = read_compose(root, file, _default_project(root))
+    choice = decide(file, root, written, resolved, service)
+    path = write_config(root, choice, force=force)
+    for line in choice.readme(path.name):
+        click.echo(line)
+
+
+@cli.command()
 @click.argument("tag")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (jobs, steps, "
                                                       "accessories, changes, problems).")
@@ -358,13 +390,14 @@ def backup_create(ctx: Ctx) -> None:
     """Archive backup_paths, the compose file, the config and the state now (under the
     deploy lock: never in the middle of a deploy's switch)."""
     from .backup import BackupArchive
+    from .engine import Engine
     from .state import ReleaseState
 
     root = ctx.load_root()
     state = ReleaseState(root.state_dir)
     state.ensure()
     with state.lock.hold("backup create", "-"):
-        path = BackupArchive(root).create("manual")
+        path = BackupArchive(root, Engine() if root.settings.backup_volumes else None).create("manual")
     click.echo(path.name)
 
 
@@ -387,19 +420,22 @@ def backup_list(ctx: Ctx, as_json: bool) -> None:
 @backup.command("restore")
 @click.argument("name")
 @click.option("--stop", "stop_running", is_flag=True,
-              help="Stop the running containers that write under DIR, restore, then start "
-                   "them again (without it, a restore under a running release is refused).")
+              help="Stop the running containers that write into what NAME restores (files under "
+                   "DIR, volumes), restore, then start them again (without it, such a restore is "
+                   "refused). Containers that write elsewhere, e.g. a database beside restored "
+                   "config files, keep running.")
 @click.option("--accessories", is_flag=True,
               help="Feed the archive's dumps to their accessories' obsdeploy.restore commands "
                    "instead (the release services that use them are stopped meanwhile).")
-@click.option("--files", is_flag=True, help="With --accessories: restore the files too.")
+@click.option("--files", is_flag=True, help="With --accessories: restore the files and volumes too.")
 @click.pass_obj
 def backup_restore(ctx: Ctx, name: str, stop_running: bool, accessories: bool, files: bool) -> None:
-    """Restore NAME over DIR (state/ excepted); the current files are backed up first.
-    Takes the deploy lock, and refuses while a container of the project bind-mounts
-    something under DIR (it would be writing into the files being replaced), unless --stop.
-    With --accessories, the databases and caches dumped by a deploy get their data back."""
-    from .backup import BackupArchive
+    """Restore NAME over DIR (state/ excepted) and into the volumes it holds; what it
+    replaces is backed up first. Takes the deploy lock, and refuses while a running container
+    writes into what it restores (read-only mounts, compose secrets and configs do not count),
+    unless --stop. With --accessories, the databases and caches dumped by a deploy get their
+    data back instead."""
+    from .backup import BackupArchive, restore_writers
     from .common.errors import UsageError
     from .engine import Engine
     from .state import ReleaseState
@@ -416,17 +452,18 @@ def backup_restore(ctx: Ctx, name: str, stop_running: bool, accessories: bool, f
             _restore_dumps(root, engine, BackupArchive(root).path_of(name), state.last_good_tag())
             if not files:
                 return
-        under = str(root.path.resolve())
-        writers = [c for c in engine.project_containers(root.project) if c.running and any(
-            src == under or src.startswith(under + "/") for src, _ in c.binds)]
+        archive = BackupArchive(root, engine)
+        paths, volumes = archive.restores(name)
+        depends = {name: set(svc.get("depends_on") or ()) for name, svc in root.compose_services().items()}
+        writers = restore_writers(engine.project_containers(root.project), root.path, paths, volumes, depends)
         names = ", ".join(c.name for c in writers)
         if writers and not stop_running:
             tags = sorted({c.tag for c in writers if c.tag})
             raise UsageError(
                 f"refusing to restore {name}: {names} ({', '.join(tags) or 'running'}) "
-                f"write under {root.path}, and restoring would replace their files under them",
+                "write into what it restores, and restoring would replace their files under them",
                 hint=f"obs-agent backup restore {name} --stop (stops them, restores, starts "
-                     "them again), or stop the release yourself first")
+                     "them again), or stop them yourself first")
         stopped: list[Any] = []
 
         def stop_writers() -> None:
@@ -436,12 +473,13 @@ def backup_restore(ctx: Ctx, name: str, stop_running: bool, accessories: bool, f
                 stopped.extend(writers)
 
         try:
-            safety = BackupArchive(root).restore(name, before_writing=stop_writers)
+            safety = archive.restore(name, before_writing=stop_writers)
         finally:
-            if stopped:
-                engine.start(stopped)
+            if stopped:  # accessories first: the release services that use them start after
+                engine.start([c for c in stopped if c.role == "accessory"])
+                engine.start([c for c in stopped if c.role != "accessory"])
                 click.echo(f"started {names} again", err=True)
-    click.echo(f"restored {name}; the files it replaced are in {safety.name}")
+    click.echo(f"restored {name}; what it replaced is in {safety.name}")
 
 
 def _restore_dumps(root: AgentRoot, engine: Any, archive: Any, tag: str | None) -> None:

@@ -81,6 +81,7 @@ class ServiceSpec:
     # Where compose `secrets:` and `configs:` land in the container (compose bind-mounts
     # file-based ones there): not the service's own mounts.
     file_targets: frozenset[str] = frozenset()
+    build: bool = False  # has a `build:` section: its image can be built here
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def _service_spec(name: str, svc: dict[str, Any], template: str) -> ServiceSpec:
         file_targets=frozenset(
             [str(x.get("target") or f"/run/secrets/{x.get('source')}") for x in svc.get("secrets") or []]
             + [str(x.get("target") or f"/{x.get('source')}") for x in svc.get("configs") or []]),
+        build=bool(svc.get("build")),
     )
 
 
@@ -173,6 +175,10 @@ class ComposeProject:
         """Start accessories that are missing or stopped, touching nothing else."""
         return [*self._base(), "up", "--detach", "--no-recreate", "--no-deps", "--pull", "never",
                 *sorted(services)]
+
+    def build_argv(self, services: list[str]) -> list[str]:
+        """Build these services' images from their `build:` sections, and nothing else."""
+        return [*self._base(), "build", *sorted(services)]
 
     def run_argv(self, job: str, container_name: str, tag: str) -> list[str]:
         return [*self._base(), "run", "--rm", "--no-TTY", "--no-deps", "--pull", "never",
@@ -219,6 +225,9 @@ class ComposeProject:
 
     def create(self, scales: dict[str, int], override: Path, env: dict[str, str]) -> None:
         run(self.create_argv(scales, override), env=env, cwd=self.root)
+
+    def build(self, services: list[str], env: dict[str, str]) -> None:
+        run(self.build_argv(services), env=env, cwd=self.root)
 
     def up(self, services: list[str], env: dict[str, str]) -> None:
         run(self.up_argv(services), env=env, cwd=self.root)

@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from .common.errors import ImageError, ObsError
@@ -48,7 +48,8 @@ class ExecResult:
     stderr_tail: str
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a pipe or a full disk may take part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -88,6 +89,10 @@ class ContainerInfo:
     host_ports: tuple[tuple[str, str], ...] = ()
     ips: tuple[str, ...] = ()
     exposed: frozenset[str] = frozenset()  # "8000/tcp" for each port it listens on (EXPOSE, expose:, ports:)
+    # The host paths of its writable bind mounts (not `:ro`, compose secrets or configs) and
+    # its named volumes as (volume name, container path, writable).
+    written_binds: frozenset[str] = frozenset()
+    volumes: frozenset[tuple[str, str, bool]] = frozenset()
 
     def publishes(self, host_port: int) -> bool:
         """Host port `host_port` reaches one of its container ports."""
@@ -138,6 +143,10 @@ class ContainerInfo:
                       ((a.get("NetworkSettings") or {}).get("Networks") or {}).values()
                       if n.get("IPAddress")),
             exposed=frozenset((cfg.get("ExposedPorts") or {}).keys()),
+            written_binds=frozenset(str(m.get("Source")) for m in a.get("Mounts") or []
+                                    if m.get("Type") == "bind" and m.get("RW", True)),
+            volumes=frozenset((str(m.get("Name")), str(m.get("Destination")), bool(m.get("RW", True)))
+                              for m in a.get("Mounts") or [] if m.get("Type") == "volume"),
         )
 
 
@@ -581,7 +590,7 @@ class Engine:
                 feeder.start()
             for stream, data in frames_iter(conn, tty=False):
                 if stream == STDOUT and stdout_fd is not None:
-                    _write_all(stdout_fd, data)
+                    write_all(stdout_fd, data)
                     written += len(data)
                 else:
                     stderr += data
@@ -599,6 +608,32 @@ class Engine:
             return ExecResult(None, written + fed, tail)
         code = api.exec_inspect(created["Id"]).get("ExitCode")
         return ExecResult(code, written + fed, tail)
+
+    # --- named volumes (backup_volumes) ----------------------------------------------------
+    def compose_volume(self, project: str, key: str) -> str | None:
+        """The Docker name of the project's compose volume `key` (compose labels the volumes
+        it creates), else `key` itself when a volume has that name (an external one)."""
+        listed = self._get("/volumes", filters=json.dumps(
+            {"label": [f"{PROJECT_LABEL}={project}", f"com.docker.compose.volume={key}"]}))
+        names = [v["Name"] for v in listed.get("Volumes") or []]
+        if names:
+            return str(names[0])
+        try:
+            return str(self._get(f"/volumes/{key}")["Name"])
+        except EngineHTTPError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_archive(self, cid: str, path: str) -> Iterator[bytes]:
+        """A tar stream of `path` in the container (running or stopped), in chunks."""
+        stream, _ = self.client.api.get_archive(cid, path)
+        return iter(stream)
+
+    def put_archive(self, cid: str, path: str, data: BinaryIO) -> None:
+        """Extract the tar `data` into `path` of the container (running or stopped)."""
+        if not self.client.api.put_archive(cid, path, data):
+            raise ObsError(f"the Docker engine refused the archive for {path} of container {cid[:12]}")
 
     def rename(self, cid: str, name: str) -> None:
         self.client.api.rename(cid, name)

@@ -86,6 +86,7 @@ class AccessoryPlan:
     def dumped(self) -> bool:
         """A deploy dumps it: it has a backup command and runs (a missing one holds nothing)."""
         return bool(self.dump) and self.action == "leave"
+    build: bool = False  # its image is missing and it has `build:`: built here, never pulled
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class RolloutPlan:
                     f"{', '.join(a.needs)})")
             if a.definition_changed:
                 note += "; its definition differs from the running container (recreate it yourself)"
+            if a.build:
+                note += f"; its image is missing: built here (compose build {a.name})"
             lines.append(f"  accessory {a.name}: {note}")
         for i, st in enumerate(self.steps, 1):
             order = f"order {st.order}" if st.order is not None else "unordered"
@@ -187,11 +190,14 @@ def contract_services(specs: Iterable[ServiceSpec], configured: list[str] | None
 
 def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
                contract: set[str], accessory_hashes: dict[str, str] | None = None,
-               proxy_service: str | None = None) -> RolloutPlan:
+               proxy_service: str | None = None, missing_images: frozenset[str] = frozenset()
+               ) -> RolloutPlan:
     """The plan for deploying `tag`. `containers` are the project's containers now;
     `accessory_hashes` (compose config --hash), when given, tells changed accessories.
     `proxy_service` (SPEC §15) is switched start-first whatever its update_config says,
-    unless it is a single writer (SPEC §19): then stop-first, with the requests held."""
+    unless it is a single writer (SPEC §19): then stop-first, with the requests held.
+    `missing_images`: the accessories' images the engine lacks; one with `build:` is built
+    (only then: an image that exists is never rebuilt), the others pulled."""
     from dataclasses import replace
 
     problems: list[tuple[str, str]] = []
@@ -257,7 +263,8 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
             definition_changed=s.name in hashes and any(
                 c.service == s.name and c.config_hash != hashes[s.name] for c in running),
             needs=needs, after_step=max((step_of[n] for n in needs), default=0),
-            dump=commands[s.name][0], restore=commands[s.name][1]))
+            dump=commands[s.name][0], restore=commands[s.name][1],
+            build=s.build and s.image in missing_images))
     changes = {s.name: diffs for s in releases
                if (diffs := definition_changes(s, [c for c in running if c.service == s.name]))}
     return RolloutPlan(

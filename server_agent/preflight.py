@@ -121,8 +121,12 @@ def rollout_plan(root: AgentRoot, engine: Engine | None, cfg: ComposeConfig, tag
         accessories = [s.name for s in cfg.services if role_of(s) == "accessory"]
         hashes = project.config_hashes(accessories, root.compose_env(tag))
     proxy = root.settings.proxy
+    from .plan import role_of
+
+    buildable = {s.image for s in cfg.services if s.build and role_of(s) == "accessory"}
+    missing = frozenset(i for i in buildable if engine is not None and not engine.has_image(i))
     return build_plan(cfg, tag, containers, contract_of(root, cfg), hashes,
-                      proxy_service=proxy.service if proxy else None)
+                      proxy_service=proxy.service if proxy else None, missing_images=missing)
 
 
 def _check_health_url(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,

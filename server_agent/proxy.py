@@ -10,6 +10,9 @@
     holding      (SPEC §19) a proxy that `can_hold` keeps requests waiting while a single
                  writer's old container stops and its new one is gated: `hold()`, then
                  `point_at` sends them on (docs/held-requests.md says how caddy does it)
+    Traefik      the dynamic-configuration file its file provider watches, owned whole by
+                 the agent (router and service `obsdeploy-<project>`), replaced atomically;
+                 with its API, the agent waits until traefik routes to the new servers
     ProxyCutover what the rollout needs: which service, where its containers answer, how
                  long the old ones drain
 
@@ -176,6 +179,19 @@ class CaddyHold:
     file: Path
     seen_by_caddy: str
     seconds: float
+def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int, str]:
+    """One JSON request to a proxy's API; OSError or HTTPException when it does not answer."""
+    where = urlsplit(base_url)
+    kind = http.client.HTTPSConnection if where.scheme == "https" else http.client.HTTPConnection
+    conn = kind(where.hostname or "", where.port, timeout=REQUEST_TIMEOUT)
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=data,
+                     headers={"Content-Type": "application/json"} if data is not None else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
 
 
 class Caddy:
@@ -257,24 +273,15 @@ class Caddy:
         return migrate_req_advice()
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
-        where = urlsplit(self.admin_url)
-        kind = http.client.HTTPSConnection if where.scheme == "https" else http.client.HTTPConnection
-        conn = kind(where.hostname or "", where.port, timeout=REQUEST_TIMEOUT)
-        data = None if body is None else json.dumps(body).encode()
         try:
             # Caddy refuses admin requests whose Origin/Host it does not expect; a plain
             # request from the same host passes.
-            conn.request(method, path, body=data,
-                         headers={"Content-Type": "application/json"} if data is not None else {})
-            resp = conn.getresponse()
-            text = resp.read().decode("utf-8", "replace")
+            status, text = _http(self.admin_url, method, path, body)
         except (OSError, http.client.HTTPException) as exc:
             raise ProxyError(f"caddy's admin API at {self.admin_url} does not answer ({exc})",
                              hint="start caddy, or fix agent.proxy.admin_url") from None
-        finally:
-            conn.close()
-        if resp.status >= 300:
-            raise ProxyError(f"caddy's admin API refused {method} {path}: HTTP {resp.status} "
+        if status >= 300:
+            raise ProxyError(f"caddy's admin API refused {method} {path}: HTTP {status} "
                              f"{REDACTOR(text.strip())[:400]}")
         return json.loads(text) if text.strip() else None
 
@@ -353,6 +360,199 @@ class Nginx:
         return None
 
 
+# --- traefik ---------------------------------------------------------------------------------
+# Traefik applies a file change after its providersThrottleDuration (2 s by default; measured
+# here: 0.4 s for the first change, 1.8-2.3 s for the next ones). Without its API the agent
+# cannot see it happen and waits this long before the old containers start to drain.
+TRAEFIK_UNCONFIRMED_WAIT = 5.0
+TRAEFIK_POLL = 0.1
+
+
+def traefik_dynamic(name: str, entrypoint: str, rule: str, addresses: Sequence[str]) -> dict[str, Any]:
+    """The whole dynamic file the agent owns: one router and one service, both `name`.
+
+    The later guarantees go here, each still one replacement of this file: held requests
+    (single writers) as a `retry` middleware on this router (`middlewares: [<name>-hold]`,
+    defined under http.middlewares), and canary weights as a `weighted` service named `name`
+    whose children are one loadBalancer per release; the router keeps naming `name`."""
+    return {"http": {
+        "routers": {name: {"entryPoints": [entrypoint], "rule": rule, "service": name}},
+        "services": {name: {"loadBalancer": {"servers": [{"url": f"http://{a}"} for a in addresses]}}},
+    }}
+
+
+def traefik_servers(service: Any) -> list[str]:
+    """The host:port of a loadBalancer service's servers, as the file or traefik's API has it."""
+    balancer = service.get("loadBalancer") if isinstance(service, dict) else None
+    servers = (balancer.get("servers") if isinstance(balancer, dict) else None) or []
+    return [urlsplit(str(s.get("url", ""))).netloc for s in servers if isinstance(s, dict)]
+
+
+class _NotYet(Exception):
+    """Traefik does not route to the new servers yet (retried until the timeout)."""
+
+
+class Traefik:
+    def __init__(self, dynamic_file: Path, name: str, entrypoint: str, rule: str,
+                 api_url: str | None, confirm_timeout: float = RELOAD_TIMEOUT) -> None:
+        self.file = dynamic_file
+        self.name = name
+        self.entrypoint = entrypoint
+        self.rule = rule
+        self.api_url = api_url
+        self.confirm_timeout = confirm_timeout
+
+    def point_at(self, addresses: Sequence[str]) -> None:
+        import yaml
+
+        from .state import atomic_write
+
+        before = self.file.read_text() if self.file.exists() else None
+        text = ("# written by obs-agent, replaced whole on every switch: keep your own routers "
+                "and services in other files\n"
+                + yaml.safe_dump(traefik_dynamic(self.name, self.entrypoint, self.rule, addresses),
+                                 sort_keys=False))
+        try:
+            atomic_write(self.file, text)
+        except OSError as exc:
+            raise ProxyError(f"cannot write traefik's dynamic file {self.file}: {exc.strerror}") from None
+        try:
+            self._wait_routes(addresses)
+        except ProxyError:
+            # Back to what traefik served, so the old containers keep receiving every request
+            # once the new ones are removed.
+            if before is None:
+                self.file.unlink(missing_ok=True)
+            else:
+                atomic_write(self.file, before)
+                try:
+                    self._wait_routes(traefik_servers(self._file_service(before)))
+                except ProxyError as exc:
+                    log.warning("traefik did not take the previous file back: %s", exc)
+            raise
+        log.info("traefik service %s now routes to %s", self.name, ", ".join(addresses))
+
+    def _wait_routes(self, addresses: Sequence[str]) -> None:
+        """Until traefik's API shows the service with exactly `addresses` and the router
+        enabled: the old containers must not drain while traefik still sends them requests."""
+        if self.api_url is None:
+            time.sleep(TRAEFIK_UNCONFIRMED_WAIT)
+            return
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+        want = sorted(addresses)
+        seen: list[str] = []
+
+        def routed() -> None:
+            nonlocal seen
+            seen = self._api_servers()
+            if sorted(seen) != want:
+                raise _NotYet
+            router = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}@file")
+            if router is None:
+                raise _NotYet
+            if router.get("status") != "enabled":
+                raise ProxyError(f"traefik refused the router {self.name}: "
+                                 f"{'; '.join(map(str, router.get('error') or [])) or router.get('status')}",
+                                 hint="fix agent.proxy.entrypoint or agent.proxy.rule")
+
+        try:
+            for attempt in Retrying(stop=stop_after_delay(self.confirm_timeout),
+                                    wait=wait_fixed(TRAEFIK_POLL),
+                                    retry=retry_if_exception_type(_NotYet), reraise=True):
+                with attempt:
+                    routed()
+        except _NotYet:
+            raise ProxyError(
+                f"traefik did not route {self.name} to {', '.join(want)} within "
+                f"{self.confirm_timeout:g} s of writing {self.file} (it routes to "
+                f"{', '.join(seen) or 'nothing'}): see traefik's log",
+                hint="traefik's file provider must watch that file (providers.file.directory or "
+                     "filename; a container mounts its directory)") from None
+
+    def _api_get(self, path: str) -> Any:
+        """A GET of traefik's API: its JSON, or None when it says not found."""
+        assert self.api_url is not None
+        try:
+            status, text = _http(self.api_url, "GET", path)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ProxyError(f"traefik's API at {self.api_url} does not answer ({exc})",
+                             hint="start traefik with its API on (api.insecure, or a router to "
+                                  "api@internal), or fix agent.proxy.api_url") from None
+        if status == 404:
+            return None
+        if status >= 300:
+            raise ProxyError(f"traefik's API refused GET {path}: HTTP {status} "
+                             f"{REDACTOR(text.strip())[:400]}")
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ProxyError(f"traefik's API at {self.api_url} answered GET {path} with no JSON",
+                             hint="agent.proxy.api_url must be traefik's API base URL") from None
+
+    def _api_servers(self) -> list[str]:
+        return traefik_servers(self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file"))
+
+    def _file_service(self, text: str) -> Any:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ProxyError(f"traefik's dynamic file {self.file} is not YAML: {exc}",
+                             hint="remove it: the agent writes it whole on the next deploy") from None
+        return ((doc.get("http") or {}).get("services") or {}).get(self.name) if isinstance(doc, dict) else None
+
+    def current(self) -> list[str]:
+        """Where traefik routes, as its API says; without the API, as the file says."""
+        if self.api_url is not None:
+            return self._api_servers()
+        try:
+            return traefik_servers(self._file_service(self.file.read_text()))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ProxyError(f"cannot read traefik's dynamic file {self.file}: {exc.strerror}") from None
+
+    def problem(self) -> str | None:
+        import os
+
+        if not self.file.parent.is_dir():
+            return f"the directory of traefik's dynamic file {self.file} does not exist"
+        if not os.access(self.file.parent, os.W_OK):
+            # The file is replaced by a rename in its directory.
+            return f"the directory of traefik's dynamic file {self.file} is not writable by uid {os.getuid()}"
+        try:
+            if self.file.exists():
+                self._file_service(self.file.read_text())
+            if self.api_url is None:
+                return None
+            if self._api_get(f"/api/entrypoints/{quote(self.entrypoint, safe='')}") is None:
+                return (f"traefik has no entrypoint {self.entrypoint!r}: set agent.proxy.entrypoint "
+                        "to one of its static configuration's entryPoints")
+            if "File" not in ((self._api_get("/api/overview") or {}).get("providers") or []):
+                return "traefik runs without its file provider (providers.file in its static configuration)"
+        except ProxyError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"cannot read traefik's dynamic file {self.file}: {exc.strerror}"
+        return None
+
+    @property
+    def can_hold(self) -> bool:
+        return False  # not yet: a single writer behind traefik is a preflight problem
+
+    def hold(self) -> None:
+        raise ProxyError("the agent does not hold requests through traefik yet")
+
+    def advice(self) -> str | None:
+        if self.api_url is None:
+            return ("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
+                    f"nor see it take a change, and waits {TRAEFIK_UNCONFIRMED_WAIT:g} s after "
+                    "writing its file before the old containers drain")
+        return None
+
+
 # --- what the rollout uses ---------------------------------------------------------------------
 @dataclass
 class ProxyCutover:
@@ -403,10 +603,14 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
     if s is None:
         return None
     driver: Proxy
+    name = f"obsdeploy-{root.project}"
     if s.kind == "caddy":
         file = Path(s.hold_file) if s.hold_file else root.state_dir / "proxy/upstream"
         hold = CaddyHold(file, s.caddy_hold_file or str(file), s.hold_seconds)
-        driver = Caddy(s.admin_url, f"obsdeploy-{root.project}", s.listen, s.hosts, hold)
+        driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold)
+    elif s.kind == "traefik":
+        assert s.dynamic_file is not None
+        driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url)
     else:
         assert s.upstream_file is not None
         driver = Nginx(Path(s.upstream_file), s.reload_command)

@@ -189,8 +189,9 @@ class ProxySettings(BaseModel):  # SPEC §15
     proxy is pointed at them and the old ones drain and stop."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["caddy", "nginx"] = Field(description="`caddy` (through its admin API) or "
-                                                        "`nginx` (an upstream file and a reload).")
+    kind: Literal["caddy", "nginx", "traefik"] = Field(
+        description="`caddy` (through its admin API), `nginx` (an upstream file and a reload) or "
+                    "`traefik` (a dynamic-configuration file its file provider watches).")
     service: str = Field(min_length=1, description="The release service behind the proxy.")
     port: int = Field(gt=0, lt=65536, description="The service's container port the proxy "
                                                   "sends requests to.")
@@ -209,6 +210,23 @@ class ProxySettings(BaseModel):  # SPEC §15
         default_factory=lambda: ["nginx", "-s", "reload"], min_length=1,
         description="nginx: the command (a list: program and arguments) that reloads nginx "
                     "gracefully.")
+    dynamic_file: str | None = Field(
+        None, description="traefik, required: the absolute path of the dynamic-configuration "
+                          "file (.yml or .yaml) the agent owns and replaces whole on every switch; "
+                          "traefik's file provider must watch it (providers.file.directory or "
+                          "filename), and a traefik in a container must mount its directory, not "
+                          "the file.")
+    entrypoint: str = Field("web", min_length=1, description="traefik: the entrypoint of the "
+                                                             "router the agent owns.")
+    rule: str = Field("PathPrefix(`/`)", min_length=1,
+                      description="traefik: the rule of that router, e.g. Host(`app.example.com`).")
+    api_url: str | None = Field(
+        None, description="traefik: the base URL of its API (api.insecure, or a router to "
+                          "api@internal), e.g. http://127.0.0.1:8080. Set, the agent checks "
+                          "traefik answers before a deploy and, after writing the file, waits "
+                          "until traefik routes to the new containers before the old ones drain. "
+                          "null: it cannot tell, and waits 5 s instead (traefik applies a file change "
+                          "within its providersThrottleDuration, 2 s by default).")
     drain_seconds: float | None = Field(
         None, ge=0, le=300,
         description="Seconds the old containers keep running after the proxy left them, for "
@@ -238,11 +256,28 @@ class ProxySettings(BaseModel):  # SPEC §15
             raise ValueError("must be the admin API's base URL, e.g. http://127.0.0.1:2019")
         return v.rstrip("/")
 
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+/?$", v):
+            raise ValueError("must be traefik's API base URL, e.g. http://127.0.0.1:8080")
+        return None if v is None else v.rstrip("/")
+
     @field_validator("upstream_file", "hold_file", "caddy_hold_file")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         if v is not None and not PurePosixPath(v).is_absolute():
             raise ValueError("must be an absolute path, e.g. /etc/nginx/obsdeploy/observer.upstream")
+        return v
+
+    @field_validator("dynamic_file")
+    @classmethod
+    def _dynamic_file(cls, v: str | None) -> str | None:
+        # YAML only: traefik picks a file's format by its extension, and the agent writes YAML.
+        if v is not None and not (PurePosixPath(v).is_absolute()
+                                  and PurePosixPath(v).suffix in (".yml", ".yaml")):
+            raise ValueError("must be an absolute path ending in .yml or .yaml, e.g. "
+                             "/etc/traefik/dynamic/obsdeploy-observer.yml")
         return v
 
     @model_validator(mode="after")
@@ -253,6 +288,9 @@ class ProxySettings(BaseModel):  # SPEC §15
         if self.kind == "nginx" and not self.upstream_file:
             raise ValueError("kind nginx needs upstream_file: the file of server lines your "
                              "upstream block includes")
+        if self.kind == "traefik" and not self.dynamic_file:
+            raise ValueError("kind traefik needs dynamic_file: the file traefik's file provider "
+                             "watches, e.g. /etc/traefik/dynamic/obsdeploy-observer.yml")
         return self
 
 
@@ -303,6 +341,16 @@ class AgentSettings(BaseSettings):
         600, gt=0, description="Seconds an accessory's dump (its label obsdeploy.backup) may take "
                                "during a deploy, and its restore; a dump that fails or takes "
                                "longer stops the deploy before anything is switched (exit 13).")
+    backup_volumes: list[str] = Field(
+        default_factory=list,
+        description="Named volumes archived with the files in every backup (under volumes/NAME/ "
+                    "of the archive), by their compose name (the key under the compose file's "
+                    "top-level `volumes:`) or their Docker name. A deploy takes each from a "
+                    "stopped container of the old release at the moment it stopped (else from "
+                    "the container that mounts it, e.g. a database accessory, which keeps running: "
+                    "a copy of a live database's files is not a consistent backup of it); `backup "
+                    "restore` puts the files back into the volume (files it does not hold are "
+                    "left as they are).")
     min_free_mb: int = Field(
         1024, ge=0, description="Free disk space, in MB, needed under the agent root (also once "
                                 "the backup is written) and under Docker's root directory.")

@@ -266,7 +266,7 @@ _GONE = NodeInfo(id="", hostname="", address="", state="unknown", availability="
 
 
 def node_urls(health_url: str, addresses: Iterable[str]) -> list[str]:
-    """health_url once per node that runs a contract task: its host replaced by the node's
+    """health_url once per node that runs a task of the step: its host replaced by the node's
     address (the port is published on every node that runs a task, in host mode, or on all of
     them through the routing mesh); each node's task answers for itself."""
     parts = urlsplit(health_url)

@@ -46,7 +46,7 @@ class Transaction:
         self.root = root
         self.backend = backend
         self.state = state
-        self.backups = BackupArchive(root)
+        self.backups = BackupArchive(root, backend.engine)
 
     def deploy(self, tag: str) -> Outcome:
         return self._attempt("deploy", tag)

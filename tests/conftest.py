@@ -81,6 +81,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 SLOW_FIRST = ("swarm-lab", "test_bench_smoke.py", "test_nonroot_user.py", "test_progress_over_ssh.py")
 
 
+# tryfirst: xdist's worker turns an item's xdist_group mark into its scheduling group in a
+# pytest_collection_modifyitems of its own; a mark added after that is ignored, and the lab's
+# tests would be spread over every worker, each starting a lab (tests/unit/test_xdist_groups.py).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         # The lab's tests take its nodes down and up: they share one lab, on one worker.
@@ -93,6 +97,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return next((i for i, slow in enumerate(SLOW_FIRST) if slow in key), len(SLOW_FIRST))
 
     items.sort(key=rank)  # stable: collection order within each rank
+    if not config.option.collectonly and any(
+            name in item.fixturenames for item in items for name in IMAGE_FIXTURES):
+        _build_images_in_background()
+
+
+# The session fixtures that need tests/parts_images.py's images (minutes to build on a fresh
+# machine): collecting a test that uses one starts the builds at once, in the background.
+IMAGE_FIXTURES = ("service_images", "example_images")
+
+
+def _build_images_in_background() -> None:
+    """Once per run (the first worker to collect): a builder process, noted for the sweeper."""
+    from tests import parts_images
+
+    def start(workdir: Path) -> dict[str, object]:
+        proc = parts_images.build_in_background(workdir / "log")
+        runs.record_process(proc.pid, "the service images' builder")
+        return {"pid": proc.pid, "log": str(workdir / "log")}
+
+    if runs.current() is not None:
+        runs.shared("image-builds", start)
 
 
 def missing(part: str) -> None:

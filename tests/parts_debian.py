@@ -1,36 +1,24 @@
-"""A local stand-in for `python:3.11-slim` (issue 12): a minimal Debian with Python, made with
-debootstrap from the machine's own Debian mirror and imported into the engine, so the shipped
-examples/observer/Dockerfile builds as it is, with no registry on the internet.
+"""A local stand-in for `python:3.11-slim` (issue 12): a minimal Debian with Python, from the
+machine's own Debian mirror, so the shipped examples/observer/Dockerfile builds as it is, with
+no registry on the internet.
 
-debootstrap takes minutes, so the imported image is the cache: when the engine already has
-it, it is reused (tagged again as the Dockerfile's base if that tag was removed). Its tag
-carries a hash of what goes into it, so a change of the recipe builds a new one; one process
-on the machine builds it at a time (the workers of a run, other sessions), the others wait
-and reuse it."""
+It is the "python" image of tests/parts_images.py: bookworm's python3 installed on the suite's
+one debootstrapped base (debootstrap takes minutes; the service images share that base), and
+cached on the engine by a content hash of its recipe like the others. Here it is tagged again
+as the Dockerfile's base. This module also knows the machine's Debian mirror and suite, which
+the base is made from."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from tests import runs
-
-# The image the Dockerfile starts FROM, and the name of the cached import (its content is
-# bookworm's python3, not the Python project's 3.11 build: close enough for the example,
-# which uses the standard library only).
+# The image the Dockerfile starts FROM (its content is bookworm's python3, not the Python
+# project's 3.11 build: close enough for the example, which uses the standard library only).
 BASE_TAG = "python:3.11-slim"
 SUITE = "bookworm"
-# python3-minimal is the interpreter; libpython3.11-stdlib holds http.server, json, logging.
-PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "ca-certificates")
-RECIPE = 2  # raise when ensure_base_image changes what it makes
-CACHED = "obs-debian-python:" + SUITE + "-" + hashlib.sha256(
-    repr((SUITE, PACKAGES, RECIPE)).encode()).hexdigest()[:12]
 SOURCES = Path("/etc/apt/sources.list.d")
-LOCK = Path("/tmp/obs-debian-base.lock")
 
 
 def debian_mirror() -> str:
@@ -44,43 +32,14 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _has(ref: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True,
-                          timeout=60).returncode == 0
-
-
 def ensure_base_image() -> str:
-    """Make sure BASE_TAG exists on the engine; returns it."""
-    from filelock import FileLock
+    """Make sure BASE_TAG exists on the engine (built when the engine lacks its recipe's
+    image); returns it."""
+    from tests import parts_images
 
-    with FileLock(str(LOCK)):
-        if not _has(CACHED):
-            _build()
-        subprocess.run(["docker", "tag", CACHED, BASE_TAG], check=True, capture_output=True, timeout=60)
+    ref = parts_images.ensure_images(("python",)).refs["python"]
+    subprocess.run(["docker", "tag", ref, BASE_TAG], check=True, capture_output=True, timeout=60)
     return BASE_TAG
-
-
-def _build() -> None:
-    """debootstrap the root and import it as CACHED."""
-    if not shutil.which("debootstrap"):
-        raise FileNotFoundError("debootstrap")
-    with tempfile.TemporaryDirectory(prefix="obs-debootstrap-", dir="/var/tmp") as tmp:
-        runs.record("dir", tmp)
-        target = Path(tmp) / "rootfs"
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                        SUITE, str(target), debian_mirror()],
-                       check=True, capture_output=True, timeout=1800)
-        # The Dockerfile (like python:3.11-slim) calls `python`.
-        (target / "usr/local/bin/python").symlink_to("/usr/bin/python3")
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            shutil.rmtree(target / junk, ignore_errors=True)
-        tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "--change", 'CMD ["python3"]', "-", CACHED],
-                       stdin=tar.stdout, check=True, capture_output=True, timeout=600)
-        assert tar.stdout is not None
-        tar.stdout.close()
-        if tar.wait() != 0:
-            raise RuntimeError("tar of the debootstrapped root failed")
 
 
 if __name__ == "__main__":

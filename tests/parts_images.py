@@ -1,7 +1,8 @@
 """Real service images for the tests (issue 29), built here from Debian's packages, since no
-image can be pulled: a debootstrapped bookworm minbase imported as a base, then PostgreSQL,
-Redis, MariaDB, nginx and a Python web app base (Flask, gunicorn, the redis / MySQL /
-PostgreSQL drivers) as `docker build`s FROM it, one apt-get layer each.
+image can be pulled: a debootstrapped bookworm minbase imported as a base (the suite's one debootstrap), then
+the python:3.11-slim stand-in, PostgreSQL, Redis, MariaDB, nginx and a Python web app base
+(Flask, gunicorn, the redis / MySQL / PostgreSQL drivers) as `docker build`s FROM it, one
+apt-get layer each.
 
 Each image is tagged by a content hash of what makes it (its Dockerfile, the files it copies,
 the base's hash), `obs-test/NAME:<hash12>`: an engine that already has that tag reuses it,
@@ -15,7 +16,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.parts_debian import SOURCES, SUITE, debian_mirror
+
+REPO = Path(__file__).resolve().parent.parent
 
 NAMESPACE = "obs-test"
 LOCK = Path("/var/tmp/obs-test-images.lock")
@@ -101,6 +106,15 @@ class Recipe:
 
 
 RECIPES = (
+    # The stand-in for python:3.11-slim that examples/observer's Dockerfile starts FROM
+    # (tests/parts_debian.py): bookworm's interpreter (python3-minimal) and its standard library
+    # (http.server, json, logging), and `python` as the Dockerfile calls it.
+    Recipe("python", f"""\
+FROM {{base}}
+RUN {APT.format(packages="python3-minimal libpython3.11-stdlib ca-certificates")} \\
+ && ln -s /usr/bin/python3 /usr/local/bin/python
+CMD ["python3"]
+"""),
     Recipe("postgres", f"""\
 FROM {{base}}
 COPY entrypoint.sh /usr/local/bin/obs-postgres
@@ -258,22 +272,25 @@ def _build(recipe: Recipe, base: str, tag: str) -> None:
 def ensure_images(names: tuple[str, ...] = NAMES) -> Built:
     """The images named (all by default) and the base, built when the engine lacks them."""
     built = Built()
+    base = base_tag()
+    # The lock is taken per image: a session that needs one image waits for that one, not
+    # for every build of the background builder (conftest.py) that holds the lock meanwhile.
     with _machine_lock():
-        base = base_tag()
         if not _has(base):
             start = time.monotonic()
             _build_base(base)
             built.seconds["debian"] = time.monotonic() - start
-        built.refs["debian"] = base
-        for recipe in RECIPES:
-            if recipe.name not in names:
-                continue
-            tag = recipe_tag(recipe, base)
+    built.refs["debian"] = base
+    for recipe in RECIPES:
+        if recipe.name not in names:
+            continue
+        tag = recipe_tag(recipe, base)
+        with _machine_lock():
             if not _has(tag):
                 start = time.monotonic()
                 _build(recipe, base, tag)
                 built.seconds[recipe.name] = time.monotonic() - start
-            built.refs[recipe.name] = tag
+        built.refs[recipe.name] = tag
     return built
 
 
@@ -283,7 +300,25 @@ def image_size_mb(ref: str) -> float:
     return int(out) / 1e6
 
 
+def build_in_background(log: Path) -> subprocess.Popen[bytes]:
+    """Start building every image (`python -m tests.parts_images`) in a process of its own,
+    its output in `log`: a test session starts it as it collects, so that a fresh machine's
+    builds overlap other tests instead of holding up the first test that needs an image (it
+    waits on the machine lock, then finds the images). It ends with a SIGTERM, stopping the
+    build it runs."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "tests.parts_images"], cwd=REPO,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    # subprocess.run kills its child (debootstrap, docker build) on the way out.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupted)
     result = ensure_images()
     for name, ref in result.refs.items():
         took = result.seconds.get(name)

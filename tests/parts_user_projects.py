@@ -82,12 +82,6 @@ def push_accessories(registry: str, built: dict[str, str]) -> list[str]:
     return [push(built[name], f"{registry}/{ref}") for ref, name in ACCESSORY_IMAGES.items()]
 
 
-def untag(refs: list[str]) -> None:
-    """The session's registry names go with the session (the obs-test/ images stay cached)."""
-    if refs:
-        subprocess.run(["docker", "rmi", *refs], capture_output=True, timeout=300)
-
-
 @dataclass
 class ProjectRoot:
     """A project copied into an agent root, with its .env (and secret file) written."""

@@ -84,12 +84,31 @@ class ComposeBackend:
         config = release.config
         released = set(plan.jobs) | {s.name for s in plan.release_services}
         ours = sorted({config.service(s).image for s in released})
-        others = sorted({config.service(a.name).image for a in plan.accessories} - set(ours))
+        built = sorted(a.name for a in plan.accessories if a.build)
+        others = sorted({config.service(a.name).image for a in plan.accessories if not a.build} - set(ours))
         # A deploy pulls its tag again (a re-pushed tag is the registry's truth); accessories
         # and a rollback's release, only when missing.
         self.engine.pull(ours if refresh else self._missing(ours))
         self.engine.pull(self._missing(others))
+        if built:
+            self._build(built, release)
         self.engine.check_platform(ours)
+
+    def _build(self, accessories: list[str], release: Release) -> None:
+        """Accessories whose image is missing, from their `build:` (the plan decided), with
+        compose's own build; a failed build is an image failure, nothing switched."""
+        from ..common.errors import ImageError
+
+        root = release.root
+        log.info("building accessories: %s", ", ".join(accessories))
+        try:
+            ComposeProject(root.path, root.compose_file, root.project).build(
+                accessories, root.compose_env(release.tag))
+        except CommandError as exc:
+            raise ImageError(f"building accessory {', '.join(accessories)} failed: "
+                             f"{REDACTOR(exc.stderr.strip()[-1500:])}",
+                             hint="fix its build: section or build context, or build and tag "
+                                  "its image on this server yourself") from None
 
     def _missing(self, images: list[str]) -> list[str]:
         return [i for i in images if not self.engine.has_image(i)]

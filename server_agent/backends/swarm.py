@@ -26,6 +26,7 @@ from ..common.redact import REDACTOR
 from ..common.runner import run
 from ..engine import ROLE_LABEL, Engine, EngineHTTPError, EngineUnreachable, ExecResult
 from ..gate.loop import Look, Observer, Unit, Verdict
+from ..gate.probe import url_port
 from ..plan import PreflightReport, RolloutPlan, ServicePlan, Step
 from ..swarm import (
     RELEASE_LABEL,
@@ -152,6 +153,10 @@ class SwarmSwitch(Switched):
 
     before: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)  # task ids from before the step
+    # The step's services health_url is asked of: those that publish its port (the routing
+    # mesh answers it at every node) and the contract's. A service that publishes nothing is
+    # reached only through the stack's overlay network, which the manager is not on.
+    asked: set[str] = field(default_factory=set)
 
     @property
     def replicas(self) -> dict[str, int]:
@@ -285,11 +290,19 @@ class SwarmBackend:
         self.swarm.deploy(release.root, doc, release.tag)
         log.info("deployed %s of stack %s: %s", release.tag, self.root.project, ", ".join(step.names))
         return SwarmSwitch(step, release.tag, round(time.monotonic() - t, 3), None, snapshot,
-                           started_ns, before=before, seen=seen)
+                           started_ns, before=before, seen=seen, asked=self._asked(step, release))
+
+    def _asked(self, step: Step, release: Release) -> set[str]:
+        url = self.root.settings.health_url
+        if url is None:
+            return set(step.contract)
+        port = str(url_port(url))
+        return set(step.contract) | {n for n in step.names if any(
+            p.rsplit(":", 1)[-1] == port for p in release.config.service(n).published_ports)}
 
     def observe(self, sw: SwarmSwitch) -> Observer:
         return TaskObserver(self.swarm, sw.replicas, sw.tag, sw.seen, contract=sw.step.contract,
-                            since=sw.started_ns / 1e9)
+                            since=sw.started_ns / 1e9, asked=sw.asked)
 
     def cut_over(self, sw: SwarmSwitch) -> None:
         """Swarm's routing mesh sends traffic to the tasks that run: nothing to change."""
@@ -361,16 +374,17 @@ class TaskObserver:
     bookkeeping is this observer's own, one gate long."""
 
     def __init__(self, swarm: Swarm, replicas: dict[str, int], tag: str | None, seen_before: set[str],
-                 *, contract: Collection[str], since: float) -> None:
+                 *, contract: Collection[str], since: float, asked: Collection[str] = ()) -> None:
         self.swarm = swarm
         self.replicas = replicas
         self.tag = tag
         self.seen_before = seen_before
         self.contract = set(contract)
+        self.asked = set(asked) | self.contract  # whose tasks health_url is asked of
         self.since = since
         self.resumed: dict[str, int] = {}
         self.stuck_since: dict[str, float] = {}
-        self.mine: list[TaskInfo] = []  # the running tasks of contract services, last look
+        self.mine: list[TaskInfo] = []  # the running tasks of the step's services, last look
         self.nodes: dict[str, NodeInfo] = {}
 
     def look(self) -> Look:
@@ -390,15 +404,17 @@ class TaskObserver:
         # Probe as soon as a task's container runs ("starting": Swarm waits for Docker's
         # first healthcheck before it says "running"), so an error-answering release is
         # caught before Swarm's update moves on to the next task.
-        running = [t for t in tasks if t.desired == "running" and t.state in ("starting", "running")
-                   and (self.tag is None or t.tag == self.tag)]
-        self.mine = [t for t in running if t.service in self.contract]
+        # health_url is asked of the tasks of the services it reaches (see SwarmSwitch.asked),
+        # contract or not: it is how the release says it works; verify and the environment
+        # only of the contract's.
+        self.mine = [t for t in tasks if t.desired == "running" and t.state in ("starting", "running")
+                     and (self.tag is None or t.tag == self.tag) and t.service in self.asked]
         return Look(waiting=None if judged.kind == "pass" else judged.reason, probing=bool(self.mine),
-                    units=tuple(Unit(f"{t.service}.{t.slot or t.id[:12]}", True, t.env_names)
-                                for t in self.mine))
+                    units=tuple(Unit(f"{t.service}.{t.slot or t.id[:12]}", t.service in self.contract,
+                                     t.env_names) for t in self.mine))
 
     def health_urls(self, url: str) -> list[str]:
-        """health_url at each node that runs a contract task (the published port)."""
+        """health_url at each node that runs a task it is asked of (the published port)."""
         return node_urls(url, [self.nodes[t.node_id].address for t in self.mine if t.node_id in self.nodes])
 
     def logs_contain(self, pattern: re.Pattern[str]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from .errors import UsageError
 
@@ -33,3 +34,11 @@ def older_than(a: str, b: str) -> bool:
     import semver
 
     return bool(semver.Version.parse(a[1:]) < semver.Version.parse(b[1:]))
+
+
+def version_key(value: str) -> Any:
+    """A release's sort key by SemVer precedence (v1.2.3-rc.1 < v1.2.3 < v1.10.0); a value
+    that is not a release version is refused (UsageError)."""
+    import semver
+
+    return semver.Version.parse(validate_version(value)[1:])

@@ -5,6 +5,7 @@ registry and compose."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -116,7 +117,8 @@ def test_plan_then_deploy_in_order_accessory_untouched_job_once_rollback(project
         "name": "worker", "strategy": "start-first", "replicas": 2, "container_name": None,
         "contract": None}
     assert plan["accessories"] == [{"name": "kv", "action": "start", "definition_changed": False,
-                                  "needs": [], "after_step": 0}]
+                                  "needs": [], "after_step": 0, "dump": [], "restore": [],
+                                  "build": False}]
     assert containers(project.project) == []  # plan changed nothing
 
     code, out = deploy(project, "deploy", "v1.0.0")
@@ -275,7 +277,8 @@ def test_a_stopped_accessory_is_started_and_a_changed_one_only_reported(project:
     assert any("accessory kv" in n and "differs" in n for n in json.loads(res.stdout)["notes"])
     res = project.agent("plan", "v1.1.0", "--json")
     assert [a for a in json.loads(res.stdout)["accessories"]] == [
-        {"name": "kv", "action": "leave", "definition_changed": True, "needs": [], "after_step": 0}]
+        {"name": "kv", "action": "leave", "definition_changed": True, "needs": [], "after_step": 0,
+         "dump": [], "restore": [], "build": False}]
     assert deploy(project, "deploy", "v1.1.0")[0] == 0
     assert [c["Id"] for c in running(project.project, "kv")] == [kv["Id"]], "reported, never applied"
 
@@ -324,3 +327,46 @@ def test_a_worker_that_dies_during_the_watch_walks_every_step_back(project: part
     rec = history(project)[0]
     assert rec["result"] == "rolled_back" and "watch: container" in rec["failure"]["reason"], rec["failure"]
     assert rec["watch"]["result"] == "failed"
+
+
+def test_an_accessory_with_build_is_built_here_only_when_its_image_is_missing(
+        project: parts.AgentRootDir) -> None:
+    """SPEC §24: an accessory's `build:` is built on the server (that service only) when its
+    image is missing, and plan says so; an image that exists is never built again."""
+    image = f"obs-built-{uuid.uuid4().hex[:8]}:1"
+    context = project.path / "tool"
+    context.mkdir()
+    (context / "Dockerfile").write_text('ARG BASE\nFROM ${BASE}\nCMD ["sleep", "3600"]\n')
+    compose = project.path / "docker-compose.server.yml"
+    text, n = re.subn(r"^services:\n", (
+        "services:\n  tool:\n    image: " + image + "\n    build:\n      context: ./tool\n"
+        "      args:\n        BASE: " + parts.FIXTURE_BASE + "\n"), compose.read_text(), count=1, flags=re.M)
+    assert n == 1
+    compose.write_text(text)
+    try:
+        res = project.agent("plan", "v1.0.0")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "tool: missing or stopped: started first; its image is missing: built here" in res.stdout
+        assert subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0, \
+            "plan built it"
+        code, out = deploy(project, "deploy", "v1.0.0")
+        assert code == 0, out
+        built = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        [tool] = running(project.project, "tool")
+        assert tool["Image"] == built
+
+        res = project.agent("plan", "v1.1.0", "--json")
+        assert [a["build"] for a in json.loads(res.stdout)["accessories"] if a["name"] == "tool"] == [False]
+        # A build now would make another image: the deploy must start the one it has.
+        (context / "Dockerfile").write_text('ARG BASE\nFROM ${BASE}\nLABEL rebuilt=yes\nCMD ["sleep", "3600"]\n')
+        subprocess.run(["docker", "stop", tool["Id"]], check=True, capture_output=True)
+        code, out = deploy(project, "deploy", "v1.1.0")
+        assert code == 0, out
+        [again] = running(project.project, "tool")
+        assert again["Id"] == tool["Id"] and again["Image"] == built, "built or recreated again"
+        assert subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                              text=True, check=True).stdout.strip() == built
+    finally:
+        project.down()
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)

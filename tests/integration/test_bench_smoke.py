@@ -21,7 +21,7 @@ from tests.conftest import missing
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8"]
+SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
 
 
 def numbers(value: object) -> list[float]:
@@ -144,7 +144,7 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
     seven = scenarios["7"]
     assert seven["measured"], seven.get("note")
     failed = [r for r in seven["rows"] if r["metric"].endswith("failed requests")]
-    assert len(failed) == 8, failed
+    assert len(failed) == 12, failed  # caddy, nginx and traefik: good, crash, error, rollback
     assert all("FAILED RELEASE SERVED" not in r["note"] for r in failed), failed
     # None behind either proxy (caddy with net.ipv4.tcp_migrate_req=1, as the README asks).
     assert all(r["ours"] == 0 for r in failed), failed
@@ -152,6 +152,10 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
     assert row("2", "time until the old release answers again, raw docker floor")["ours"] > 0
     assert row("1", "wall time floor of the gate alone")["ours"] > 0
     assert row("5", "obs-agent --help")["ours"] > 0
+    # The release of five images: the one-changed release built one and reused four.
+    [one] = [r for r in scenarios["9"]["runs"] if r["kind"] == "one changed"]
+    assert (one["built"], one["reused"]) == (1, 4), one
+    assert {r["built"] for r in scenarios["9"]["runs"] if r["kind"] != "one changed"} == {5}
 
     # Cleaned up: nothing of this run is left on the engine.
     run_id = data["meta"]["run_id"]

@@ -271,31 +271,46 @@ def test_the_healthcheck_probe_reads_the_example_observer(tmp_path: Path) -> Non
         assert obs.wait(15) == 0
 
 
-def test_the_proxied_templates_render_and_pass_preflight(docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """compose/docker-compose.proxied.yml with deployment_config.proxied.json (SPEC §15): the
-    observer on an ephemeral loopback port, caddy an accessory on the host's network; the
-    agent's check passes (caddy, not running yet, is asked again once the deploy started it)."""
+@pytest.mark.parametrize("name, proxy", [("proxied", "caddy"), ("traefik", "traefik")])
+def test_the_proxied_templates_render_and_pass_preflight(docker_client, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                         name: str, proxy: str) -> None:
+    """compose/docker-compose.{proxied,traefik}.yml with their deployment_config (SPEC §15):
+    the observer on an ephemeral loopback port, the proxy an accessory on the host's network;
+    the agent's check passes (the proxy, not running yet, is asked again once the deploy
+    started it)."""
     root = tmp_path / "observer"
     root.mkdir()
-    shutil.copy(COMPOSE_DIR / "docker-compose.proxied.yml", root / "docker-compose.proxied.yml")
-    shutil.copy(COMPOSE_DIR / "deployment_config.proxied.json", root / "deployment_config.json")
+    compose = f"docker-compose.{name}.yml"
+    shutil.copy(COMPOSE_DIR / compose, root / compose)
+    shutil.copy(COMPOSE_DIR / f"deployment_config.{name}.json", root / "deployment_config.json")
     env = base_env(IMAGE_TAG="v1.2.3", QTS_OBSERVER_STANDALONE="1", PYTHONPATH="/app/src", **SECRETS)
     from server_agent.compose import compose_command
 
     res = subprocess.run([*compose_command(), "--project-directory", str(root), "-f",
-                          str(root / "docker-compose.proxied.yml"), "-p", "observer", "config",
+                          str(root / compose), "-p", "observer", "config",
                           "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     services = json.loads(res.stdout)["services"]
     (port,) = services["observer"]["ports"]
     assert (port["host_ip"], port["target"], port.get("published", "")) == ("127.0.0.1", 8000, "")
-    assert services["caddy"]["network_mode"] == "host"
-    assert "--resume" in services["caddy"]["command"]
-    code, report = check(root, agent_env(root, OBS_AGENT_PROXY=json.dumps({
-        **json.loads((root / "deployment_config.json").read_text())["agent"]["proxy"],
-        "admin_url": "http://127.0.0.1:9"}), **SECRETS))
+    assert services[proxy]["network_mode"] == "host"
+    settings = json.loads((root / "deployment_config.json").read_text())["agent"]["proxy"]
+    if proxy == "caddy":
+        assert "--resume" in services["caddy"]["command"]
+        settings["admin_url"] = "http://127.0.0.1:9"
+    else:
+        # The agent's file is in the directory traefik watches; the API where traefik listens.
+        (mount,) = services["traefik"]["volumes"]
+        assert "--providers.file.directory=" + mount["target"] in services["traefik"]["command"]
+        assert "--entryPoints.traefik.address=127.0.0.1:8080" in services["traefik"]["command"]
+        assert settings["api_url"] == "http://127.0.0.1:8080"
+        assert str(Path(settings["dynamic_file"]).parent) == "/opt/observer/traefik"
+        assert Path(mount["source"]) == root / "traefik"
+        settings.update(dynamic_file=str(root / "traefik" / "obsdeploy-observer.yml"),
+                        api_url="http://127.0.0.1:9")
+    code, report = check(root, agent_env(root, OBS_AGENT_PROXY=json.dumps(settings), **SECRETS))
     assert (code, report["problems"]) == (0, []), report
-    assert any("asked again after starting the accessories caddy" in n for n in report["notes"]), report
+    assert any(f"asked again after starting the accessories {proxy}" in n for n in report["notes"]), report
 
 
 def _two_runs(project, env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -309,7 +324,8 @@ def _two_runs(project, env: dict[str, str]):  # type: ignore[no-untyped-def]
         n: str(s.get("image", "")) for n, s in json.loads(raw.stdout)["services"].items()})
 
 
-@pytest.mark.parametrize("template", ["docker-compose.server.yml", "docker-compose.proxied.yml"])
+@pytest.mark.parametrize("template", ["docker-compose.server.yml", "docker-compose.proxied.yml",
+                                      "docker-compose.traefik.yml"])
 def test_one_compose_run_resolves_the_templates_as_two_did(tmp_path: Path, template: str) -> None:
     """ComposeProject.config runs compose once (IMAGE_TAG a marker, put back afterwards): the
     same resolved project and the same release services as the two runs it replaces, for

@@ -26,17 +26,19 @@ def no_secret(res: subprocess.CompletedProcess[str]) -> None:
     assert REG_PASSWORD not in res.stdout and REG_PASSWORD not in res.stderr
 
 
-def registry_image(docker_client, repo: AppRepo, tag: str):  # type: ignore[no-untyped-def]
-    """(digest, labels) of what the registry holds for tag, or None."""
+def registry_image(docker_client, repo: AppRepo, tag: str,  # type: ignore[no-untyped-def]
+                   image: str | None = None):
+    """(digest, labels) of what the registry holds for tag (of repo.image, or `image`), or None."""
     import docker.errors
 
+    image = image or repo.image
     auth = {"username": REG_USER, "password": REG_PASSWORD}
     try:
-        dist = docker_client.api.inspect_distribution(f"{repo.image}:{tag}", auth_config=auth)
+        dist = docker_client.api.inspect_distribution(f"{image}:{tag}", auth_config=auth)
     except docker.errors.APIError:
         return None
     digest = dist["Descriptor"]["digest"]
-    img = docker_client.images.pull(f"{repo.image}@{digest}", auth_config=auth)
+    img = docker_client.images.pull(f"{image}@{digest}", auth_config=auth)
     return digest, img.labels
 
 

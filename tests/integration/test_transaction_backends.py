@@ -120,3 +120,19 @@ def test_a_kill_9_mid_switch_is_reported_and_the_next_deploy_works(backend_root:
     assert again.returncode == 0, again.stdout + again.stderr
     assert (running(root), root.last_good()) == ("v1.2.0", "v1.2.0")
     assert [h["result"] for h in parts.history(root)[:2]] == ["success", "interrupted"]
+
+
+def test_health_url_counts_without_the_path_contract(backend_root: AgentRootDir) -> None:
+    """A project with no path contract (mounts {}): its release still answers health_url,
+    and one answering errors is rolled back on either engine (SPEC §24)."""
+    root = backend_root
+    config = root.path / "deployment_config.json"
+    doc = json.loads(config.read_text())
+    doc["agent"].update(mounts={}, verify={"paths": []})
+    config.write_text(json.dumps(doc, indent=2))
+    first = deploy(root, "v1.0.0")
+    assert first.returncode == 0, first.stdout + first.stderr
+    error = deploy(root, "v2.0.0-error")
+    assert error.returncode == 20, error.stdout + error.stderr
+    assert running(root) == "v1.0.0"
+    assert "health_url answered a failure" in last(root)["failure"]["reason"], last(root)

@@ -7,7 +7,8 @@ intact and its container never replaced along the way. Real engine, registry and
 from __future__ import annotations
 
 import json
-import warnings
+import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from tenacity import retry, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
-from tests import parts
+from tests import parts, runs
 from tests.parts_user_projects import (
     ALL,
     DATA,
@@ -24,21 +25,22 @@ from tests.parts_user_projects import (
     ProjectRoot,
     place,
     push_accessories,
-    untag,
 )
 
 
-@pytest.fixture(scope="module")
-def project_releases(service_images: dict[str, str], registry: parts.Registry) -> Iterator[None]:
-    """The accessories' images and every project's three releases, in the test registry."""
-    refs: list[str] = []
-    try:
-        refs += push_accessories(registry.address, service_images)
+@pytest.fixture(scope="session")
+def project_releases(service_images: dict[str, str], registry: parts.Registry) -> None:
+    """The accessories' images and every project's three releases, in the test registry: once
+    per run, whichever worker gets there first. Never untagged by a worker: both workers deploy
+    these names on the one engine, and one worker's `docker rmi` at its end took an image away
+    from under the other's deploy ("No such image" between the digest check and the create)."""
+    def build(_: object) -> dict[str, object]:
+        refs = push_accessories(registry.address, service_images)
         for project in ALL:
             refs += project.build_releases(registry.address, service_images["pyapp"]).values()
-        yield
-    finally:
-        untag(refs)
+        return {"refs": refs}
+
+    runs.shared("user-project-releases", build)
 
 
 @pytest.fixture(params=ALL, ids=lambda p: p.name)
@@ -80,7 +82,7 @@ def test_compose_up_runs_the_project_alone(placed: ProjectRoot) -> None:
     assert placed.http("GET", "/")[0] == 500
 
 
-# --- init: `obs-agent init` lands on branch issue-29 -----------------------------------------
+# --- init ---------------------------------------------------------------------------------
 def expected_config(root: ProjectRoot) -> dict[str, Any]:
     """What `obs-agent init` writes for the project (SPEC §24): the compose file, REGISTRY (and
     DB_PASSWORD) from the ${VAR:?} the file requires, DB_PASSWORD as a secret, no observer
@@ -103,13 +105,8 @@ def init(root: ProjectRoot) -> None:
     res = root.agent("init")
     parts.no_traceback(res)
     config = root.path / "deployment_config.json"
-    if res.returncode == 2 and "No such command 'init'" in res.stderr:
-        # STAND-IN until `obs-agent init` is merged (branch issue-29): the file init would
-        # write. Remove this branch then; the assertions below must hold on init's output.
-        warnings.warn("obs-agent init is missing: wrote deployment_config.json by hand", stacklevel=1)
-        config.write_text(json.dumps({"agent": expected_config(root)}, indent=2))
-        return
     assert res.returncode == 0, res.stdout + res.stderr
+    assert ("health_url:       not set" in res.stdout) == (root.project is not INVENTORY), res.stdout
     agent = json.loads(config.read_text())["agent"]
     for key, value in expected_config(root).items():
         got = agent.get(key)
@@ -143,7 +140,10 @@ def serves(root: ProjectRoot, tag: str) -> None:
 def agent_ok(root: ProjectRoot, *args: str, code: int = 0) -> dict[str, Any]:
     res = root.agent(*args, "--json") if args[0] != "check" else root.agent(*args)
     parts.no_traceback(res)
-    assert res.returncode == code, f"{' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    if res.returncode != code:  # what the attempt's record says: the log tails of what failed
+        last = root.agent("history", "--json", "--limit", "1").stdout
+        raise AssertionError(f"{' '.join(args)}: exit {res.returncode}, not {code}\n{res.stdout}\n"
+                             f"{res.stderr}\nhistory: {last[-4000:]}")
     return json.loads(res.stdout) if args[0] != "check" and res.stdout.strip() else {}
 
 
@@ -200,3 +200,95 @@ def test_init_check_deploy_rollback(placed: ProjectRoot) -> None:
     # The user's own tools see the same project (compose `name:` is the project name).
     ps = placed.compose("ps", "-q", tag="v1.0.0")
     assert ps.returncode == 0 and len(ps.stdout.split()) == len(services), ps.stdout + ps.stderr
+
+
+VOLUME = {"guestbook": "db-data", "inventory": "pg-data"}
+# A file the database keeps in its volume: it is in the archive when the volume is.
+VOLUME_FILE = {"guestbook": "ibdata1", "inventory": "PG_VERSION"}
+
+
+def set_agent(root: ProjectRoot, **agent: Any) -> None:
+    config = root.path / "deployment_config.json"
+    doc = json.loads(config.read_text())
+    doc["agent"].update(agent)
+    config.write_text(json.dumps(doc, indent=2))
+
+
+def running_one(root: ProjectRoot, service: str) -> dict[str, Any]:
+    """The service's one running container (a release keeps its previous one, stopped)."""
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={root.compose_name}",
+         "--filter", f"label=com.docker.compose.service={service}"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert len(ids) == 1, f"{service} runs {len(ids)} containers"
+    return json.loads(subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True,
+                                     check=True).stdout)[0]  # type: ignore[no-any-return]
+
+
+def identity(root: ProjectRoot, service: str) -> tuple[str, str]:
+    c = running_one(root, service)
+    return c["Id"], c["State"]["StartedAt"]
+
+
+@pytest.mark.parametrize("placed", [GUESTBOOK, INVENTORY], ids=lambda p: p.name, indirect=True)
+def test_backup_volumes_and_a_restore_that_stops_only_what_it_writes_into(placed: ProjectRoot) -> None:
+    """SPEC §24: the database's named volume in backup_volumes is archived by a deploy and
+    put back by `backup restore`; read-only mounts (compose secrets and configs) are not
+    written by a restore, and --stop stops only what writes into what is restored."""
+    write, read = DATA[placed.project.name]
+    app, database = placed.project.release_service, placed.project.database
+    init(placed)
+    choose_health_url(placed)
+    # The project's own files (nginx's site, a compose config: mounted read-only; the app's
+    # source: not mounted). The secret file stays out of the archives.
+    set_agent(placed, backup_paths=[p for p in ("proxy", "app") if (placed.path / p).is_dir()])
+    agent_ok(placed, "deploy", "v1.0.0")
+    serves(placed, "v1.0.0")
+    db_before, app_before = identity(placed, database), identity(placed, app)
+    proxy_before = identity(placed, "proxy") if placed.project is GUESTBOOK else None
+
+    res = placed.agent("backup", "create")
+    assert res.returncode == 0, res.stdout + res.stderr
+    files_only = res.stdout.strip()
+    res = placed.agent("backup", "restore", files_only)
+    assert res.returncode == 0, res.stdout + res.stderr  # nothing running writes into those files
+    assert "stopping" not in res.stderr, res.stderr
+    assert (identity(placed, database), identity(placed, app)) == (db_before, app_before)
+
+    set_agent(placed, backup_volumes=[VOLUME[placed.project.name]])
+    write(placed, 1)
+    done = agent_ok(placed, "deploy", "v1.1.0")
+    serves(placed, "v1.1.0")
+    stored = read(placed)
+    archive = placed.path / "backups" / done["backup"]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    volume = f"volumes/{VOLUME[placed.project.name]}"
+    assert f"{volume}/{VOLUME_FILE[placed.project.name]}" in names, names[:30]
+    assert identity(placed, database) == db_before, "a deploy must never restart the database"
+
+    write(placed, 2)
+    assert read(placed) != stored
+    res = placed.agent("backup", "restore", done["backup"])
+    assert res.returncode == 2 and "--stop" in res.stderr, res.stdout + res.stderr
+    assert running_one(placed, database)["Name"].lstrip("/") in res.stderr
+    app_now = identity(placed, app)
+    res = placed.agent("backup", "restore", done["backup"], "--stop")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The database writes into the volume; the app uses the database (depends_on) and is
+    # stopped and started with it; the project's nginx uses neither and keeps running.
+    stopping = next(line for line in res.stderr.splitlines() if line.startswith("stopping"))
+    assert running_one(placed, database)["Name"].lstrip("/") in stopping
+    assert running_one(placed, app)["Name"].lstrip("/") in stopping, stopping
+    assert identity(placed, app)[0] == app_now[0], "the app was replaced"
+    if placed.project is GUESTBOOK:
+        assert identity(placed, "proxy") == proxy_before, "the restore stopped nginx"
+    # The database starts on the files of the backup: the rows of that moment.
+    assert until(lambda: _read_or_none(placed, read) == stored, 60), read(placed)
+
+
+def _read_or_none(root: ProjectRoot, read: Any) -> Any:
+    try:
+        return read(root)
+    except (AssertionError, OSError):
+        return None

@@ -112,24 +112,24 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def test_buildx_argv_carries_platforms_labels_and_build_args(tmp_path: Path) -> None:
-    from deploy_tool.config import ObsdeployConfig
-    from deploy_tool.release import ReleasePlan, buildx_argv
+def test_buildx_argv_carries_platforms_labels_target_and_build_args(tmp_path: Path) -> None:
+    from deploy_tool.release import ImagePlan, buildx_argv
 
-    cfg = ObsdeployConfig(image="ghcr.io/o/app", build_args={"PY": "3.11"}, base_dir=tmp_path)
-    plan = ReleasePlan(version="v1.0.0", image="ghcr.io/o/app", reference="ghcr.io/o/app:v1.0.0",
-                       registry="ghcr.io", revision="a" * 40, source="https://x", git_remote="origin",
-                       dry_run=False, labels={"org.opencontainers.image.revision": "a" * 40}, steps=[])
-    argv = buildx_argv(plan, cfg)
+    img = ImagePlan(name="app", image="ghcr.io/o/app", reference="ghcr.io/o/app:v1.0.0",
+                    registry="ghcr.io", context=str(tmp_path), dockerfile="Dockerfile",
+                    target=None, build_args={"PY": "3.11"}, context_digest="sha256:0",
+                    labels={"org.opencontainers.image.revision": "a" * 40}, action="build")
+    argv = buildx_argv(img, ["linux/amd64"])
     assert argv[:5] == ["docker", "buildx", "build", "--platform", "linux/amd64"]
     assert argv[-2:] == ["--load", str(tmp_path)]
     label = argv.index("--label")
     assert argv[label:label + 2] == ["--label", f"org.opencontainers.image.revision={'a' * 40}"]
     assert ["--build-arg", "PY=3.11"] == argv[argv.index("--build-arg"):argv.index("--build-arg") + 2]
     assert ["-t", "ghcr.io/o/app:v1.0.0"] == argv[argv.index("-t"):argv.index("-t") + 2]
-    multi = ObsdeployConfig(image="ghcr.io/o/app", platforms=["linux/amd64", "linux/arm64"], base_dir=tmp_path)
-    argv = buildx_argv(plan, multi)
+    assert "--target" not in argv
+    argv = buildx_argv(img.model_copy(update={"target": "prod"}), ["linux/amd64", "linux/arm64"])
     assert "linux/amd64,linux/arm64" in argv and "--push" in argv and "--load" not in argv
+    assert ["--target", "prod"] == argv[argv.index("--target"):argv.index("--target") + 2]
 
 
 def test_platforms_are_validated() -> None:

@@ -92,6 +92,19 @@ def test_accessories_that_depend_on_release_services_start_after_their_last_step
     assert any("nginx: missing or stopped: started after step 2" in line for line in plan.describe())
 
 
+def test_an_accessory_with_build_is_built_only_when_its_image_is_missing() -> None:
+    cfg = _config({"api": {"image": IMG},
+                   "tool": {"image": "local/tool:1", "build": {"context": "/srv/tool"}},
+                   "db": {"image": "reg/db:16"}})
+    plan = build_plan(cfg, "v2", [], contract=set(), missing_images=frozenset({"local/tool:1", "reg/db:16"}))
+    assert {a.name: a.build for a in plan.accessories} == {"tool": True, "db": False}  # db is pulled
+    assert any("tool: missing or stopped: started first; its image is missing: built here "
+               "(compose build tool)" in line for line in plan.describe())
+    present = build_plan(cfg, "v2", [], contract=set(), missing_images=frozenset())
+    assert not any(a.build for a in present.accessories)
+    assert not any("built here" in line for line in present.describe())
+
+
 def test_problems_order_against_depends_on_start_first_port_container_name() -> None:
     cfg = _config({
         "a": {"image": IMG, "labels": {"obsdeploy.order": "1"}, "depends_on": {"b": {}}},

@@ -14,6 +14,7 @@ from server_agent.plan import build_plan
 from server_agent.proxy import (
     Nginx,
     ProxyCutover,
+    Traefik,
     caddy_change,
     caddy_server,
     caddy_upstreams,
@@ -21,6 +22,8 @@ from server_agent.proxy import (
     nginx_upstreams,
     parse_nginx_upstreams,
     rewrite_url,
+    traefik_dynamic,
+    traefik_servers,
 )
 from server_agent.root import AgentRoot
 
@@ -87,6 +90,29 @@ def _container(ports: tuple[tuple[str, str], ...], ips: tuple[str, ...], stop_ti
         ports=frozenset(), host_ports=ports, ips=ips)
 
 
+def test_traefik_file_is_one_router_and_one_service_read_back_from_file(tmp_path: Path) -> None:
+    """The file the agent owns, as a value; current() and problem() without traefik's API
+    (with it, tests/integration/test_agent_proxy.py drives the real traefik)."""
+    import yaml
+
+    assert traefik_dynamic("obsdeploy-p", "web", "Host(`a.example`)", ["127.0.0.1:1", "10.0.0.2:8000"]) == {
+        "http": {"routers": {"obsdeploy-p": {"entryPoints": ["web"], "rule": "Host(`a.example`)",
+                                             "service": "obsdeploy-p"}},
+                 "services": {"obsdeploy-p": {"loadBalancer": {"servers": [
+                     {"url": "http://127.0.0.1:1"}, {"url": "http://10.0.0.2:8000"}]}}}}}
+    f = tmp_path / "dyn" / "obsdeploy-p.yml"
+    t = Traefik(f, "obsdeploy-p", "web", "PathPrefix(`/`)", None)
+    assert "does not exist" in str(t.problem())
+    f.parent.mkdir()
+    assert t.problem() is None and t.current() == []
+    assert "api_url is not set" in str(t.advice())
+    f.write_text(yaml.safe_dump(traefik_dynamic("obsdeploy-p", "web", "PathPrefix(`/`)", ["127.0.0.1:7"])))
+    assert t.current() == ["127.0.0.1:7"]
+    f.write_text("http: [")
+    assert "is not YAML" in str(t.problem())
+    assert traefik_servers(None) == [] and traefik_servers({"loadBalancer": {}}) == []
+
+
 def test_addresses_prefer_the_published_port_then_the_network_address() -> None:
     published = _container((("8000/tcp", "127.0.0.1:32768"),), ("172.18.0.2",))
     network = _container((), ("172.18.0.2",))
@@ -111,8 +137,22 @@ def test_proxy_settings_are_validated_with_their_path(tmp_path: Path) -> None:
         _settings(tmp_path, {"kind": "caddy", "service": "web", "port": 8000}).validate()
     with pytest.raises(UsageError, match=r"agent\.proxy: .*kind nginx needs upstream_file"):
         _settings(tmp_path, {"kind": "nginx", "service": "web", "port": 8000}).validate()
-    with pytest.raises(UsageError, match=r"agent\.proxy\.kind"):
+    with pytest.raises(UsageError, match=r"agent\.proxy: .*kind traefik needs dynamic_file"):
         _settings(tmp_path, {"kind": "traefik", "service": "web", "port": 8000}).validate()
+    with pytest.raises(UsageError, match=r"agent\.proxy\.kind"):
+        _settings(tmp_path, {"kind": "haproxy", "service": "web", "port": 8000}).validate()
+    for bad in ("dynamic.yml", "/etc/traefik/dynamic.toml"):
+        with pytest.raises(UsageError, match=r"agent\.proxy\.dynamic_file: .*\.yml or \.yaml"):
+            _settings(tmp_path, {"kind": "traefik", "service": "web", "port": 8000,
+                                 "dynamic_file": bad}).validate()
+    with pytest.raises(UsageError, match=r"agent\.proxy\.api_url: .*traefik's API"):
+        _settings(tmp_path, {"kind": "traefik", "service": "web", "port": 8000,
+                             "dynamic_file": "/d/o.yml", "api_url": "127.0.0.1:8080"}).validate()
+    t = _settings(tmp_path, {"kind": "traefik", "service": "web", "port": 8000,
+                             "dynamic_file": "/d/o.yml", "api_url": "http://127.0.0.1:8080/"})
+    assert t.settings.proxy is not None
+    assert (t.settings.proxy.entrypoint, t.settings.proxy.rule, t.settings.proxy.api_url) == (
+        "web", "PathPrefix(`/`)", "http://127.0.0.1:8080")
     with pytest.raises(UsageError, match=r"agent\.proxy\.upstream_file: .*absolute"):
         _settings(tmp_path, {"kind": "nginx", "service": "web", "port": 8000,
                              "upstream_file": "up.conf"}).validate()

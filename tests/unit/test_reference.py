@@ -20,7 +20,8 @@ from server_agent.settings import AgentSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-TEMPLATES = [REPO / "compose" / "deployment_config.json", REPO / "compose" / "deployment_config.proxied.json"]
+TEMPLATES = [REPO / "compose" / name for name in (
+    "deployment_config.json", "deployment_config.proxied.json", "deployment_config.traefik.json")]
 
 
 @pytest.fixture(autouse=True)
