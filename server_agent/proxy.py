@@ -15,6 +15,9 @@
                  with its API, the agent waits until traefik routes to the new servers
     ProxyCutover what the rollout needs: which service, where its containers answer, how
                  long the old ones drain
+    maintenance  every request answered 503 with Retry-After and the message (caddy: routes
+                 first in the agent's server, kept by every rebuild of it; nginx: a file of
+                 its own that the user's server block includes, and a reload)
 
 Builders (the caddy server, the change for a given config, the upstream file's text) are
 pure functions, tested as values; the classes only send them.
@@ -36,6 +39,7 @@ from urllib.parse import quote, urlsplit
 from .common.errors import ObsError
 from .common.redact import REDACTOR
 from .engine import ContainerInfo
+from .maintenance import Maintenance
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -82,6 +86,10 @@ class Proxy(Protocol):
     def hold(self) -> None:
         """From now on send no request to any container and keep arriving ones waiting
         (up to hold_seconds) until the next point_at, which sends them on."""
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        """Answer every request with the maintenance page (None: serve again), in one change;
+        ProxyError when the proxy does not take it."""
 
 
 # --- caddy -----------------------------------------------------------------------------------
@@ -141,6 +149,37 @@ def caddy_held_server(name: str, listen: Sequence[str], hosts: Sequence[str], di
     return server
 
 
+def caddy_maintenance_routes(name: str, hosts: Sequence[str], m: Maintenance) -> list[dict[str, Any]]:
+    """The routes that answer 503 before the reverse proxy's: JSON to a request whose Accept
+    names JSON, HTML to any other. Braces are escaped: caddy would read `{...}` in a static
+    body as a placeholder (a message could otherwise echo the request into the page)."""
+    def route(suffix: str, body: str, content_type: str, match: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "@id": f"{name}-{suffix}",
+            "handle": [{"handler": "static_response", "status_code": 503,
+                        "headers": {"Retry-After": [str(m.retry_after)], "Content-Type": [content_type],
+                                    "Cache-Control": ["no-store"]},
+                        "body": body.replace("{", "\\{").replace("}", "\\}")}],
+            "terminal": True,
+        }
+        if match:
+            out["match"] = [match]
+        return out
+
+    host = {"host": list(hosts)} if hosts else {}
+    return [route("maintenance-json", m.json_body(), "application/json",
+                  {**host, "header": {"Accept": ["*json*"]}}),
+            route("maintenance", m.html_body(), "text/html; charset=utf-8", host)]
+
+
+def caddy_with_maintenance(server: dict[str, Any], name: str, hosts: Sequence[str],
+                           m: Maintenance | None) -> dict[str, Any]:
+    """`server` with the maintenance routes first (m), or without them (None)."""
+    ours = {f"{name}-maintenance-json", f"{name}-maintenance"}
+    routes = [r for r in server.get("routes") or [] if r.get("@id") not in ours]
+    return {**server, "routes": (caddy_maintenance_routes(name, hosts, m) if m else []) + routes}
+
+
 def caddy_change(config: Any, name: str, server: dict[str, Any]) -> tuple[str, Any]:
     """The one request (POST path, body) that puts `server` into `config` under `name`.
     Caddy's POST sets or replaces the object at an existing path, so the body nests the
@@ -196,12 +235,29 @@ def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int,
 
 class Caddy:
     def __init__(self, admin_url: str, server_name: str, listen: Sequence[str],
-                 hosts: Sequence[str], hold: CaddyHold | None = None) -> None:
+                 hosts: Sequence[str], hold: CaddyHold | None = None,
+                 maintenance: Maintenance | None = None) -> None:
         self.admin_url = admin_url
         self.name = server_name
         self.listen = list(listen)
         self.hosts = list(hosts)
         self._hold = hold
+        self.maintenance = maintenance  # in force: every server the agent writes keeps it
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        config = self._request("GET", "/config/")
+        servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
+        # The server as it is (whatever it proxies to, held or not) with the routes put first
+        # or taken out; before the first deploy, a server of those routes alone.
+        server = servers.get(self.name) or {"@id": self.name, "listen": self.listen, "routes": []}
+        path, body = caddy_change(config, self.name,
+                                  caddy_with_maintenance(server, self.name, self.hosts, maintenance))
+        self._request("POST", path, body)
+        self.maintenance = maintenance
+        log.info("caddy server %s: maintenance %s", self.name, "on" if maintenance else "off")
+
+    def _maintained(self, server: dict[str, Any]) -> dict[str, Any]:
+        return caddy_with_maintenance(server, self.name, self.hosts, self.maintenance)
 
     @property
     def can_hold(self) -> bool:
@@ -213,8 +269,8 @@ class Caddy:
             self._write_dial(addresses[0])  # the requests held, if any, go there on their next try
             log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
             return
-        path, body = caddy_change(config, self.name,
-                                  caddy_server(self.name, self.listen, self.hosts, addresses))
+        path, body = caddy_change(config, self.name, self._maintained(
+            caddy_server(self.name, self.listen, self.hosts, addresses)))
         self._request("POST", path, body)
         log.info("caddy server %s now proxies to %s", self.name, ", ".join(addresses))
 
@@ -242,8 +298,8 @@ class Caddy:
 
     def _held_server(self) -> dict[str, Any]:
         assert self._hold is not None
-        return caddy_held_server(self.name, self.listen, self.hosts, self._hold.seen_by_caddy,
-                                 self._hold.seconds)
+        return self._maintained(caddy_held_server(self.name, self.listen, self.hosts,
+                                                  self._hold.seen_by_caddy, self._hold.seconds))
 
     def _held_server_in(self, config: Any) -> bool:
         servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
@@ -302,10 +358,65 @@ def parse_nginx_upstreams(text: str) -> list[str]:
     return out
 
 
+def nginx_maintenance(m: Maintenance | None) -> str:
+    """The maintenance file, included in the user's server block: while on, every request is
+    rewritten to one of two internal locations that answer 503 (JSON when Accept names JSON).
+    The bodies are nginx strings: `$` would start a variable, so it is written as an entity
+    (HTML) or an escape (JSON); backslashes and quotes are escaped for nginx's parser."""
+    head = ("# written by obs-agent (obs-agent maintenance on|off): include it in your server "
+            "block; empty while maintenance is off\n")
+    if m is None:
+        return head
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    html_body = m.html_body().replace("$", "&#36;")
+    json_body = m.json_body().replace("$", "\\u0024")
+    where = "/.obsdeploy-maintenance"
+    page = ("location = {where}.{ext} {{ internal; default_type {ctype}; "
+            "add_header Retry-After {retry} always; add_header Cache-Control no-store always; "
+            "return 503 {body}; }}\n")
+    return (head
+            + "set $obsdeploy_maintenance html;\n"
+            + "if ($http_accept ~* \"json\") { set $obsdeploy_maintenance json; }\n"
+            + f"rewrite ^ {where}.$obsdeploy_maintenance last;\n"
+            + page.format(where=where, ext="html", ctype="text/html; charset utf-8",
+                          retry=m.retry_after, body=quoted(html_body))
+            + page.format(where=where, ext="json", ctype="application/json",
+                          retry=m.retry_after, body=quoted(json_body)))
+
+
 class Nginx:
-    def __init__(self, upstream_file: Path, reload_command: Sequence[str]) -> None:
+    def __init__(self, upstream_file: Path, reload_command: Sequence[str],
+                 maintenance_file: Path | None = None) -> None:
         self.file = upstream_file
         self.reload_command = list(reload_command)
+        self.maintenance_file = maintenance_file
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        from .common.errors import CommandError, UsageError
+        from .common.runner import run
+        from .state import atomic_write
+
+        if self.maintenance_file is None:
+            raise UsageError("maintenance through nginx needs agent.proxy.maintenance_file",
+                             hint="set agent.proxy.maintenance_file (e.g. /etc/nginx/obsdeploy/"
+                                  "observer.maintenance) and include it in your server block")
+        file = self.maintenance_file
+        before = file.read_text() if file.exists() else None
+        try:
+            atomic_write(file, nginx_maintenance(maintenance))
+        except OSError as exc:
+            raise ProxyError(f"cannot write nginx's maintenance file {file}: {exc.strerror}") from None
+        try:
+            run(self.reload_command, timeout=RELOAD_TIMEOUT)
+        except CommandError as exc:
+            if before is not None:  # nginx keeps its old configuration; the file says so again
+                atomic_write(file, before)
+            raise ProxyError(f"nginx did not reload: {exc}",
+                             hint=f"check that your server block includes {file}") from None
+        log.info("nginx maintenance %s (%s)", "on" if maintenance else "off", file)
 
     def point_at(self, addresses: Sequence[str]) -> None:
         from .common.errors import CommandError
@@ -545,6 +656,12 @@ class Traefik:
     def hold(self) -> None:
         raise ProxyError("the agent does not hold requests through traefik yet")
 
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        from .common.errors import UsageError
+
+        raise UsageError("maintenance is not available through traefik yet",
+                         hint="use agent.proxy.kind caddy or nginx for obs-agent maintenance")
+
     def advice(self) -> str | None:
         if self.api_url is None:
             return ("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
@@ -602,19 +719,38 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
     s: ProxySettings | None = root.settings.proxy
     if s is None:
         return None
+    from . import maintenance
+
     driver: Proxy
     name = f"obsdeploy-{root.project}"
     if s.kind == "caddy":
         file = Path(s.hold_file) if s.hold_file else root.state_dir / "proxy/upstream"
         hold = CaddyHold(file, s.caddy_hold_file or str(file), s.hold_seconds)
-        driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold)
+        driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold, maintenance=maintenance.read(root.state_dir))
     elif s.kind == "traefik":
         assert s.dynamic_file is not None
         driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url)
     else:
         assert s.upstream_file is not None
-        driver = Nginx(Path(s.upstream_file), s.reload_command)
+        driver = Nginx(Path(s.upstream_file), s.reload_command,
+                       Path(s.maintenance_file) if s.maintenance_file else None)
     return ProxyCutover(s.service, s.port, driver, s.drain_seconds)
+
+
+def switch_maintenance(root: AgentRoot, on: Maintenance | None) -> None:
+    """Maintenance on (`on`) or off (None) through the root's proxy, then kept in the state
+    (only once the proxy took it: the file says what the proxy does). UsageError without a
+    proxy or with one that cannot; ProxyError when it does not take the change."""
+    from . import maintenance
+    from .common.errors import UsageError
+
+    proxy = proxy_for(root)
+    if proxy is None:
+        raise UsageError("maintenance is answered by the proxy, and agent.proxy is not set",
+                         hint="set agent.proxy (caddy or nginx) in deployment_config.json")
+    proxy.driver.set_maintenance(on)
+    root.state_dir.mkdir(exist_ok=True)
+    maintenance.write(root.state_dir, on)
 
 
 def rewrite_url(url: str, address: str) -> str:

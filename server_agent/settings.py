@@ -219,6 +219,12 @@ class ProxySettings(BaseModel):  # SPEC §15
         default_factory=lambda: ["nginx", "-s", "reload"], min_length=1,
         description="nginx: the command (a list: program and arguments) that reloads nginx "
                     "gracefully.")
+    maintenance_file: str | None = Field(
+        None, description="nginx, for `obs-agent maintenance`: the absolute path of the file the "
+                          "agent writes the maintenance answer into (empty while it is off), which "
+                          "your server block includes (`include /etc/nginx/obsdeploy/"
+                          "observer.maintenance;`). null: maintenance is not available through "
+                          "nginx.")
     dynamic_file: str | None = Field(
         None, description="traefik, required: the absolute path of the dynamic-configuration "
                           "file (.yml or .yaml) the agent owns and replaces whole on every switch; "
@@ -272,7 +278,7 @@ class ProxySettings(BaseModel):  # SPEC §15
             raise ValueError("must be traefik's API base URL, e.g. http://127.0.0.1:8080")
         return None if v is None else v.rstrip("/")
 
-    @field_validator("upstream_file", "hold_file", "caddy_hold_file")
+    @field_validator("upstream_file", "hold_file", "caddy_hold_file", "maintenance_file")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         if v is not None and not PurePosixPath(v).is_absolute():

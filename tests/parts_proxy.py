@@ -100,6 +100,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+        include {prefix}/app.maintenance;
         location / {{
             proxy_pass http://app;
         }}
@@ -123,6 +124,11 @@ class NginxProcess:
         return self.prefix / "app.upstream"
 
     @property
+    def maintenance_file(self) -> Path:
+        """The agent's maintenance file (agent.proxy.maintenance_file), included in the server."""
+        return self.prefix / "app.maintenance"
+
+    @property
     def conf(self) -> Path:
         return self.prefix / "nginx.conf"
 
@@ -135,6 +141,7 @@ class NginxProcess:
         self.conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.listen_port))
         # nginx refuses an upstream without servers: a placeholder until the first deploy.
         self.upstream_file.write_text("server 127.0.0.1:9;\n")
+        self.maintenance_file.write_text("")
         log = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=log)
         runs.record_process(self.proc.pid, "nginx")
