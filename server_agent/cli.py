@@ -373,6 +373,9 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
                    + (f"  ({reason})" if reason else ""))
         for line in log_tail_lines(failure):
             click.echo(f"{'':<25} {line}")
+        for h in r.get("hooks") or []:
+            if isinstance(h, dict) and h.get("result") == "failed":
+                click.echo(f"{'':<25} hook {h.get('hook')} failed: {h.get('action')}: {h.get('detail')}")
         watch = r.get("watch")
         if isinstance(watch, dict) and watch.get("result") == "failed":
             # Why the watch rolled it back: each measurement that did not pass.

@@ -168,7 +168,21 @@ def test_a_failed_pre_switch_is_exit_13_and_the_old_release_keeps_serving(
     assert lines(root.path / "config/hooks.log") == ["post_switch deploy v1.1.0 failed v1.0.0"]
     record = history(root)[0]
     assert record["result"] == "failed" and record["failure"]["hook"]["detail"] == "HTTP 500: no: ***"
+    shown = root.agent("history").stdout
+    assert f"hook pre_switch failed: POST {endpoint}/fail?key=***: HTTP 500: no: ***" in shown, shown
     assert [(h["hook"], h["result"]) for h in record["hooks"]] == [
         ("pre_switch", "failed"), ("post_switch", "ok"), ("post_switch", "ok"), ("post_deploy", "ok"),
         ("post_deploy", "failed")]
     assert not token_leaks(root)
+
+
+def test_an_exec_hook_in_a_service_the_project_does_not_have_is_a_preflight_problem(
+        agent_root: AgentRootDir) -> None:
+    set_hooks(agent_root, {"post_switch": [{"exec": {"service": "observr", "argv": ["true"]}}]})
+    res = agent_root.agent("check", "--json")
+    no_traceback(res)
+    assert res.returncode == 10, res.stdout + res.stderr
+    problems = {p["code"]: p["message"] for p in json.loads(res.stdout)["problems"]}
+    assert problems == {"hooks.exec_service": "agent.hooks.post_switch.0.exec.service: 'observr' is not a "
+                                              "service of docker-compose.server.yml (its services: observer)"}
+    assert agent_root.agent("deploy", "v1.0.0").returncode == 10

@@ -112,6 +112,27 @@ def test_maintenance_answers_503_to_every_client_and_is_kept_through_a_deploy(
     assert maintenance_status(root)["on"] is False and parts.status(root)["maintenance"]["on"] is False
 
 
+@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
+def test_a_held_single_writer_deploy_keeps_maintenance_through_caddy(
+        proxy: ProxyProcess, tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
+    """The observer as the single writer it is: caddy's held server (its dial file) is built
+    during the deploy, and keeps the maintenance routes first."""
+    root = proxied_root(tmp_path, registry.address, proxy, single_writer=True)
+    try:
+        res = root.agent("maintenance", "on")  # before the first deploy: a server of the routes alone
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert get(proxy.url, "application/json").status_code == 503
+        for tag in ("v1.0.0", "v1.1.0"):
+            res = root.agent("deploy", tag)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert get(proxy.url, "application/json").status_code == 503, tag
+        assert root.agent("maintenance", "off").returncode == 0
+        back = get(proxy.url, "application/json")
+        assert back.status_code == 200 and back.json()["version"] == "v1.1.0"
+    finally:
+        root.down()
+
+
 def set_proxy(root: parts.AgentRootDir, proxy_settings: dict[str, object] | None) -> None:
     path = root.path / "deployment_config.json"
     config = json.loads(path.read_text())
