@@ -58,6 +58,7 @@ class FakeBackend:
     broken: dict[str, str] = field(default_factory=dict)  # tag -> the service that fails
     failing_job: bool = False
     walk_back_fails: bool = False
+    switch_fails: bool = False  # the first switch raises before it touched anything
     log: list[str] = field(default_factory=list)
     name: str = "fake"
     engine: Any = None
@@ -92,6 +93,8 @@ class FakeBackend:
 
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Any) -> Switched:
         self.log.append(f"switch {','.join(step.names)} {release.tag}")
+        if self.switch_fails:
+            raise RuntimeError("compose could not create the containers")
         sw = FakeSwitch(step, release.tag, before={s: self.running.get(s) for s in step.names})
         for s in step.names:
             self.running[s] = release.tag
@@ -316,3 +319,14 @@ def test_a_manual_rollback_runs_on_rollback(root: AgentRoot) -> None:
     assert outcome.exit_code == ExitCode.OK, outcome
     assert [h["hook"] for h in state.history.records()[-1]["hooks"]] == [
         "pre_switch", "post_switch", "on_rollback", "post_deploy"]
+
+
+@pytest.mark.parametrize("hooks", [ALL_HOOKS])
+def test_post_switch_runs_when_the_switch_itself_raised(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"}, switch_fails=True)
+    with pytest.raises(RuntimeError):
+        run(root, backend, "v2.0.0")
+    state = ReleaseState(root.state_dir)
+    assert hook_lines(backend)[-3:] == ["switch gateway v2.0.0", "exec observer post_switch result=failed",
+                                        "exec observer post_deploy result=failed"]
+    assert [h["hook"] for h in state.history.records()[-1]["hooks"]] == ["pre_switch", "post_switch", "post_deploy"]
