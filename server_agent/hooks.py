@@ -148,7 +148,7 @@ def _run(action: HookAction, ctx: HookContext, backend: Backend[Any]) -> tuple[b
 
 
 def _http(action: HookAction, ctx: HookContext) -> tuple[bool, str]:
-    import requests
+    import requests  # the docker SDK's HTTP client (a dependency of docker and apprise)
 
     with requests.Session() as session:
         session.trust_env = False  # a hook asks its own host, never through an environment proxy
