@@ -18,8 +18,11 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
 
     state = ReleaseState(root.state_dir)
     running = backend_for(root, engine).status()
+    from . import maintenance
+
     return {"current_tag": running.pop("current_tag"), "last_good_tag": state.last_good_tag(),
-            **running, "last_action": last_action(state)}
+            **running, "last_action": last_action(state),
+            "maintenance": maintenance.shown(maintenance.read(root.state_dir))}
 
 
 def last_action(state: ReleaseState) -> dict[str, Any] | None:
