@@ -232,6 +232,28 @@ class TraefikProcess:
 ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
 
 
+def wait_serving(url: str, timeout: float = 15.0, steady: float = 1.0) -> None:
+    """Until `url` has answered 200 to every request for `steady` seconds. nginx's
+    `-s reload` only signals the master: the first deploy's upstream takes effect as new
+    workers start and the old ones (which still proxy to the placeholder) stop accepting, a
+    moment after the agent is done; a load started at once counts their 502s as failures."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while since is None or time.monotonic() - since < steady:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (the test's proxy)
+                ok = resp.status == 200
+        except (OSError, urllib.error.URLError):
+            ok = False
+        since = (since or time.monotonic()) if ok else None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer 200 steadily within {timeout:g}s")
+        time.sleep(0.02)
+
+
 def start_proxy(kind: str, workdir: Path) -> ProxyProcess:
     """A real proxy of `kind` on loopback, started (caddy, nginx or traefik)."""
     proc: ProxyProcess = (CaddyProcess(workdir / "caddy") if kind == "caddy"

@@ -28,6 +28,7 @@ from tests.parts_proxy import (
     TraefikProcess,
     start_proxy,
     traefik_binary,
+    wait_serving,
 )
 
 RATE = 100
@@ -70,6 +71,7 @@ def behind_proxy(tmp_path: Path, registry: parts.Registry, images: dict[str, str
     try:
         first = root.agent("deploy", "v1.0.0")
         assert first.returncode == 0, first.stdout + first.stderr
+        wait_serving(f"{proxy.url}/health")
         yield root
     finally:
         root.down()
