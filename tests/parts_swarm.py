@@ -274,6 +274,9 @@ services:
   observer:
     image: {registry}/{repository}:${{IMAGE_TAG:?IMAGE_TAG required}}
     stop_grace_period: 5s
+    # One replica per node, each writing its own node's ./data: not one archive written twice.
+    labels:
+      obsdeploy.single_writer: "false"
 {ports}    environment:
       QTS_OBSERVER_STANDALONE: ${{QTS_OBSERVER_STANDALONE}}
       PYTHONPATH: ${{PYTHONPATH}}
