@@ -187,6 +187,9 @@ def _sections(agent: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
             model = defs[_def_name(ref)]
             out.append((f"agent.{key}", f"{key}.", model))
             for sub, subprop in model["properties"].items():
+                if "$ref" in subprop.get("items", {}):  # a list of one model, e.g. canary.steps
+                    out.append((f"agent.{key}.{sub}[]", f"{key}.{sub}[].",
+                                defs[_def_name(subprop["items"]["$ref"])]))
                 for item in subprop.get("items", {}).get("oneOf", []):
                     kind_schema = defs[_def_name(item["$ref"])]
                     kind = kind_schema["properties"]["kind"]["const"]
