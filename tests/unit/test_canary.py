@@ -331,3 +331,36 @@ def test_an_old_request_is_dropped_when_a_canary_begins(tmp_path: Path) -> None:
     leave_request(world.state_dir, "abort")
     result, _ = world.run()
     assert result.ok, result
+
+
+def test_the_same_split_again_is_no_change_of_the_proxy() -> None:
+    from server_agent.proxy import ProxyCutover
+
+    class Driver:
+        def __init__(self) -> None:
+            self.changes: list[Any] = []
+
+        def split(self, stable: Any, canary: Any, weight: int) -> None:
+            self.changes.append(("split", weight))
+
+        def point_at(self, addresses: Any) -> None:
+            self.changes.append(("point_at", list(addresses)))
+
+    class C:
+        def __init__(self, address: str) -> None:
+            self.service, self.name, self._a = "observer", address, address
+
+        def address(self, port: int) -> str:
+            return self._a
+
+    driver = Driver()
+    cut = ProxyCutover("observer", 8000, driver, None)  # type: ignore[arg-type]
+    old, new = [C("s:1")], [C("c:1")]
+    assert cut.split(old, new, 20) == (["s:1"], ["c:1"])  # type: ignore[arg-type]
+    cut.split(old, new, 20)  # type: ignore[arg-type]
+    cut.split(old, new, 50)  # type: ignore[arg-type]
+    cut.point_at(old)  # type: ignore[arg-type]
+    cut.split(old, new, 50)  # type: ignore[arg-type]
+    cut.split(old, new, 100)  # type: ignore[arg-type]
+    assert driver.changes == [("split", 20), ("split", 50), ("point_at", ["s:1"]), ("split", 50),
+                              ("point_at", ["c:1"])]
