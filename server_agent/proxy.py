@@ -446,13 +446,14 @@ class Traefik:
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
         split_weights(stable, canary, weight)  # the same refusals as the other kinds
         self._write(traefik_weighted(self.name, self.entrypoint, self.rule, stable, canary,
-                                     weight, self.sticky), [*stable, *canary])
+                                     weight, self.sticky), [*stable, *canary], [100 - weight, weight])
         log.info("traefik service %s now sends %d %% to %s", self.name, weight, ", ".join(canary))
 
     def canary_problem(self, sticky: bool) -> str | None:
         return None  # weighted services (and their sticky cookie) are traefik 2's own
 
-    def _write(self, doc: dict[str, Any], addresses: Sequence[str]) -> None:
+    def _write(self, doc: dict[str, Any], addresses: Sequence[str],
+               weights: list[int] | None = None) -> None:
         import yaml
 
         from .state import atomic_write
@@ -465,7 +466,7 @@ class Traefik:
         except OSError as exc:
             raise ProxyError(f"cannot write traefik's dynamic file {self.file}: {exc.strerror}") from None
         try:
-            self._wait_routes(addresses)
+            self._wait_routes(addresses, weights)
         except ProxyError:
             # Back to what traefik served, so the old containers keep receiving every request
             # once the new ones are removed.
@@ -479,9 +480,10 @@ class Traefik:
                     log.warning("traefik did not take the previous file back: %s", exc)
             raise
 
-    def _wait_routes(self, addresses: Sequence[str]) -> None:
-        """Until traefik's API shows the service with exactly `addresses` and the router
-        enabled: the old containers must not drain while traefik still sends them requests."""
+    def _wait_routes(self, addresses: Sequence[str], weights: list[int] | None = None) -> None:
+        """Until traefik's API shows the service with exactly `addresses` (and a canary's
+        `weights`, stable then canary) and the router enabled: the old containers must not
+        drain while traefik still sends them requests."""
         if self.api_url is None:
             time.sleep(TRAEFIK_UNCONFIRMED_WAIT)
             return
@@ -495,6 +497,11 @@ class Traefik:
             seen = self._api_servers()
             if sorted(seen) != want:
                 raise _NotYet
+            if weights is not None:  # the next step's share has the same servers
+                service = self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file") or {}
+                children = (service.get("weighted") or {}).get("services") or []
+                if [c.get("weight") for c in children] != weights:
+                    raise _NotYet
             router = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}@file")
             if router is None:
                 raise _NotYet

@@ -289,10 +289,6 @@ class Transaction:
         from .proxy import ProxyError
 
         stable = attempt.from_tag or "-"
-        if self.backend.split(switched, canary.plan.first_weight) is None:
-            log.info("canary: no release served %s before: it receives 100 %% at once",
-                     self.root.settings.proxy.service if self.root.settings.proxy else "")
-            return PASSED
         shown = {"weight": -1}
 
         def split(weight: int) -> tuple[list[str], list[str]]:
@@ -309,8 +305,13 @@ class Transaction:
                 checkpoint(f"canary_{progress.weight}")
 
         since = min(sw.started_ns for sw in switched) / 1e9
-        canary.runner.begin()
         try:
+            # The cutover sent the first share already; None: nothing served before, the
+            # new release has 100 % (a first deploy).
+            if self.backend.split(switched, canary.plan.first_weight) is None:
+                log.info("canary: no release served before %s: it receives 100 %% at once", attempt.tag)
+                return PASSED
+            canary.runner.begin()
             result = canary.runner.run(attempt.tag, stable, split, self.backend.watched(switched),
                                        since, baseline, on_round=journal)
         except ProxyError as exc:

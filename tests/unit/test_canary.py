@@ -364,3 +364,34 @@ def test_the_same_split_again_is_no_change_of_the_proxy() -> None:
     cut.split(old, new, 100)  # type: ignore[arg-type]
     assert driver.changes == [("split", 20), ("split", 50), ("point_at", ["s:1"]), ("split", 50),
                               ("point_at", ["c:1"])]
+
+
+def test_the_notice_of_a_promotion_and_of_an_abort() -> None:
+    from server_agent.notify import canary_notice
+
+    journal = {"tag": "v2", "canary": {"stable": "v1", "reason": "canary: check 'success_rate' failed",
+                                       "steps": [{"weight": 5, "result": "passed"},
+                                                 {"weight": 25, "result": "failed"}]}}
+    aborted = canary_notice(journal, "obs", promoted=False, host="vm1")
+    assert aborted.title == "[obs@vm1] canary v2: aborted" and aborted.level == "warning"
+    assert "canary: v2 aborted, back to v1" in aborted.body and "5 % passed, 25 % failed" in aborted.body
+    assert "success_rate" in aborted.body
+    promoted = canary_notice(journal, "obs", promoted=True, host="vm1")
+    assert promoted.level == "success" and "promoted to 100 %" in promoted.body
+
+
+def test_the_canary_weight_metric(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server_agent import metrics
+
+    path = tmp_path / "m.prom"
+
+    def weights() -> dict[str, float]:
+        return {s.labels["tag"]: s.value for f in text_string_to_metric_families(path.read_text())
+                if f.name == "obsdeploy_canary_weight" for s in f.samples}
+
+    metrics.write(path, "obs", [], "v1", healthy=True, canary=("v2", 25))
+    assert weights() == {"v2": 25}
+    metrics.write(path, "obs", [], "v1", healthy=True)
+    assert weights() == {}
