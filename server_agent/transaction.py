@@ -23,7 +23,7 @@ from . import report
 from .attempt import Attempt, Outcome, log_tail_lines
 from .backends.base import Backend, PreSwitchFailure, Release, S, Switched
 from .backup import BackupArchive, BackupSnapshot, DumpFile
-from .canary import CanaryRun
+from .canary import CanaryResult, CanaryRun
 from .checkpoint import checkpoint
 from .common.errors import ExitCode, ObsError, PreflightError, UsageError
 from .common.redact import REDACTOR
@@ -289,18 +289,19 @@ class Transaction:
         from .proxy import ProxyError
 
         stable = attempt.from_tag or "-"
-        shown = {"weight": -1}
+        shown_weight = -1
 
         def split(weight: int) -> tuple[list[str], list[str]]:
             addresses = self.backend.split(switched, weight)
             assert addresses is not None
             return addresses
 
-        def journal(progress: Any) -> None:
+        def journal(progress: CanaryResult) -> None:
+            nonlocal shown_weight
             attempt.canary = progress.as_dict()
             self.state.update(canary=attempt.canary)
-            if progress.weight != shown["weight"]:  # a new share: the metric follows it
-                shown["weight"] = progress.weight
+            if progress.weight != shown_weight:  # a new share: the metric follows it
+                shown_weight = progress.weight
                 report.canary_metric(self.root, self.state, attempt.tag, progress.weight)
                 checkpoint(f"canary_{progress.weight}")
 
