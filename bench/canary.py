@@ -7,9 +7,10 @@ At 100 requests/s of independent clients (tests/parts_proxy.Load: one thread and
 connection per request) asking the fixture observer's API through the proxy:
 
 - a good canary, 5 % → 25 % → 50 % for `--step-seconds` each: the observed share of its
-  answers at each weight, counted from one second after the share changed (the agent's
-  status is polled to see when) to the next change (target: within ±3 points, over at least
-  1,000 requests: the default 15 s steps give 1,500);
+  answers at each weight, counted from one second after the share changed to one second
+  before the next change (the agent's status is polled to see when; a poll sees a change up
+  to ~1 s late) (target: within ±3 points, over at least 1,000 requests: the default 15 s
+  steps give about 1,300);
 - a canary whose API fails 10 % of its requests (its health stays healthy): the time from its
   `min_requests`-th answer to the last answer it gave (target: within two intervals, plus the
   1 s after the abort in which it may still answer), failed requests it did not answer
@@ -68,6 +69,8 @@ class Watcher:
                 canary = json.loads(res.stdout).get("canary")
             except ValueError:
                 canary = None
+            if canary is None and self.changes and self.changes[-1][1] != 100:
+                self.changes.append((now, 100))  # promoted or aborted: the last share ended
             if canary is not None:
                 cpu = cpu_seconds(self.proc.pid)
                 if cpu is not None:
@@ -109,40 +112,51 @@ def measure(kind: str, tmp: Path, registry: str, step_seconds: float) -> list[di
         first = root.agent("deploy", "v1.0.0")
         if first.returncode != 0:
             raise RuntimeError(f"{kind}: the first deploy failed:\n{first.stdout}{first.stderr}")
+        # nginx's old workers (the placeholder upstream before the first deploy) may still
+        # answer for a moment after the reload: measured from when only v1.0.0 answers.
+        for _ in range(20):
+            with Load(f"{proxy.url}/cgi-bin/api", rate=20, max_seconds=0.5) as warm:
+                warm._stop.wait(0.5)
+            if not warm.failed and warm.versions == {"v1.0.0"}:
+                break
         code, load, watcher, out = deploy_watched(root, proxy.url, "v1.1.0")
         rows.append({"metric": f"{kind}, good canary: exit code", "value": code, "target": "0", "met": code == 0})
         bounds = watcher.changes + [(float("inf"), 100)]
         for (start, weight), (end, _) in zip(bounds, bounds[1:], strict=False):
             if weight >= 100:
                 continue
-            window = [a for a in load.answers if start + 1.0 <= a.sent < end and a.version]
+            # A second off each end: the status poll sees a change up to ~1 s late.
+            window = [a for a in load.answers if start + 1.0 <= a.sent < end - 1.0 and a.version]
             share = 100 * sum(1 for a in window if a.version == "v1.1.0") / max(len(window), 1)
             rows.append({"metric": f"{kind}, good canary at {weight} %: observed share", "value": round(share, 2),
                          "requests": len(window), "target": "within 3 points, >= 1000 requests",
                          "met": abs(share - weight) <= 3 and len(window) >= 1000})
         rows.append({"metric": f"{kind}, good canary: failed requests", "value": len(load.failed),
-                     "target": "0", "met": not load.failed})
+                     "target": "0", "met": not load.failed,
+                     "note": "; ".join(f"{a.sent:.2f}s {a.detail}" for a in load.failed[:3])
+                             + (f"; shares changed at {watcher.changes}" if load.failed else "")})
 
         code, load, watcher, out = deploy_watched(root, proxy.url, "v2.0.0-flaky")
         canary = sorted(a.sent for a in load.answers if a.version == "v2.0.0-flaky")
         reached = canary[MIN_REQUESTS - 1] if len(canary) >= MIN_REQUESTS else None
         last = canary[-1] if canary else None
         took = None if reached is None or last is None else round(last - reached, 3)
+        reason = next((line for line in out.splitlines()[::-1] if "failed (" in line), out[-300:])
         rows.append({"metric": f"{kind}, 10 % failing canary: exit code", "value": code, "target": "20",
-                     "met": code == 20})
+                     "met": code == 20, "note": f"{len(canary)} answers of the canary; {reason[-400:]}"})
         rows.append({"metric": f"{kind}, 10 % failing canary: its min_requests-th answer to its last answer",
                      "value": took, "unit": "s", "target": f"<= 2 intervals + 1 s ({2 * INTERVAL + 1:g} s)",
                      "met": took is not None and took <= 2 * INTERVAL + 1})
         others = [a for a in load.failed if a.version != "v2.0.0-flaky"]
         rows.append({"metric": f"{kind}, 10 % failing canary: failed requests not answered by it",
                      "value": len(others), "target": "0", "met": not others,
-                     "note": "; ".join(a.detail for a in others[:3])})
+                     "note": "; ".join(f"{a.sent:.2f}s {a.detail}" for a in others[:3])})
         share = watcher.cpu_share()
         rows.append({"metric": f"{kind}, the agent's CPU while it measured", "unit": "% of a core",
                      "value": None if share is None else round(100 * share, 2), "target": "<= 5",
                      "met": share is not None and share <= 0.05,
-                     "note": "includes the agent's own status polling by this benchmark: none; "
-                             "status runs in its own process"})
+                     "note": "utime+stime of the deploy's process between the first and the last "
+                             "status that showed its canary (status runs in its own process)"})
         if code != 20:
             rows[-1]["note"] += f"; output: {out[-500:]}"
     finally:
@@ -161,15 +175,24 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = [k for k in args.proxy.split(",")
              if (k == "caddy" and Path(newest_caddy()).exists()) or (k == "nginx" and shutil.which("nginx"))]
+    from bench.run import bench_lock
+
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="obsbench-canary-") as tmp:
+    with bench_lock(600), tempfile.TemporaryDirectory(prefix="obsbench-canary-") as tmp:
         registry = parts.Registry(Path(tmp) / "registry").start()
+        client = docker.from_env()
+        refs: dict[str, str] = {}
         try:
-            parts.build_fixture_images(docker.from_env(), registry.address)
+            refs = parts.build_fixture_images(client, registry.address)
             for kind in kinds:
                 rows += measure(kind, Path(tmp), registry.address, args.step_seconds)
         finally:
             registry.stop()
+            for ref in refs.values():  # this run's tags (the layers stay, shared)
+                try:
+                    client.images.remove(ref)
+                except docker.errors.APIError:
+                    pass
     for r in rows:
         print(f"{'met ' if r['met'] else 'MISS'}  {r['metric']}: {r['value']}{' ' + r['unit'] if r.get('unit') else ''}"
               f"  (target {r['target']}{'; ' + str(r['requests']) + ' requests' if 'requests' in r else ''})"
