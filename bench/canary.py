@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import parts
-from tests.parts_proxy import Load, ProxyProcess, newest_caddy, start_proxy
+from tests.parts_proxy import Load, ProxyProcess, caddy_binary, start_proxy
 
 RATE = 100
 INTERVAL = 2.0
@@ -106,7 +106,10 @@ def measure(kind: str, tmp: Path, registry: str, step_seconds: float) -> list[di
                 "interval": INTERVAL, "min_requests": MIN_REQUESTS,
                 "checks": [{"kind": "success_rate", "min": 0.99}]})
     compose = root.path / "docker-compose.server.yml"
-    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"'))
+    text = compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+    # Not a single writer (it would be, carrying the path contract): a canary runs two releases.
+    compose.write_text(text.replace("    restart: unless-stopped\n", (
+        '    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: "false"\n'), 1))
     rows: list[dict[str, Any]] = []
     try:
         first = root.agent("deploy", "v1.0.0")
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     import docker
 
     kinds = [k for k in args.proxy.split(",")
-             if (k == "caddy" and Path(newest_caddy()).exists()) or (k == "nginx" and shutil.which("nginx"))]
+             if (k == "caddy" and Path(caddy_binary()).exists()) or (k == "nginx" and shutil.which("nginx"))]
     from bench.run import bench_lock
 
     rows: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ reverse order of batches. How a batch of host calls is run (SSH, in parallel) is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -66,6 +67,8 @@ class RolloutReport(BaseModel):
     fleet_result: FleetResult | None = None
     # Which hosts could not be brought back (fleet_result failed) or were left (stopped).
     fleet_message: str | None = None
+    # From the failed batch's end to the last switched host back: the fleet's way back.
+    fleet_rollback_seconds: float | None = None
 
 
 class Host(Protocol):
@@ -151,8 +154,11 @@ def carry_out(plan: FleetPlan[H], run_batch: RunBatch[H],
         if plan.on_failure is not None and any(results[h.label].exit_code != 0
                                                for h in group.hosts):
             failed_at = group
+    back_seconds = None
     if failed_at is not None and plan.on_failure == "rollback-fleet":
+        started = time.monotonic()
         _roll_back_fleet(ran, results, run_batch, say)
+        back_seconds = round(time.monotonic() - started, 2)
     ordered = [results[h.label] for h in plan.hosts]
     fleet, message = _fleet_result(plan, ordered, failed=failed_at is not None)
     first = next((r.exit_code for r in ordered if r.exit_code not in (0, None)), 0) or 0
@@ -160,7 +166,8 @@ def carry_out(plan: FleetPlan[H], run_batch: RunBatch[H],
     code = _NOT_BACK if fleet == "failed" and plan.action == "deploy" else first
     return RolloutReport(action=plan.action, version=plan.version, batch=plan.batch,
                          exit_code=code, hosts=ordered, canary_hosts=plan.canary_hosts,
-                         on_failure=plan.on_failure, fleet_result=fleet, fleet_message=message)
+                         on_failure=plan.on_failure, fleet_result=fleet, fleet_message=message,
+                         fleet_rollback_seconds=back_seconds)
 
 
 def _roll_back_fleet(ran: list[Batch[H]], results: dict[str, HostResult], run_batch: RunBatch[H],

@@ -9,6 +9,8 @@ the fleet plan of `fleet.py` (batches, canary hosts, what a failure undoes) over
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
@@ -16,7 +18,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -287,6 +289,43 @@ class SshSession:
         self.conn.put(local, remote)
 
 
+class SshSessions:
+    """The run's sessions, one per host, kept open from the host's deploy to its fleet
+    rollback: opening one costs a key exchange and an authentication (0.1-0.5 s per host on
+    the bench's loopback hosts, paid again by every host of a fleet's way back otherwise).
+    A session whose connection dropped is opened again; one that fails is forgotten."""
+
+    def __init__(self, opts: SshOptions) -> None:
+        self.opts = opts
+        self._open: dict[str, SshSession] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SshSessions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            sessions, self._open = list(self._open.values()), {}
+        for s in sessions:
+            s.__exit__()
+
+    @contextlib.contextmanager
+    def session(self, host: HostSpec) -> Iterator[SshSession]:
+        with self._lock:
+            kept = self._open.pop(host.label, None)
+        if kept is not None and not kept.conn.is_connected:
+            kept.__exit__()
+            kept = None
+        session = kept or SshSession(host, self.opts).__enter__()
+        try:
+            yield session
+        except BaseException:
+            session.__exit__()
+            raise
+        with self._lock:
+            self._open[host.label] = session
+
+
 def batches(hosts: Sequence[HostSpec], size: int) -> list[list[HostSpec]]:
     return [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
 
@@ -300,13 +339,16 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 
 def run_on_host(host: HostSpec, action: Action, version: str | None, call: AgentCall,
-                opts: SshOptions, out: IO[str], err: IO[str]) -> HostResult:
-    """One SSH session per host. `deploy|rollback --json` answers with its outcome (from and
-    to tags included), so a deploy costs one agent run; `status --json` is asked only when
-    the agent stopped before it could answer."""
+                opts: SshOptions, out: IO[str], err: IO[str],
+                sessions: SshSessions | None = None) -> HostResult:
+    """One agent run on `host`, in the run's session to it (`sessions`) or in one of its own.
+    `deploy|rollback --json` answers with its outcome (from and to tags included), so a
+    deploy costs one agent run; `status --json` is asked only when the agent stopped before
+    it could answer."""
     started = time.monotonic()
     try:
-        with SshSession(host, opts) as session:
+        with (sessions.session(host) if sessions is not None
+              else SshSession(host, opts)) as session:
             if action == "status":
                 code, stdout = session.run(call.command("status", "--json"))
                 return HostResult(host=host.label, result=result_name(code),
@@ -342,25 +384,28 @@ def run_on_host(host: HostSpec, action: Action, version: str | None, call: Agent
 def rollout(hosts: Sequence[HostSpec], action: Action, version: str | None, call: AgentCall,
             opts: SshOptions, *, batch: int, out: IO[str], err: IO[str],
             canary_hosts: int = 0, on_failure: OnFailure = "rollback-fleet",
-            runner: Callable[..., HostResult] = run_on_host) -> RolloutReport:
+            runner: Callable[..., HostResult] | None = None) -> RolloutReport:
     """The fleet plan (`fleet.plan_fleet`) carried out over SSH: the hosts of a batch run in
-    parallel, one `runner` call each."""
+    parallel, one `runner` call each (by default `run_on_host` in the run's sessions)."""
     opts.check()
-
-    def run_batch(calls: Sequence[HostCall[HostSpec]]) -> list[HostResult]:
-        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-            futures = [pool.submit(runner, c.host, c.action, c.version, call, opts, out, err)
-                       for c in calls]
-        return [f.result() for f in futures]
+    plan = plan_fleet(hosts, action, version, batch=batch, canary_hosts=canary_hosts,
+                      on_failure=on_failure)
 
     def say(line: str) -> None:
         with _PrefixWriter.lock:
             err.write(f"obsdeploy: {line}\n")
             err.flush()
 
-    plan = plan_fleet(hosts, action, version, batch=batch, canary_hosts=canary_hosts,
-                      on_failure=on_failure)
-    return carry_out(plan, run_batch, say)
+    with SshSessions(opts) as sessions:
+        run = runner or functools.partial(run_on_host, sessions=sessions)
+
+        def run_batch(calls: Sequence[HostCall[HostSpec]]) -> list[HostResult]:
+            with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+                futures = [pool.submit(run, c.host, c.action, c.version, call, opts, out, err)
+                           for c in calls]
+            return [f.result() for f in futures]
+
+        return carry_out(plan, run_batch, say)
 
 
 def _note(message: str | None) -> str:

@@ -31,6 +31,9 @@ class Attempt:
     dumps: list[dict[str, Any]] = field(default_factory=list)  # the accessories' dumps taken
     irreversible_jobs: list[str] = field(default_factory=list)  # obsdeploy.reversible "false", run
     warnings: list[str] = field(default_factory=list)
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # each hook action run (HookRun.record)
+    # pre_switch ran and post_switch has not yet: whatever happens next, post_switch runs once.
+    paused: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step of the work
     t0: float = field(default_factory=time.monotonic)
 
@@ -50,7 +53,7 @@ class Attempt:
         for key in ("failure", "watch", "canary", "rollback_gate"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
-        for key in ("dumps", "irreversible_jobs", "warnings"):  # only when there are some
+        for key in ("dumps", "irreversible_jobs", "warnings", "hooks"):  # only when there are some
             if getattr(self, key):
                 out[key] = getattr(self, key)
         return out

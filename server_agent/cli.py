@@ -218,6 +218,8 @@ def status(ctx: Ctx, as_json: bool) -> None:
                    f"{running_canary['stable']}")
         for m in running_canary.get("measurements") or []:
             click.echo(f"  {m.get('check')}: {m.get('verdict')} {m.get('detail')}")
+    if data["maintenance"]["on"]:
+        click.echo(f"maintenance: on since {data['maintenance']['since']}: {data['maintenance']['message']}")
     proxy = data["proxy"]
     if proxy is not None:
         click.echo("proxy:     " + (f"cannot be read: {proxy['error']}" if "error" in proxy else
@@ -386,6 +388,9 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
                 click.echo(f"{'':<25} canary {st.get('weight')} % {st.get('result')} after "
                            f"{st.get('seconds')}s ({(st.get('requests') or {}).get('canary', 0)} "
                            f"answers): {measured or '-'}")
+        for h in r.get("hooks") or []:
+            if isinstance(h, dict) and h.get("result") == "failed":
+                click.echo(f"{'':<25} hook {h.get('hook')} failed: {h.get('action')}: {h.get('detail')}")
         watch = r.get("watch")
         if isinstance(watch, dict) and watch.get("result") == "failed":
             # Why the watch rolled it back: each measurement that did not pass.
@@ -543,6 +548,67 @@ def canary_abort(ctx: Ctx) -> None:
     """Send 100 % back to the release that served now, and stop the canary (its deploy
     exits 20)."""
     _canary_request(ctx, "abort")
+
+
+@cli.group()
+def maintenance() -> None:
+    """Every request through the proxy answered 503 with Retry-After and a message (JSON to
+    clients that accept JSON); deploys and rollbacks keep it as it is."""
+
+
+@maintenance.command("on")
+@click.option("--message", default=None, help="What the page says (default: down for maintenance, "
+                                              "try again later).")
+@click.option("--retry-after", type=click.IntRange(min=0), default=None,
+              help="Seconds the Retry-After header asks clients to wait (default 60).")
+@click.pass_obj
+def maintenance_on(ctx: Ctx, message: str | None, retry_after: int | None) -> None:
+    """Turn maintenance on (again: with a new message). Under the deploy lock: exit 12 while
+    a deploy runs."""
+    from .maintenance import DEFAULT_MESSAGE, DEFAULT_RETRY_AFTER, Maintenance
+    from .state import now_iso
+
+    _switch_maintenance(ctx, Maintenance(message or DEFAULT_MESSAGE, now_iso(),
+                                         DEFAULT_RETRY_AFTER if retry_after is None else retry_after))
+
+
+@maintenance.command("off")
+@click.pass_obj
+def maintenance_off(ctx: Ctx) -> None:
+    """Serve again. Under the deploy lock: exit 12 while a deploy runs."""
+    _switch_maintenance(ctx, None)
+
+
+def _switch_maintenance(ctx: Ctx, on: Any) -> None:
+    from .common.errors import PreflightError
+    from .plan import Problem
+    from .proxy import ProxyError, switch_maintenance
+    from .state import ReleaseState
+
+    root = ctx.load_root()
+    state = ReleaseState(root.state_dir)
+    state.ensure()
+    with state.lock.hold("maintenance " + ("on" if on else "off"), "-"):
+        try:
+            switch_maintenance(root, on)
+        except ProxyError as exc:  # the proxy does not answer: nothing changed
+            raise PreflightError([Problem(f"proxy.{root.settings.proxy.kind if root.settings.proxy else '-'}",
+                                          str(exc))]) from None
+    click.echo(f"maintenance on since {on.since}: {on.message}" if on else "maintenance off")
+
+
+@maintenance.command("status")
+@click.option("--json", "as_json", is_flag=True, help='Print {"on", "message", "since", "retry_after"}.')
+@click.pass_obj
+def maintenance_status(ctx: Ctx, as_json: bool) -> None:
+    """Whether maintenance is on, since when, and its message."""
+    from . import maintenance as m
+
+    current = m.read(ctx.load_root(validate=False).state_dir)
+    if as_json:
+        print_json(m.shown(current))
+    else:
+        click.echo(f"maintenance on since {current.since}: {current.message}" if current else "maintenance off")
 
 
 @cli.group()

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode
@@ -543,7 +543,8 @@ class Engine:
         _parallel(one, containers)
 
     def exec_streams(self, cid: str, argv: Sequence[str], *, timeout: float,
-                     stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
+                     stdout_fd: int | None = None, stdin: IO[bytes] | None = None,
+                     env: Mapping[str, str] | None = None) -> ExecResult:
         """Run `argv` in the running container `cid` (docker exec, no TTY), its standard output
         written to `stdout_fd` as it comes, and its standard input read from `stdin` to the
         end: a dump of any size passes through in pieces, never held in memory.
@@ -554,7 +555,8 @@ class Engine:
         from docker.utils.socket import STDOUT, frames_iter
 
         api = self.client.api
-        created = api.exec_create(cid, list(argv), stdout=True, stderr=True, stdin=stdin is not None)
+        created = api.exec_create(cid, list(argv), stdout=True, stderr=True, stdin=stdin is not None,
+                                  environment=dict(env) if env else None)
         # The raw connection, the SDK's own way to feed an exec's stdin (its `_sock` is the
         # socket). The SDK's frame reader waits in poll() without a timeout, so the deadline
         # is a timer that shuts the socket down: the reader then sees the end of the stream.

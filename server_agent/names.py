@@ -19,3 +19,6 @@ BACKUP_LABEL = "obsdeploy.backup"
 RESTORE_LABEL = "obsdeploy.restore"
 # On a job: "false" when running the older release cannot undo what it did (a migration).
 REVERSIBLE_LABEL = "obsdeploy.reversible"
+# On a release service: "true" makes it a single writer (always stop-first, never two of its
+# containers at once); "false" opts a contract service out (contract services are by default).
+SINGLE_WRITER_LABEL = "obsdeploy.single_writer"

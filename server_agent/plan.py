@@ -9,7 +9,11 @@ reports its problems, and `rollout.py` carries it out step by step.
     jobs         run once per deploy, before any release service is switched
     steps        release services by ascending obsdeploy.order, one service a step; the
                  unlabelled ones together in one last step
-    strategy     deploy.update_config.order: stop-first (default) or start-first
+    strategy     deploy.update_config.order: stop-first (default) or start-first; the proxy's
+                 service start-first, unless it is a single writer
+    single writer a contract service (unless labelled obsdeploy.single_writer "false") or one
+                 labelled "true": always stop-first, one replica (SPEC §19); behind a proxy
+                 its switch holds requests during the gap
     accessories  left alone when running, started when missing or stopped: before the first
                  step, or, when they depend on release services (a project's own nginx),
                  right after the step that switched the last of those
@@ -25,7 +29,14 @@ from typing import Any
 from .common.redact import REDACTOR
 from .compose import ComposeConfig, ServiceSpec
 from .engine import ContainerInfo
-from .names import BACKUP_LABEL, ORDER_LABEL, RESTORE_LABEL, REVERSIBLE_LABEL, ROLE_LABEL
+from .names import (
+    BACKUP_LABEL,
+    ORDER_LABEL,
+    RESTORE_LABEL,
+    REVERSIBLE_LABEL,
+    ROLE_LABEL,
+    SINGLE_WRITER_LABEL,
+)
 
 ROLES = ("release", "accessory", "job")
 STRATEGIES = ("stop-first", "start-first")
@@ -38,6 +49,8 @@ class ServicePlan:
     replicas: int
     container_name: str | None
     contract: bool  # carries the path contract, health_url and verify
+    # Never two of its containers at once (SPEC §19): stop-first everywhere, walk back included.
+    single_writer: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,13 @@ class RolloutPlan:
     changes: dict[str, list[str]] = field(default_factory=dict)
     problems: tuple[tuple[str, str], ...] = ()
     proxied: str | None = None  # the release service behind agent.proxy (SPEC §15)
+
+    @property
+    def held(self) -> bool:
+        """The proxied service is a single writer: its switch is stop-first and the proxy
+        holds requests from just before its old containers stop until its new ones passed
+        their gate (SPEC §19)."""
+        return any(s.name == self.proxied and s.single_writer for s in self.release_services)
     # Jobs labelled obsdeploy.reversible "false": once one ran, rolling back to an older
     # release is refused without --force (the older release cannot undo its migration).
     irreversible_jobs: tuple[str, ...] = ()
@@ -114,6 +134,7 @@ class RolloutPlan:
             "changes": self.changes,
             "problems": [{"code": c, "message": m} for c, m in self.problems],
             "proxied": self.proxied,
+            "held": self.held,
             "irreversible_jobs": list(self.irreversible_jobs),
             "canary": {"steps": [{"weight": w, "seconds": sec} for w, sec in self.canary],
                        "interval": self.canary_interval, "checks": list(self.canary_checks)}
@@ -144,7 +165,10 @@ class RolloutPlan:
                 f"{s.name} ({s.strategy}, {s.replicas} replica{'s' if s.replicas != 1 else ''}"
                 + (f", container_name {s.container_name}" if s.container_name else "")
                 + (", contract" if s.contract else "")
-                + (", behind the proxy: gated at its own address, then the proxy points at it"
+                + (", single writer: never two containers at once" if s.single_writer else "")
+                + ((", behind the proxy: requests held while it stops and the new one is gated "
+                    "at its own address, then sent to it" if s.single_writer else
+                    ", behind the proxy: gated at its own address, then the proxy points at it")
                    if s.name == self.proxied else "") + ")"
                 for s in st.services)
             lines.append(f"  step {i}   [{order}] {services}; gated before the next step")
@@ -183,15 +207,19 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
                ) -> RolloutPlan:
     """The plan for deploying `tag`. `containers` are the project's containers now;
     `accessory_hashes` (compose config --hash), when given, tells changed accessories.
-    `proxy_service` (SPEC §15) is switched start-first whatever its update_config says.
+    `proxy_service` (SPEC §15) is switched start-first whatever its update_config says,
+    unless it is a single writer (SPEC §19): then stop-first, with the requests held.
     `missing_images`: the accessories' images the engine lacks; one with `build:` is built
     (only then: an image that exists is never rebuilt), the others pulled."""
     from dataclasses import replace
 
-    specs = [replace(s, update_order="start-first") if s.name == proxy_service else s
-             for s in config.services]
     problems: list[tuple[str, str]] = []
-    roles = {s.name: role_of(s) for s in specs}
+    roles = {s.name: role_of(s) for s in config.services}
+    writers, writer_problems = single_writers(config.services, roles, contract)
+    problems += writer_problems
+    specs = [replace(s, update_order="start-first")
+             if s.name == proxy_service and s.name not in writers else s
+             for s in config.services]
     if proxy_service is not None and roles.get(proxy_service) != "release":
         problems.append(("plan.proxy_service",
                          f"agent.proxy.service {proxy_service!r} is not a release service of the "
@@ -219,14 +247,15 @@ def build_plan(config: ComposeConfig, tag: str, containers: list[ContainerInfo],
                              "an integer"))
             orders[s.name] = None
     problems += _order_problems(releases, orders)
-    problems += _strategy_problems(releases, proxy_service)
+    problems += _strategy_problems(releases, proxy_service, writers)
     commands = {s.name: _data_commands(s, roles[s.name], problems) for s in specs}
     irreversible = tuple(sorted(s.name for s in specs if roles[s.name] == "job"
                                 and _reversible(s, problems) is False))
 
     plans = {s.name: ServicePlan(
         name=s.name, strategy=s.update_order, replicas=s.replicas,
-        container_name=s.container_name, contract=s.name in contract) for s in releases}
+        container_name=s.container_name, contract=s.name in contract,
+        single_writer=s.name in writers) for s in releases}
     ordered = sorted((o, n) for n, o in orders.items() if o is not None)
     steps = [Step(o, (plans[n],)) for o, n in ordered]
     last = tuple(plans[n] for n in sorted(plans) if orders[n] is None)
@@ -338,14 +367,54 @@ def _order_problems(releases: list[ServiceSpec], orders: dict[str, int | None]) 
     return out
 
 
-def _strategy_problems(releases: list[ServiceSpec], proxy_service: str | None = None
-                       ) -> list[tuple[str, str]]:
+def single_writers(specs: Iterable[ServiceSpec], roles: dict[str, str], contract: set[str]
+                   ) -> tuple[set[str], list[tuple[str, str]]]:
+    """The release services that are single writers (SPEC §19): those that carry the path
+    contract, unless labelled obsdeploy.single_writer "false", and those labelled "true"."""
+    writers: set[str] = set()
+    problems = []
+    for s in specs:
+        if roles.get(s.name) != "release":
+            continue
+        label = s.labels.get(SINGLE_WRITER_LABEL)
+        if label is not None and label.lower() not in ("true", "false"):
+            problems.append(("plan.single_writer", f"service {s.name}: label {SINGLE_WRITER_LABEL}="
+                             f"{label!r} is not \"true\" or \"false\""))
+            label = None
+        if (label or "").lower() == "true" or (s.name in contract and (label or "").lower() != "false"):
+            writers.add(s.name)
+    return writers, problems
+
+
+def _writer_problems(s: ServiceSpec, why: str) -> list[tuple[str, str]]:
+    """A single writer never runs twice: not start-first, not more than one replica."""
+    out = []
+    fix = (f"or label it {SINGLE_WRITER_LABEL}: \"false\" if two of its containers may run at "
+           "the same moment")
+    if s.update_order == "start-first":
+        out.append(("plan.single_writer_start_first",
+                    f"service {s.name} is a single writer ({why}) but its deploy.update_config.order "
+                    f"is start-first, which runs two of its containers at once: set it to stop-first "
+                    f"(or remove it), {fix}"))
+    if s.replicas > 1:
+        out.append(("plan.single_writer_replicas",
+                    f"service {s.name} is a single writer ({why}) but sets deploy.replicas "
+                    f"{s.replicas}: set it to 1, {fix}"))
+    return out
+
+
+def _strategy_problems(releases: list[ServiceSpec], proxy_service: str | None = None,
+                       writers: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     out = []
     for s in releases:
         if s.update_order not in STRATEGIES:
             out.append(("plan.strategy", f"service {s.name}: deploy.update_config.order "
                         f"{s.update_order!r} is not one of {', '.join(STRATEGIES)}"))
-        if s.name == proxy_service and s.published_ports:
+        if s.name in writers:
+            labelled = s.labels.get(SINGLE_WRITER_LABEL, "").lower() == "true"
+            out += _writer_problems(s, f"label {SINGLE_WRITER_LABEL}" if labelled
+                                    else "it carries the path contract")
+        elif s.name == proxy_service and s.published_ports:
             out.append(("plan.proxy_port",
                         f"service {s.name} is behind agent.proxy, so its new containers start "
                         f"beside the old ones, but it publishes the fixed host port(s) "

@@ -19,6 +19,7 @@ from .common.errors import CommandError, ObsError
 from .common.redact import REDACTOR
 from .compose import ComposeConfig, ComposeProject, ServiceSpec
 from .engine import Engine, importing_sdk_meanwhile, socket_denied
+from .names import SINGLE_WRITER_LABEL
 from .plan import PreflightReport, Problem, RolloutPlan, build_plan, contract_services
 from .root import AgentRoot
 
@@ -59,6 +60,7 @@ def run_preflight(root: AgentRoot, backend: Backend[Any], tag: str, *,
         _check_health_url(root, report.config, report.plan, report)
         _note_source_mounts(root, report.config, report.plan, report)
         _check_aliases_in_compose(root, report.config, report)
+        _check_hook_services(root, report.config, report)
         if docker_ok:
             _note_start_interval(engine, report.config, report)
     _check_disk(root, engine if docker_ok else None, report)
@@ -81,6 +83,15 @@ def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
     if advice:
         report.notes.append(f"proxy: {advice}")
     _check_canary(root, proxy.driver, report)
+    if report.plan is not None and report.plan.proxied is not None and not proxy.driver.can_hold \
+            and any(sv.single_writer for sv in report.plan.release_services
+                    if sv.name == report.plan.proxied):
+        report.add("proxy.cannot_hold", (
+            f"service {report.plan.proxied} is a single writer, so it is switched stop-first, "
+            f"and proxy kind {root.settings.proxy.kind} cannot hold the requests that arrive "
+            "while it stops and its new container is gated (they would fail): use agent.proxy.kind "
+            f"caddy (or traefik), or label the service {SINGLE_WRITER_LABEL}: \"false\" if two of "
+            "its containers may run at once (then it is switched start-first)"))
     problem = proxy.driver.problem()
     if problem is None:
         return
@@ -103,6 +114,12 @@ def _check_canary(root: AgentRoot, driver: Proxy, report: PreflightReport) -> No
     problem = driver.canary_problem(canary.sticky)
     if problem is not None:
         report.add(f"canary.{proxy.kind}", problem)
+    plan = report.plan
+    if plan is not None and any(sv.single_writer for sv in plan.release_services if sv.name == plan.proxied):
+        report.add("canary.single_writer", (
+            f"service {plan.proxied} is a single writer: two of its releases never run at once, so "
+            f"it cannot be a canary: remove agent.canary, or label the service {SINGLE_WRITER_LABEL}: "
+            "\"false\" if two of its containers may run at once"))
     if proxy.access_log is None:
         return
     log_file = Path(proxy.access_log)
@@ -114,6 +131,20 @@ def _check_canary(root: AgentRoot, driver: Proxy, report: PreflightReport) -> No
         report.add("canary.access_log", f"agent.proxy.access_log {log_file} is not readable"
                    + (" (it does not exist)" if not log_file.exists() else "")
                    + f": {proxy.kind} must write it in the format the README's canary section shows")
+
+
+def _check_hook_services(root: AgentRoot, cfg: ComposeConfig, report: PreflightReport) -> None:
+    """An exec hook runs in a service of the project: one the compose file does not have
+    would fail at the switch (a pre_switch's: exit 13) instead of now."""
+    from .settings import HOOK_NAMES, ExecHookAction
+
+    names = sorted(s.name for s in cfg.services)
+    for hook in HOOK_NAMES:
+        for n, action in enumerate(getattr(root.settings.hooks, hook)):
+            if isinstance(action, ExecHookAction) and action.exec.service not in names:
+                report.add("hooks.exec_service", (
+                    f"agent.hooks.{hook}.{n}.exec.service: {action.exec.service!r} is not a service of "
+                    f"{root.compose_file.name} (its services: {', '.join(names) or 'none'})"))
 
 
 def contract_of(root: AgentRoot, cfg: ComposeConfig) -> set[str]:

@@ -8,11 +8,17 @@
     Nginx        the upstream file (`server ADDRESS;` lines the user's `upstream` block
                  includes), replaced atomically, then the reload command (graceful: old
                  workers finish their requests)
+    holding      (SPEC §19) a proxy that `can_hold` keeps requests waiting while a single
+                 writer's old container stops and its new one is gated: `hold()`, then
+                 `point_at` sends them on (docs/held-requests.md says how caddy does it)
     Traefik      the dynamic-configuration file its file provider watches, owned whole by
                  the agent (router and service `obsdeploy-<project>`), replaced atomically;
                  with its API, the agent waits until traefik routes to the new servers
     ProxyCutover what the rollout needs: which service, where its containers answer, how
                  long the old ones drain
+    maintenance  every request answered 503 with Retry-After and the message (caddy: routes
+                 first in the agent's server, kept by every rebuild of it; nginx: a file of
+                 its own that the user's server block includes, and a reload)
 
 Builders (the caddy server, the change for a given config, the upstream file's text) are
 pure functions, tested as values; the classes only send them.
@@ -34,6 +40,7 @@ from urllib.parse import quote, urlsplit
 from .common.errors import ObsError
 from .common.redact import REDACTOR
 from .engine import ContainerInfo
+from .maintenance import Maintenance
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -46,6 +53,13 @@ RELOAD_TIMEOUT = 30.0
 MAX_DRAIN_SECONDS = 30.0
 # The drain when the service's containers say nothing (Docker's own stop timeout).
 DEFAULT_STOP_TIMEOUT = 10
+
+
+# A held server's dial address while it holds: a unix socket that cannot exist, so each try
+# fails at once with a dial error, which caddy retries (SPEC §19).
+HOLD_DIAL = "unix//nonexistent/obsdeploy-hold.sock"
+HOLD_TRY_INTERVAL = "50ms"
+HOLD_MAX_REQUESTS = 8
 
 
 class ProxyError(ObsError):
@@ -72,6 +86,18 @@ class Proxy(Protocol):
     def advice(self) -> str | None:
         """What the host needs for the proxy's changes to lose no request (a preflight
         note), or None."""
+
+    @property
+    def can_hold(self) -> bool:
+        """Whether `hold()` works: requests wait instead of failing (SPEC §19)."""
+
+    def hold(self) -> None:
+        """From now on send no request to any container and keep arriving ones waiting
+        (up to hold_seconds) until the next point_at, which sends them on."""
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        """Answer every request with the maintenance page (None: serve again), in one change;
+        ProxyError when the proxy does not take it."""
 
 
 # --- caddy -----------------------------------------------------------------------------------
@@ -158,6 +184,57 @@ def caddy_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(g) for g in m.groups() if g is not None) if m else None
 
 
+def caddy_held_server(name: str, listen: Sequence[str], hosts: Sequence[str], dial_file: str,
+                      hold_seconds: float) -> dict[str, Any]:
+    """The server of a single writer (SPEC §19): its one upstream's dial address is the
+    content of `dial_file`, read again on every try (caddy's `{file.*}` placeholder, 2.8+),
+    and a try that cannot connect is retried every HOLD_TRY_INTERVAL for `hold_seconds`.
+    Holding is writing an address nothing listens on into the file; releasing, writing the
+    new container's. The config never changes for it, so a request already retrying sees
+    the new address on its next try (a config change would not: a request in flight keeps
+    the upstreams of the config it arrived under)."""
+    server = caddy_server(name, listen, hosts, [f"{{file.{dial_file}}}"])
+    # Released at once, every held request would connect at the same moment, more than a
+    # small listen backlog takes (python's http.server: 5): the dropped SYNs wait out TCP's
+    # retransmits, seconds. At most this many at a time go to the container; the others
+    # find no upstream free and retry every HOLD_TRY_INTERVAL (within hold_seconds).
+    server["routes"][0]["handle"][0]["upstreams"][0]["max_requests"] = HOLD_MAX_REQUESTS
+    server["routes"][0]["handle"][0]["load_balancing"] = {
+        "try_duration": f"{hold_seconds:g}s", "try_interval": HOLD_TRY_INTERVAL}
+    return server
+
+
+def caddy_maintenance_routes(name: str, hosts: Sequence[str], m: Maintenance) -> list[dict[str, Any]]:
+    """The routes that answer 503 before the reverse proxy's: JSON to a request whose Accept
+    names JSON, HTML to any other. Braces are escaped: caddy would read `{...}` in a static
+    body as a placeholder (a message could otherwise echo the request into the page)."""
+    def route(suffix: str, body: str, content_type: str, match: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "@id": f"{name}-{suffix}",
+            "handle": [{"handler": "static_response", "status_code": 503,
+                        "headers": {"Retry-After": [str(m.retry_after)], "Content-Type": [content_type],
+                                    "Cache-Control": ["no-store"]},
+                        "body": body.replace("{", "\\{").replace("}", "\\}")}],
+            "terminal": True,
+        }
+        if match:
+            out["match"] = [match]
+        return out
+
+    host = {"host": list(hosts)} if hosts else {}
+    return [route("maintenance-json", m.json_body(), "application/json",
+                  {**host, "header": {"Accept": ["*json*"]}}),
+            route("maintenance", m.html_body(), "text/html; charset=utf-8", host)]
+
+
+def caddy_with_maintenance(server: dict[str, Any], name: str, hosts: Sequence[str],
+                           m: Maintenance | None) -> dict[str, Any]:
+    """`server` with the maintenance routes first (m), or without them (None)."""
+    ours = {f"{name}-maintenance-json", f"{name}-maintenance"}
+    routes = [r for r in server.get("routes") or [] if r.get("@id") not in ours]
+    return {**server, "routes": (caddy_maintenance_routes(name, hosts, m) if m else []) + routes}
+
+
 def caddy_change(config: Any, name: str, server: dict[str, Any],
                  keys: Sequence[str] | None = None) -> tuple[str, Any]:
     """The one request (POST path, body) that puts `server` into `config` under `name`
@@ -191,6 +268,14 @@ def caddy_upstreams(server: Any) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class CaddyHold:
+    """Where the held server's dial address lives: the file the agent writes, and the same
+    file as caddy sees it (another path when caddy runs in a container that mounts it)."""
+
+    file: Path
+    seen_by_caddy: str
+    seconds: float
 def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int, str]:
     """One JSON request to a proxy's API; OSError or HTTPException when it does not answer."""
     where = urlsplit(base_url)
@@ -208,7 +293,8 @@ def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int,
 
 class Caddy:
     def __init__(self, admin_url: str, server_name: str, listen: Sequence[str],
-                 hosts: Sequence[str], access_log: str | None = None,
+                 hosts: Sequence[str], hold: CaddyHold | None = None,
+                 maintenance: Maintenance | None = None, access_log: str | None = None,
                  version_command: Sequence[str] | None = None) -> None:
         self.admin_url = admin_url
         self.name = server_name
@@ -216,20 +302,56 @@ class Caddy:
         self.hosts = list(hosts)
         self.access_log = access_log
         self.version_command = list(version_command or ["caddy", "version"])
+        self._hold = hold
+        self.maintenance = maintenance  # in force: every server the agent writes keeps it
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        config = self._request("GET", "/config/")
+        servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
+        # The server as it is (whatever it proxies to, held or not) with the routes put first
+        # or taken out; before the first deploy, a server of those routes alone.
+        server = servers.get(self.name) or {"@id": self.name, "listen": self.listen, "routes": []}
+        path, body = caddy_change(config, self.name,
+                                  caddy_with_maintenance(server, self.name, self.hosts, maintenance))
+        self._request("POST", path, body)
+        self.maintenance = maintenance
+        log.info("caddy server %s: maintenance %s", self.name, "on" if maintenance else "off")
+
+    def _maintained(self, server: dict[str, Any]) -> dict[str, Any]:
+        return caddy_with_maintenance(server, self.name, self.hosts, self.maintenance)
+
+    @property
+    def can_hold(self) -> bool:
+        return self._hold is not None
 
     def point_at(self, addresses: Sequence[str]) -> None:
-        self._put(caddy_server(self.name, self.listen, self.hosts, addresses,
-                               access_log=self.access_log is not None))
+        config = self._request("GET", "/config/")
+        if self._hold is not None and len(addresses) == 1 and self._held_server_in(config):
+            self._write_dial(addresses[0])  # the requests held, if any, go there on their next try
+            log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
+            return
+        self._put(config, self._maintained(caddy_server(self.name, self.listen, self.hosts, addresses,
+                                                        access_log=self.access_log is not None)))
         log.info("caddy server %s now proxies to %s", self.name, ", ".join(addresses))
+
+    def hold(self) -> None:
+        assert self._hold is not None
+        self._write_dial(HOLD_DIAL)
+        config = self._request("GET", "/config/")
+        if not self._held_server_in(config):
+            # Once: requests in flight finish on the old config, the old containers still run.
+            path, body = caddy_change(config, self.name, self._held_server())
+            self._request("POST", path, body)
+        log.info("caddy server %s holds requests (up to %gs)", self.name, self._hold.seconds)
 
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
         pairs = split_weights(stable, canary, weight)
-        self._put(caddy_server(self.name, self.listen, self.hosts, [a for a, _ in pairs],
-                               [w for _, w in pairs], access_log=self.access_log is not None))
+        self._put(self._request("GET", "/config/"), self._maintained(caddy_server(
+            self.name, self.listen, self.hosts, [a for a, _ in pairs], [w for _, w in pairs],
+            access_log=self.access_log is not None)))
         log.info("caddy server %s now sends %d %% to %s", self.name, weight, ", ".join(canary))
 
-    def _put(self, server: dict[str, Any]) -> None:
-        config = self._request("GET", "/config/")
+    def _put(self, config: Any, server: dict[str, Any]) -> None:
         logger = caddy_log(self.name, self.access_log) if self.access_log is not None else None
         have = (((config or {}).get("logging") or {}).get("logs") or {}).get(caddy_logger(self.name))
         if logger is not None and have != logger:
@@ -265,7 +387,36 @@ class Caddy:
     def current(self) -> list[str]:
         config = self._request("GET", "/config/")
         servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
-        return caddy_upstreams(servers.get(self.name))
+        dials = caddy_upstreams(servers.get(self.name))
+        if self._hold is not None and dials == [f"{{file.{self._hold.seen_by_caddy}}}"]:
+            try:
+                dial = self._hold.file.read_text().strip()
+            except OSError:
+                return dials
+            return [] if dial == HOLD_DIAL else [dial]
+        return dials
+
+    def _held_server(self) -> dict[str, Any]:
+        assert self._hold is not None
+        return self._maintained(caddy_held_server(self.name, self.listen, self.hosts,
+                                                  self._hold.seen_by_caddy, self._hold.seconds))
+
+    def _held_server_in(self, config: Any) -> bool:
+        servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
+        mine = servers.get(self.name)
+        # caddy adds fields of its own (e.g. an automatic @id): compare what the agent wrote.
+        return isinstance(mine, dict) and all(mine.get(k) == v for k, v in self._held_server().items())
+
+    def _write_dial(self, address: str) -> None:
+        from .state import atomic_write
+
+        assert self._hold is not None
+        try:
+            self._hold.file.parent.mkdir(parents=True, exist_ok=True)
+            # Replaced by a rename: caddy reads either the old address or the new, never half.
+            atomic_write(self._hold.file, address + "\n")
+        except OSError as exc:
+            raise ProxyError(f"cannot write caddy's dial file {self._hold.file}: {exc.strerror}") from None
 
     def problem(self) -> str | None:
         try:
@@ -308,10 +459,65 @@ def parse_nginx_upstreams(text: str) -> list[str]:
     return out
 
 
+def nginx_maintenance(m: Maintenance | None) -> str:
+    """The maintenance file, included in the user's server block: while on, every request is
+    rewritten to one of two internal locations that answer 503 (JSON when Accept names JSON).
+    The bodies are nginx strings: `$` would start a variable, so it is written as an entity
+    (HTML) or an escape (JSON); backslashes and quotes are escaped for nginx's parser."""
+    head = ("# written by obs-agent (obs-agent maintenance on|off): include it in your server "
+            "block; empty while maintenance is off\n")
+    if m is None:
+        return head
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    html_body = m.html_body().replace("$", "&#36;")
+    json_body = m.json_body().replace("$", "\\u0024")
+    where = "/.obsdeploy-maintenance"
+    page = ("location = {where}.{ext} {{ internal; default_type {ctype}; "
+            "add_header Retry-After {retry} always; add_header Cache-Control no-store always; "
+            "return 503 {body}; }}\n")
+    return (head
+            + "set $obsdeploy_maintenance html;\n"
+            + "if ($http_accept ~* \"json\") { set $obsdeploy_maintenance json; }\n"
+            + f"rewrite ^ {where}.$obsdeploy_maintenance last;\n"
+            + page.format(where=where, ext="html", ctype="text/html; charset utf-8",
+                          retry=m.retry_after, body=quoted(html_body))
+            + page.format(where=where, ext="json", ctype="application/json",
+                          retry=m.retry_after, body=quoted(json_body)))
+
+
 class Nginx:
-    def __init__(self, upstream_file: Path, reload_command: Sequence[str]) -> None:
+    def __init__(self, upstream_file: Path, reload_command: Sequence[str],
+                 maintenance_file: Path | None = None) -> None:
         self.file = upstream_file
         self.reload_command = list(reload_command)
+        self.maintenance_file = maintenance_file
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        from .common.errors import CommandError, UsageError
+        from .common.runner import run
+        from .state import atomic_write
+
+        if self.maintenance_file is None:
+            raise UsageError("maintenance through nginx needs agent.proxy.maintenance_file",
+                             hint="set agent.proxy.maintenance_file (e.g. /etc/nginx/obsdeploy/"
+                                  "observer.maintenance) and include it in your server block")
+        file = self.maintenance_file
+        before = file.read_text() if file.exists() else None
+        try:
+            atomic_write(file, nginx_maintenance(maintenance))
+        except OSError as exc:
+            raise ProxyError(f"cannot write nginx's maintenance file {file}: {exc.strerror}") from None
+        try:
+            run(self.reload_command, timeout=RELOAD_TIMEOUT)
+        except CommandError as exc:
+            if before is not None:  # nginx keeps its old configuration; the file says so again
+                atomic_write(file, before)
+            raise ProxyError(f"nginx did not reload: {exc}",
+                             hint=f"check that your server block includes {file}") from None
+        log.info("nginx maintenance %s (%s)", "on" if maintenance else "off", file)
 
     def point_at(self, addresses: Sequence[str]) -> None:
         self._write(nginx_upstreams(addresses))
@@ -366,6 +572,13 @@ class Nginx:
         if shutil.which(self.reload_command[0]) is None:
             return f"the reload command {self.reload_command[0]} is not found"
         return None
+
+    @property
+    def can_hold(self) -> bool:
+        return False  # open-source nginx cannot keep a request waiting for an upstream
+
+    def hold(self) -> None:
+        raise ProxyError("nginx cannot hold requests")
 
     def advice(self) -> str | None:
         # nginx's master keeps its listening sockets across a reload (unless `reuseport`
@@ -608,6 +821,19 @@ class Traefik:
             return f"cannot read traefik's dynamic file {self.file}: {exc.strerror}"
         return None
 
+    @property
+    def can_hold(self) -> bool:
+        return False  # not yet: a single writer behind traefik is a preflight problem
+
+    def hold(self) -> None:
+        raise ProxyError("the agent does not hold requests through traefik yet")
+
+    def set_maintenance(self, maintenance: Maintenance | None) -> None:
+        from .common.errors import UsageError
+
+        raise UsageError("maintenance is not available through traefik yet",
+                         hint="use agent.proxy.kind caddy or nginx for obs-agent maintenance")
+
     def advice(self) -> str | None:
         if self.api_url is None:
             return ("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
@@ -670,8 +896,10 @@ class ProxyCutover:
                     for c in old if c.service == self.service]
         return min(max(timeouts, default=0), MAX_DRAIN_SECONDS)
 
-    def wait_drain(self, old: Sequence[ContainerInfo]) -> None:
-        seconds = self.drain_seconds(old)
+    def wait_drain(self, old: Sequence[ContainerInfo], at_most: float = MAX_DRAIN_SECONDS) -> None:
+        if not any(c.service == self.service for c in old):
+            return  # nothing of the service left serving (a stop-first switch stopped it)
+        seconds = min(self.drain_seconds(old), at_most)
         if seconds > 0:
             log.info("draining %s for %.1fs", ", ".join(c.name for c in old
                                                           if c.service == self.service), seconds)
@@ -682,18 +910,41 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
     s: ProxySettings | None = root.settings.proxy
     if s is None:
         return None
+    from . import maintenance
+
     driver: Proxy
     name = f"obsdeploy-{root.project}"
     sticky = root.settings.canary is not None and root.settings.canary.sticky
     if s.kind == "caddy":
-        driver = Caddy(s.admin_url, name, s.listen, s.hosts, s.access_log, s.version_command)
+        file = Path(s.hold_file) if s.hold_file else root.state_dir / "proxy/upstream"
+        hold = CaddyHold(file, s.caddy_hold_file or str(file), s.hold_seconds)
+        driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold,
+                       maintenance=maintenance.read(root.state_dir), access_log=s.access_log,
+                       version_command=s.version_command)
     elif s.kind == "traefik":
         assert s.dynamic_file is not None
         driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url, sticky=sticky)
     else:
         assert s.upstream_file is not None
-        driver = Nginx(Path(s.upstream_file), s.reload_command)
+        driver = Nginx(Path(s.upstream_file), s.reload_command,
+                       Path(s.maintenance_file) if s.maintenance_file else None)
     return ProxyCutover(s.service, s.port, driver, s.drain_seconds)
+
+
+def switch_maintenance(root: AgentRoot, on: Maintenance | None) -> None:
+    """Maintenance on (`on`) or off (None) through the root's proxy, then kept in the state
+    (only once the proxy took it: the file says what the proxy does). UsageError without a
+    proxy or with one that cannot; ProxyError when it does not take the change."""
+    from . import maintenance
+    from .common.errors import UsageError
+
+    proxy = proxy_for(root)
+    if proxy is None:
+        raise UsageError("maintenance is answered by the proxy, and agent.proxy is not set",
+                         hint="set agent.proxy (caddy or nginx) in deployment_config.json")
+    proxy.driver.set_maintenance(on)
+    root.state_dir.mkdir(exist_ok=True)
+    maintenance.write(root.state_dir, on)
 
 
 def rewrite_url(url: str, address: str) -> str:

@@ -190,11 +190,29 @@ def _sections(agent: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
                 if "$ref" in subprop.get("items", {}):  # a list of one model, e.g. canary.steps
                     out.append((f"agent.{key}.{sub}[]", f"{key}.{sub}[].",
                                 defs[_def_name(subprop["items"]["$ref"])]))
-                for item in subprop.get("items", {}).get("oneOf", []):
+            lists = [(sub, subprop["items"]["oneOf"]) for sub, subprop in model["properties"].items()
+                     if "oneOf" in subprop.get("items", {})]
+            # Lists of the same kinds (hooks.pre_switch, hooks.post_switch...): one section each kind.
+            shared = len(lists) > 1 and all(items == lists[0][1] for _, items in lists)
+            for sub, items in lists[:1] if shared else lists:
+                where = f"{key}.*" if shared else f"{key}.{sub}"
+                for item in items:
                     kind_schema = defs[_def_name(item["$ref"])]
-                    kind = kind_schema["properties"]["kind"]["const"]
-                    out.append((f"agent.{key}.{sub}[] kind {kind}", f"{key}.{sub}[].", kind_schema))
+                    kind = _kind(kind_schema)
+                    out.append((f"agent.{where}[] kind {kind}", f"{where}[].", kind_schema))
+                    for field, fprop in kind_schema["properties"].items():  # an object inside (exec)
+                        if "$ref" in fprop:
+                            out.append((f"agent.{where}[].{field}", f"{where}[].{field}.",
+                                        defs[_def_name(fprop["$ref"])]))
     return out
+
+
+def _kind(schema: dict[str, Any]) -> str:
+    """A kind's name: its `kind` key's value, else the one key it requires (a hook action's
+    `http`, `exec` or `command`)."""
+    if "kind" in schema["properties"]:
+        return str(schema["properties"]["kind"]["const"])
+    return str(schema["required"][0])
 
 
 def settings_markdown() -> str:

@@ -74,6 +74,7 @@ class AgentRoot:
         settings = load_settings(self.raw_config.get("agent", {}), str(self.config_file))
         REDACTOR.add(self.secret_values(settings.secret_env))
         REDACTOR.add(url_secrets(settings.notify))
+        REDACTOR.add(settings.hooks.url_secrets())
         return settings
 
     def validate(self) -> None:

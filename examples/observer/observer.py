@@ -13,6 +13,11 @@ answers the seed's health JSON on /health:
 plain HTTP probe or the compose healthcheck reads it correctly). /live and /ready answer the
 two booleans alone.
 
+The trading pause (the seed's DeploySafetyGuard): POST /pause stops the collector between two
+records (the one being written is finished), POST /resume starts it again; both answer
+{"paused": bool}, and /health shows `checks.paused` (a paused collector is not stale, so it
+stays healthy). A deploy calls them as a pre_switch / post_switch pair of hooks.
+
 SIGTERM (and SIGINT) is graceful: the status turns `shutting_down`, the writer finishes the
 record it is writing (never a partial line), the archive is flushed and fsynced, and the
 process exits 0. A partial last line left by a hard kill (SIGKILL, power loss) is cut off at
@@ -140,6 +145,7 @@ class Observer:
         self.started = time.monotonic()
         self.stopping = threading.Event()
         self.initialized = threading.Event()
+        self.paused = threading.Event()
         self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.seq = 0
 
@@ -150,6 +156,9 @@ class Observer:
         self.initialized.set()
         rng = random.Random()
         while not self.stopping.is_set():
+            if self.paused.is_set():  # between records: the last one was written whole
+                self.stopping.wait(self.interval)
+                continue
             self.seq += 1
             record = {
                 "seq": self.seq,
@@ -176,13 +185,15 @@ class Observer:
             "archive_writable": a.last_error is None,
             "last_write_age_seconds": age,
             "records_written": a.records,
+            "paused": self.paused.is_set(),
             "environment": {name: bool(os.environ.get(name)) for name in STANDARD_ENV},
         }
         if self.stopping.is_set():
             status = "shutting_down"
         elif not self.initialized.is_set():
             status = "initializing"
-        elif not self.writer.is_alive() or a.last_error or (age is not None and age > self.stale):
+        elif not self.writer.is_alive() or a.last_error or (
+                age is not None and age > self.stale and not self.paused.is_set()):
             status = "degraded"
         else:
             status = "healthy"
@@ -240,6 +251,31 @@ def _handler(observer: Observer) -> type[BaseHTTPRequestHandler]:
                 code, body = (200 if body["ready"] else 503), {"ready": body["ready"]}
             elif path != "/health":
                 code, body = 404, {"error": "not found", "paths": ["/health", "/live", "/ready"]}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            # The body (a deploy's hook sends the attempt as JSON) says who asked, for the log.
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                asked = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                asked = {}
+            who = f" by {asked.get('action')} {asked.get('tag')}" if isinstance(asked, dict) and asked else ""
+            path = self.path.split("?", 1)[0]
+            if path in ("/pause", "/resume"):
+                if path == "/pause":
+                    observer.paused.set()
+                else:
+                    observer.paused.clear()
+                log.info("collector %s%s", "paused" if path == "/pause" else "resumed", who)
+                code, body = 200, {"paused": observer.paused.is_set()}
+            else:
+                code, body = 404, {"error": "not found", "paths": ["/pause", "/resume"]}
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")

@@ -100,6 +100,12 @@ class Backend(Protocol[S]):
         accessory has no running container here."""
         ...
 
+    def run_in_service(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                       env: dict[str, str]) -> ExecResult:
+        """Run `argv` in the service's newest running container here, with `env` (a hook's
+        exec); its output is in the result's tail. UsageError when there is none."""
+        ...
+
     def switch(self, step: Step, release: Release, *, reuse: bool,
                capture: Capture | None) -> S: ...
 

@@ -182,6 +182,14 @@ class ComposeBackend:
         newest = max(running, key=lambda c: c.number)
         return self.engine.exec_streams(newest.id, argv, timeout=timeout, stdout_fd=stdout_fd, stdin=stdin)
 
+    def run_in_service(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                       env: dict[str, str]) -> ExecResult:
+        running = [c for c in self.rollout.containers([name]) if c.running]
+        if not running:
+            raise UsageError(f"service {name} has no running container in project {self.root.project}")
+        newest = max(running, key=lambda c: c.number)
+        return self.engine.exec_streams(newest.id, argv, timeout=timeout, env=env)
+
     # --- the switch ------------------------------------------------------------------------
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Capture | None) -> Switch:
         return self.rollout.switch(step, release.tag, release.root, release.config, reuse=reuse,

@@ -13,6 +13,11 @@ With a proxy (SPEC §15) its service is start-first; once the step's gate has pa
 it stops them. Walking such a step back starts the old containers first when they no longer
 run, waits until they answer, points the proxy back at them, then stops the new.
 
+A single writer (SPEC §19) is stop-first everywhere: behind a proxy that can hold, the
+proxy holds requests from just before its old container stops until its new one passed its
+gate (`held`), then sends them on; walking it back holds again, stops the new, starts the
+old, gates it, then sends the requests to it. Two of its containers never run at once.
+
 A service's `container_name` is taken by its new container once the old one no longer runs
 (compose cannot create a second container under the same name, so the new one is created
 under compose's own name and renamed: the downtime stays one stop and one start).
@@ -52,6 +57,10 @@ class Switch(Switched):
     standing_by: list[ContainerInfo] = field(default_factory=list)
 
 
+# The longest the requests in flight at a held single writer's old container get to finish
+# before it stops (its drain, but at most this: the arriving requests wait meanwhile).
+HELD_DRAIN_SECONDS = 1.0
+
 # Gates containers started at a time.time_ns(): True when they are healthy.
 Ready = Callable[[list[ContainerInfo], int], bool]
 
@@ -66,6 +75,11 @@ class Rollout:
 
     def proxied(self, step: Step) -> bool:
         return self.proxy is not None and self.proxy.service in step.names
+
+    def held(self, step: Step) -> bool:
+        """The step's proxied service is a single writer behind a proxy that holds."""
+        return (self.proxy is not None and self.proxied(step) and self.proxy.driver.can_hold
+                and step.services_by_name[self.proxy.service].single_writer)
 
     def containers(self, services: Sequence[str]) -> list[ContainerInfo]:
         return [c for c in self.engine.project_containers(self.root.project) if c.service in services]
@@ -88,6 +102,13 @@ class Rollout:
         stop_first = [c for c in old if step.services_by_name[c.service].strategy == "stop-first"]
         hold(started, stop_first)
         t = time.monotonic()
+        if self.held(step) and old:
+            assert self.proxy is not None
+            self.proxy.driver.hold()  # no request reaches the old container from here on
+            checkpoint("held")
+            # The requests already at the old container finish before it stops (a response
+            # cut mid-way cannot be retried); every second of this is a second of the hold.
+            self.proxy.wait_drain(old, at_most=HELD_DRAIN_SECONDS)
         self.engine.stop(stop_first)
         snapshot = None
         if capture is not None:
@@ -151,7 +172,7 @@ class Rollout:
                 sw.standing_by = [c for c in stopping if c.service == self.proxy.service]
                 stopping = [c for c in stopping if c not in sw.standing_by]
             else:
-                self.proxy.wait_drain(sw.old)
+                self.proxy.wait_drain(stopping)  # a stop-first service's old ones stopped already
         self.engine.stop(stopping)
         self.settle_names(sw.step)
 
@@ -250,6 +271,9 @@ class Rollout:
         never received a request is killed at once). After a failed watch they still run,
         out of rotation: the proxy change alone brings them back."""
         assert self.proxy is not None
+        if sw.step.services_by_name[self.proxy.service].single_writer:
+            self._walk_back_single_writer(sw, failed, ready)
+            return
         stopped = [c for c in self._fresh(sw.old) if not c.running]
         if stopped:
             started_ns = time.time_ns()
@@ -266,6 +290,29 @@ class Rollout:
             self.engine.kill(sw.new)
         else:
             self.engine.stop(sw.new)
+
+    def _walk_back_single_writer(self, sw: Switch, failed: bool, ready: Ready | None) -> None:
+        """Never two writers: the new containers stop before the old start again. Behind a
+        proxy that holds, requests wait from before the new stop until the old passed their
+        gate (after a failed gate the proxy holds already)."""
+        assert self.proxy is not None
+        held = self.held(sw.step)
+        if held and sw.cut_over:
+            self.proxy.driver.hold()
+        if failed:
+            self.engine.kill(sw.new)
+        else:
+            self.engine.stop(sw.new)
+        checkpoint("failed_stopped")
+        stopped = [c for c in self._fresh(sw.old) if not c.running]
+        started_ns = time.time_ns()
+        self.engine.start(stopped)
+        if stopped and ready is not None and not ready(sw.old, started_ns):
+            raise ObsError(f"{', '.join(c.name for c in sw.old)} did not become healthy again"
+                           + ("; the proxy holds requests" if held else ""))
+        if sw.old and (held or sw.cut_over):
+            self.proxy.point_at(self._fresh(sw.old))  # the held requests go to the old release
+            sw.cut_over, sw.standing_by = False, []
 
     def _fresh(self, containers: Sequence[ContainerInfo]) -> list[ContainerInfo]:
         """Inspect again: a container's published ports are known only while it runs."""

@@ -275,6 +275,21 @@ class SwarmBackend:
                          hint=f"place {name} on the manager the agent runs on (deploy.placement."
                               "constraints: [node.role == manager]) so its data can be dumped")
 
+    def run_in_service(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                       env: dict[str, str]) -> ExecResult:
+        """In the service's running task on this node: docker exec reaches only this engine."""
+        for task in self.swarm.tasks([name]):
+            if task.state != "running" or not task.container_id:
+                continue
+            try:
+                self.engine.inspect(task.container_id)
+            except EngineHTTPError:  # a task of another node
+                continue
+            return self.engine.exec_streams(task.container_id, argv, timeout=timeout, env=env)
+        raise UsageError(f"service {name} has no running task on this node",
+                         hint=f"place {name} on the manager the agent runs on for its exec hook "
+                              "(deploy.placement.constraints: [node.role == manager])")
+
     # --- the switch ------------------------------------------------------------------------
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Capture | None) -> SwarmSwitch:
         """One `docker stack deploy` of the step's services (`reuse` needs nothing here: the

@@ -58,7 +58,8 @@ _MEANINGS = {
     ExitCode.PREFLIGHT: "preflight failed; nothing changed",
     ExitCode.IMAGE: "image or registry failure; nothing changed",
     ExitCode.LOCKED: "another deploy holds the lock; nothing changed",
-    ExitCode.JOB_FAILED: "a job or accessory failed before the switch; nothing running was switched",
+    ExitCode.JOB_FAILED: ("a job, an accessory or a pre_switch hook failed before the switch; nothing running "
+                          "was switched"),
     ExitCode.ROLLED_BACK: "release failed; rolled back, the previous release is healthy",
     ExitCode.ROLLBACK_FAILED: "release failed; the rollback failed or there was nothing to roll back to",
     ExitCode.VERIFY_FAILED: "verify: the running release fails its checks",

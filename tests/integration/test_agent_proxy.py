@@ -28,6 +28,7 @@ from tests.parts_proxy import (
     TraefikProcess,
     start_proxy,
     traefik_binary,
+    wait_serving,
 )
 
 RATE = 100
@@ -45,14 +46,19 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxyProce
     proc.stop()
 
 
-def proxied_root(tmp_path: Path, registry: str, proxy: ProxyProcess,
-                 **proxy_extra: object) -> parts.AgentRootDir:
+def proxied_root(tmp_path: Path, registry: str, proxy: ProxyProcess, *,
+                 single_writer: bool = False, **proxy_extra: object) -> parts.AgentRootDir:
+    """The observer behind `proxy`. It carries the path contract, so it is a single writer
+    (SPEC §19) unless labelled otherwise: these tests of the start-first cutover (§15) label it
+    obsdeploy.single_writer "false"; test_agent_held.py tests it as the single writer it is."""
     root = parts.make_agent_root(tmp_path / "observer", registry, f"obs-{uuid.uuid4().hex[:8]}",
                                  health_url=f"{proxy.url}/health",
                                  proxy=proxy.proxy_settings(drain_seconds=1, **proxy_extra))
     compose = root.path / "docker-compose.server.yml"
-    compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"',
-                                                   '"127.0.0.1::8000"'))
+    text = compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
+    label = "true" if single_writer else "false"
+    compose.write_text(text.replace("    restart: unless-stopped\n", (
+        f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
     return root
 
 
@@ -65,13 +71,15 @@ def behind_proxy(tmp_path: Path, registry: parts.Registry, images: dict[str, str
     try:
         first = root.agent("deploy", "v1.0.0")
         assert first.returncode == 0, first.stdout + first.stderr
+        wait_serving(f"{proxy.url}/health")
         yield root
     finally:
         root.down()
 
 
-def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str) -> tuple[int, Load, str]:
-    with Load(f"{url}/health", rate=RATE, max_seconds=90) as load:
+def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str,
+                      timeout: float = 5.0) -> tuple[int, Load, str]:
+    with Load(f"{url}/health", rate=RATE, timeout=timeout, max_seconds=90) as load:
         load._stop.wait(0.5)  # traffic flows before the agent starts
         res = root.agent(*args)
         load._stop.wait(0.5)
@@ -212,6 +220,9 @@ def test_preflight_checks_the_proxy(tmp_path: Path, registry: parts.Registry,
                                  proxy={"kind": "caddy", "service": "observer", "port": 8000,
                                         "admin_url": f"http://127.0.0.1:{parts.free_port()}",
                                         "listen": [":8080"]})
+    compose = root.path / "docker-compose.server.yml"  # start-first: not a single writer
+    compose.write_text(compose.read_text().replace("    restart: unless-stopped\n", (
+        '    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: "false"\n'), 1))
     res = root.agent("check", "--json")
     assert res.returncode == 10, res.stdout + res.stderr
     codes = {p["code"] for p in json.loads(res.stdout)["problems"]}
@@ -249,8 +260,7 @@ def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
     parts_project.build_project_images(docker_client, registry.address)
     root = proxied_root(tmp_path, registry.address, proxy)
     compose = root.path / "docker-compose.server.yml"
-    text = compose.read_text().replace("    restart: unless-stopped\n", (
-        "    restart: unless-stopped\n    labels:\n      obsdeploy.order: \"1\"\n"), 1)
+    text = compose.read_text().replace("    labels:\n", '    labels:\n      obsdeploy.order: "1"\n', 1)
     scanner = (f"  scanner:\n    image: {registry.address}/{parts.REPOSITORY}:${{IMAGE_TAG:?IMAGE_TAG required}}\n"
                "    labels:\n      obsdeploy.order: \"2\"\n    stop_grace_period: 2s\n"
                "    environment:\n      ROLE: scanner\n")
@@ -274,7 +284,9 @@ def test_caddy_as_an_accessory_from_the_compose_template(
         tmp_path: Path, registry: parts.Registry, images: dict[str, str], docker_client) -> None:  # type: ignore[no-untyped-def]
     """compose/docker-compose.proxied.yml's caddy service (network_mode: host, --resume) as
     the accessory of a project: the first deploy starts it and then points it at the release;
-    a deploy under load fails nothing and never restarts caddy; after a restart of caddy its
+    a deploy under load of the observer, a single writer, holds the requests of the gap in
+    caddy (reading the dial file through the template's mount), fails nothing and never
+    restarts caddy; after a restart of caddy its
     autosave brings the agent's server back."""
     import subprocess
 
@@ -290,7 +302,7 @@ def test_caddy_as_an_accessory_from_the_compose_template(
         health_url=f"http://127.0.0.1:{listen}/health",
         proxy={"kind": "caddy", "service": "observer", "port": 8000,
                "admin_url": f"http://127.0.0.1:{admin}", "listen": [f"127.0.0.1:{listen}"],
-               "drain_seconds": 1})
+               "drain_seconds": 1, "caddy_hold_file": "/obsdeploy-proxy/upstream"})
     config = json.loads((root.path / "deployment_config.json").read_text())
     config["environment"]["CADDY_ADMIN"] = f"127.0.0.1:{admin}"
     (root.path / "deployment_config.json").write_text(json.dumps(config))
@@ -298,7 +310,7 @@ def test_caddy_as_an_accessory_from_the_compose_template(
     accessory = "  caddy:\n" + template.split("\n  caddy:\n", 1)[1]
     compose = root.path / "docker-compose.server.yml"
     compose.write_text(compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
-                       + accessory.replace("image: caddy:2.8", f"image: {caddy_ref}"))
+                       + accessory.replace("image: caddy:2.11", f"image: {caddy_ref}"))
     url = f"http://127.0.0.1:{listen}"
     try:
         first = root.agent("deploy", "v1.0.0")
@@ -307,7 +319,9 @@ def test_caddy_as_an_accessory_from_the_compose_template(
         (caddy,) = parts_project.running(root.project, "caddy")
         assert caddy["HostConfig"]["NetworkMode"] == "host"
 
-        code, load, out = deploy_under_load(root, url, "deploy", "v1.1.0")
+        # The observer is a single writer: caddy holds the requests of the gap (10 s is the
+        # clients' patience, SPEC §19's measure).
+        code, load, out = deploy_under_load(root, url, "deploy", "v1.1.0", timeout=10.0)
         assert code == 0, out
         assert_no_failed_requests(load)
         assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()

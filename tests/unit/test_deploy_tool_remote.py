@@ -32,7 +32,7 @@ from deploy_tool.remote import (
     rollout,
     run_on_host,
 )
-from server_agent.common.errors import NOTHING_CHANGED, ExitCode, UsageError
+from server_agent.common.errors import NOTHING_CHANGED, ExitCode, SSHError, UsageError
 
 
 @pytest.mark.parametrize(
@@ -292,3 +292,70 @@ def test_force_reaches_the_agent_on_a_rollback_only(monkeypatch: pytest.MonkeyPa
                 SshOptions(), io.StringIO(), io.StringIO())
     agent_runs = [shlex.split(c) for c in session.commands if shlex.split(c)[1] != "status"]
     assert ("--force" in agent_runs[0]) is passed, agent_runs
+
+
+class CountingSession(FakeSession):
+    """A FakeSession that counts the connections opened; `drop` makes the next check of a
+    kept session find its connection gone. Deploys answer from v1.0.0 to the version, with
+    exit 20 on `failing`."""
+
+    opened: list[str] = []
+    failing = "vm3"
+
+    def __init__(self, host: HostSpec, opts: SshOptions) -> None:
+        self.host = host
+        self.connected = True
+        self.conn = self
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def __enter__(self) -> CountingSession:
+        self.opened.append(self.host.label)
+        return self
+
+    def run(self, command: str, **kwargs: object) -> tuple[int, str]:
+        argv = shlex.split(command)
+        code = 20 if argv[1] == "deploy" and self.host.label == self.failing else 0
+        to = argv[-1] if argv[1] == "deploy" and code == 0 else "v1.0.0"
+        return code, json.dumps({"from_tag": "v1.0.0", "current_tag": to})
+
+
+def test_a_fleet_rollback_reuses_each_hosts_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = type("Session", (CountingSession,), {"opened": []})
+    monkeypatch.setattr(remote, "SshSession", session)
+    hosts = [HostSpec(host=f"vm{i}") for i in range(1, 4)]
+    report = rollout(hosts, "deploy", "v1.1.0", AgentCall(), SshOptions(), batch=1,
+                     out=io.StringIO(), err=io.StringIO())
+    assert report.fleet_result == "rolled_back"
+    assert [h.fleet_rollback.result for h in report.hosts[:2]] == ["ok", "ok"]  # type: ignore[union-attr]
+    assert report.fleet_rollback_seconds is not None
+    # Three deploys and two rollbacks over three connections: one per host.
+    assert sorted(session.opened) == ["vm1", "vm2", "vm3"]
+
+
+def test_a_dropped_session_is_opened_again() -> None:
+    import contextlib
+
+    opened: list[CountingSession] = []
+
+    class Session(CountingSession):
+        def __enter__(self) -> CountingSession:
+            opened.append(self)
+            return self
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(remote, "SshSession", Session)
+        sessions = stack.enter_context(remote.SshSessions(SshOptions()))
+        host = HostSpec(host="vm1")
+        with sessions.session(host) as first:
+            pass
+        first.connected = False  # type: ignore[attr-defined]
+        with sessions.session(host) as second:
+            pass
+        with pytest.raises(SSHError), sessions.session(host):
+            raise SSHError("vm1: connection lost")
+        with sessions.session(host) as third:
+            pass
+    assert first is not second and second is not third and len(opened) == 3

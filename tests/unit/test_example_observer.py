@@ -180,3 +180,38 @@ def test_partial_line_from_a_hard_kill_is_cut_at_start(start) -> None:  # type: 
     assert again.stop() == 0
     records = lines(again.archive)
     assert len(records) >= 3
+
+
+def test_pause_stops_the_collector_and_resume_starts_it_again(start) -> None:  # type: ignore[no-untyped-def]
+    obs = start()
+    obs.wait_health()
+    obs.wait_until(lambda: obs.get()[1]["checks"]["records_written"] >= 2, what="records")
+
+    def post(path: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+        body = json.dumps({"action": "deploy", "tag": "v2.0.0", "from_tag": "v1.0.0", "result": None}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{obs.port}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:  # noqa: S310 (loopback)
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert post("/pause") == (200, {"paused": True})
+    code, health = obs.get()
+    assert code == 200 and health["status"] == "healthy" and health["checks"]["paused"] is True
+    # Paused between two records: at most the one in flight is finished, then nothing more.
+    obs.wait_until(lambda: obs.archive.read_text().count("\n") == obs.get()[1]["checks"]["records_written"],
+                   what="the archive to hold every record")
+    written = obs.get()[1]["checks"]["records_written"]
+    lines = obs.archive.read_text().count("\n")
+    time.sleep(0.5)  # ten intervals: a collector still running would write ten records meanwhile
+    assert obs.get()[1]["checks"]["records_written"] <= written + 1
+    assert obs.archive.read_text().count("\n") <= lines + 1
+    assert post("/resume") == (200, {"paused": False})
+    resumed_at = obs.get()[1]["checks"]["records_written"]
+    obs.wait_until(lambda: obs.get()[1]["checks"]["records_written"] > resumed_at + 2, what="records again")
+    assert obs.get()[1]["checks"]["paused"] is False
+    assert post("/nowhere")[0] == 404
+    assert obs.stop() == 0
+    assert all(json.loads(line) for line in obs.archive.read_text().splitlines())

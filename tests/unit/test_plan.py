@@ -158,3 +158,50 @@ def test_release_override_labels_and_resets() -> None:
     assert text.count('"obsdeploy.release": "v2"') == 2
     assert text.count("depends_on: !reset {}") == 2
     assert text.count("container_name: !reset null") == 1
+
+
+def test_single_writers_are_contract_services_or_labelled_and_always_stop_first() -> None:
+    services = {
+        "observer": {"image": IMG},  # carries the contract: a single writer
+        "reader": {"image": IMG, "labels": {"obsdeploy.single_writer": "false"}},
+        "ledger": {"image": IMG, "labels": {"obsdeploy.single_writer": "true"}},
+        "web": {"image": IMG},
+    }
+    plan = build_plan(_config(services), "v2", [], contract={"observer", "reader"})
+    assert {s.name for s in plan.release_services if s.single_writer} == {"observer", "ledger"}
+    assert plan.problems == ()
+    assert plan.as_dict()["steps"][0]["services"][1]["single_writer"] is True  # ledger
+    assert any("observer (stop-first" in line and "single writer" in line for line in plan.describe())
+
+
+def test_start_first_or_replicas_for_a_single_writer_is_a_problem_naming_what_to_change() -> None:
+    services = {
+        "observer": {"image": IMG, "deploy": {"update_config": {"order": "start-first"}}},
+        "ledger": {"image": IMG, "labels": {"obsdeploy.single_writer": "true"},
+                   "deploy": {"replicas": 2}},
+        "odd": {"image": IMG, "labels": {"obsdeploy.single_writer": "yes"}},
+    }
+    problems = dict(build_plan(_config(services), "v2", [], contract={"observer"}).problems)
+    assert sorted(problems) == ["plan.single_writer", "plan.single_writer_replicas",
+                                "plan.single_writer_start_first"]
+    assert "observer" in problems["plan.single_writer_start_first"]
+    assert "deploy.update_config.order" in problems["plan.single_writer_start_first"]
+    assert "obsdeploy.single_writer" in problems["plan.single_writer_start_first"]
+    assert "deploy.replicas 2" in problems["plan.single_writer_replicas"]
+    # Opting out lifts both.
+    services["observer"]["labels"] = {"obsdeploy.single_writer": "false"}
+    services["ledger"]["labels"] = {}
+    del services["odd"]
+    assert build_plan(_config(services), "v2", [], contract={"observer"}).problems == ()
+
+
+def test_a_proxied_single_writer_is_stop_first_and_held() -> None:
+    services = {"observer": {"image": IMG}}
+    held = build_plan(_config(services), "v2", [], contract={"observer"}, proxy_service="observer")
+    [observer] = held.release_services
+    assert (observer.strategy, observer.single_writer, held.held) == ("stop-first", True, True)
+    assert held.as_dict()["held"] is True
+    assert any("requests held" in line for line in held.describe())
+    # Not a single writer: start-first behind the proxy, as before.
+    plain = build_plan(_config(services), "v2", [], contract=set(), proxy_service="observer")
+    assert (plain.release_services[0].strategy, plain.held) == ("start-first", False)

@@ -192,3 +192,24 @@ def test_caddy_advice_names_the_sysctl_that_keeps_its_reloads_lossless(tmp_path:
     setting.write_text("1\n")
     assert migrate_req_advice(setting) is None
     assert "Linux 5.14" in (migrate_req_advice(tmp_path / "missing") or "")
+
+
+def test_caddys_held_server_reads_its_dial_address_from_a_file_on_every_try() -> None:
+    from server_agent.proxy import HOLD_DIAL, caddy_held_server
+
+    server = caddy_held_server("obsdeploy-p", [":80"], [], "/srv/proxy/upstream", 30)
+    [handler] = server["routes"][0]["handle"]
+    assert handler["upstreams"] == [{"dial": "{file./srv/proxy/upstream}", "max_requests": 8}]
+    assert handler["load_balancing"] == {"try_duration": "30s", "try_interval": "50ms"}
+    # While holding, every try fails to connect at once (and is retried): a unix socket
+    # that cannot exist, a valid dial address for caddy.
+    assert HOLD_DIAL.startswith("unix//nonexistent/")
+
+
+def test_nginx_cannot_hold() -> None:
+    from server_agent.proxy import Nginx, ProxyError
+
+    nginx = Nginx(Path("/tmp/x.upstream"), ["nginx", "-s", "reload"])
+    assert nginx.can_hold is False
+    with pytest.raises(ProxyError):
+        nginx.hold()

@@ -329,8 +329,8 @@ def test_json_doc_status_on_a_swarm(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     root = _status_root(tmp_path, {"engine": "swarm"})
     monkeypatch.setattr(server_agent.backends.swarm, "Swarm", Swarm)
     got = _paths(status(root, _Engine([])))  # type: ignore[arg-type]
-    # last_action is the same object as without a swarm, described there.
-    got = {p for p in got if not p.startswith("last_action.")}
+    # last_action and maintenance are the same objects as without a swarm, described there.
+    got = {p for p in got if not p.startswith(("last_action.", "maintenance."))}
     assert got == _doc_keys("json.md", "`obs-agent status --json` with `engine: swarm`")
 
 
@@ -341,7 +341,8 @@ def test_json_doc_history() -> None:
     section = _doc_keys("json.md", "`obs-agent history --json [--limit N]`")
     attempt = Attempt("deploy", "v1.0.0", failure={"reason": "x"}, watch={"result": "passed"},
                       canary={"result": "promoted"}, rollback_gate={"healthy": True, "reason": "healthy"},
-                      dumps=[{"accessory": "db"}], irreversible_jobs=["migrate"], warnings=["w"])
+                      dumps=[{"accessory": "db"}], irreversible_jobs=["migrate"], warnings=["w"],
+                      hooks=[{"hook": "pre_switch"}])
     record = attempt.record("success")
     assert set(HISTORY_KEYS) <= section
     assert set(record) == section, "docs/json.md: the history keys are " + ", ".join(record)

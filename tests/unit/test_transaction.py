@@ -58,6 +58,7 @@ class FakeBackend:
     broken: dict[str, str] = field(default_factory=dict)  # tag -> the service that fails
     failing_job: bool = False
     walk_back_fails: bool = False
+    switch_fails: bool = False  # the first switch raises before it touched anything
     log: list[str] = field(default_factory=list)
     name: str = "fake"
     engine: Any = None
@@ -83,8 +84,17 @@ class FakeBackend:
         if self.failing_job:
             raise PreSwitchFailure(f"job {job} exited with code 1", {"job": {"name": job}})
 
+    def run_in_service(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                       env: dict[str, str]) -> Any:
+        from server_agent.engine import ExecResult
+
+        self.log.append(f"exec {name} {' '.join(argv)} result={env['OBSDEPLOY_RESULT'] or '-'}")
+        return ExecResult(1 if argv[0] == "false" else 0, 0, "it said no" if argv[0] == "false" else "")
+
     def switch(self, step: Step, release: Release, *, reuse: bool, capture: Any) -> Switched:
         self.log.append(f"switch {','.join(step.names)} {release.tag}")
+        if self.switch_fails:
+            raise RuntimeError("compose could not create the containers")
         sw = FakeSwitch(step, release.tag, before={s: self.running.get(s) for s in step.names})
         for s in step.names:
             self.running[s] = release.tag
@@ -141,10 +151,16 @@ class FakeSwitch(Switched):
 
 
 @pytest.fixture
-def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AgentRoot:
+def hooks() -> dict[str, Any]:
+    """agent.hooks of the root (a test sets it before asking for `root`)."""
+    return {}
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hooks: dict[str, Any]) -> AgentRoot:
     (tmp_path / "deployment_config.json").write_text(json.dumps({"agent": {
         "health_timeout": 2, "stabilize_seconds": 0, "verify": {"paths": []}, "required_env": [],
-        "secret_env": [], "backup_paths": []}}))
+        "secret_env": [], "backup_paths": [], "hooks": hooks}}))
     (tmp_path / "docker-compose.server.yml").write_text("services: {}\n")  # kept with a good release
     agent_root = AgentRoot(tmp_path)
     config = ComposeConfig({"services": {}}, {})
@@ -214,3 +230,105 @@ def test_a_walk_back_that_cannot_be_made_is_exit_21_and_says_why(root: AgentRoot
     assert outcome.exit_code == ExitCode.ROLLBACK_FAILED, outcome
     assert "the engine went away" in outcome.message
     assert state.history.records()[-1]["rollback_gate"]["healthy"] is False
+
+
+def exec_hook(word: str) -> dict[str, Any]:
+    return {"exec": {"service": "observer", "argv": [word]}}
+
+
+ALL_HOOKS = {name: [exec_hook(name)] for name in ("pre_switch", "post_switch", "post_deploy", "on_rollback")}
+
+
+def hook_lines(backend: FakeBackend) -> list[str]:
+    return [line for line in backend.log if line.startswith(("exec", "switch", "back", "job", "commit"))]
+
+
+@pytest.mark.parametrize("hooks", [ALL_HOOKS])
+def test_hooks_run_around_the_switch_in_order_and_are_in_history(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"})
+    outcome, state = run(root, backend, "v2.0.0")
+    assert outcome.exit_code == ExitCode.OK, outcome
+    assert hook_lines(backend) == [
+        "job migrate", "exec observer pre_switch result=-", "switch gateway v2.0.0",
+        "switch observer v2.0.0", "exec observer post_switch result=-", "commit keep v1.0.0",
+        "exec observer post_deploy result=success"]  # no rollback: no on_rollback
+    hooks = state.history.records()[-1]["hooks"]
+    assert [(h["hook"], h["action"], h["result"], h["detail"]) for h in hooks] == [
+        ("pre_switch", "exec in observer: pre_switch", "ok", "exit 0"),
+        ("post_switch", "exec in observer: post_switch", "ok", "exit 0"),
+        ("post_deploy", "exec in observer: post_deploy", "ok", "exit 0")]
+    assert all(isinstance(h["duration_s"], float) for h in hooks)
+
+
+@pytest.mark.parametrize("hooks", [ALL_HOOKS])
+def test_post_switch_runs_after_a_failed_switch_went_back(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"}, broken={"v2.0.0": "observer"})
+    outcome, state = run(root, backend, "v2.0.0")
+    assert outcome.exit_code == ExitCode.ROLLED_BACK, outcome
+    assert hook_lines(backend)[-6:] == [
+        "switch observer v2.0.0", "back observer", "back gateway",
+        "exec observer post_switch result=rolled_back", "exec observer on_rollback result=rolled_back",
+        "exec observer post_deploy result=rolled_back"]
+    assert [h["hook"] for h in state.history.records()[-1]["hooks"]] == [
+        "pre_switch", "post_switch", "on_rollback", "post_deploy"]
+
+
+@pytest.mark.parametrize("hooks", [{**ALL_HOOKS, "pre_switch": [exec_hook("false"), exec_hook("never")]}])
+def test_a_failed_pre_switch_is_exit_13_nothing_switched_and_post_switch_still_runs(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"})
+    outcome, state = run(root, backend, "v2.0.0")
+    assert outcome.exit_code == ExitCode.JOB_FAILED, outcome
+    assert "pre_switch hook exec in observer: false failed: exit 1; output: it said no" in outcome.message
+    assert hook_lines(backend) == [  # the action after the failed one never ran
+        "job migrate", "exec observer false result=-", "exec observer post_switch result=failed",
+        "exec observer post_deploy result=failed"]
+    assert backend.running == {"gateway": "v1.0.0", "observer": "v1.0.0"}
+    record = state.history.records()[-1]
+    assert record["result"] == "failed" and record["failure"]["hook"]["hook"] == "pre_switch"
+    assert state.last_good_tag() == "v1.0.0"
+
+
+@pytest.mark.parametrize("hooks", [{"post_switch": [exec_hook("false"), exec_hook("resume")],
+                                    "post_deploy": [{"command": ["false"]}]}])
+def test_other_hooks_failures_are_recorded_and_never_change_the_exit_code(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"})
+    outcome, state = run(root, backend, "v2.0.0")
+    assert outcome.exit_code == ExitCode.OK, outcome
+    # No pre_switch: post_switch is the resume of a pause that never happened.
+    assert not [line for line in backend.log if "exec" in line]
+    assert [(h["hook"], h["result"], h["detail"]) for h in state.history.records()[-1]["hooks"]] == [
+        ("post_deploy", "failed", "exit 1; output: ")]
+
+
+@pytest.mark.parametrize("hooks", [{"pre_switch": [exec_hook("pause")],
+                                    "post_switch": [exec_hook("false"), exec_hook("resume")]}])
+def test_every_post_switch_action_runs_even_after_one_failed(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"})
+    outcome, state = run(root, backend, "v2.0.0")
+    assert outcome.exit_code == ExitCode.OK, outcome
+    assert [h["result"] for h in state.history.records()[-1]["hooks"]] == ["ok", "failed", "ok"]
+
+
+@pytest.mark.parametrize("hooks", [ALL_HOOKS])
+def test_a_manual_rollback_runs_on_rollback(root: AgentRoot) -> None:
+    state = ReleaseState(root.state_dir)
+    state.ensure()
+    for tag in ("v1.0.0", "v2.0.0"):
+        state.history.append({"action": "deploy", "tag": tag, "result": "success"})
+    state.set_last_good_tag("v2.0.0")
+    backend = FakeBackend({"gateway": "v2.0.0", "observer": "v2.0.0"})
+    outcome = Transaction(root, backend, state).rollback("v1.0.0")  # type: ignore[arg-type]
+    assert outcome.exit_code == ExitCode.OK, outcome
+    assert [h["hook"] for h in state.history.records()[-1]["hooks"]] == [
+        "pre_switch", "post_switch", "on_rollback", "post_deploy"]
+
+
+@pytest.mark.parametrize("hooks", [ALL_HOOKS])
+def test_post_switch_runs_when_the_switch_itself_raised(root: AgentRoot) -> None:
+    backend = FakeBackend({"gateway": "v1.0.0", "observer": "v1.0.0"}, switch_fails=True)
+    with pytest.raises(RuntimeError):
+        run(root, backend, "v2.0.0")
+    state = ReleaseState(root.state_dir)
+    assert hook_lines(backend)[-3:] == ["switch gateway v2.0.0", "exec observer post_switch result=failed",
+                                        "exec observer post_deploy result=failed"]
+    assert [h["hook"] for h in state.history.records()[-1]["hooks"]] == ["pre_switch", "post_switch", "post_deploy"]

@@ -1,0 +1,73 @@
+"""Maintenance: while on, the proxy answers every request 503, with Retry-After and a small
+page holding the message (JSON to a client that accepts JSON, else HTML).
+
+The state is the file DIR/state/maintenance.json, written once the proxy took the change and
+removed once it took it back. A deploy or rollback reads it when it builds its proxy driver,
+so a switch keeps maintenance as it is (caddy: the agent's server is rebuilt with the
+maintenance routes still first; nginx: the maintenance file is not the upstream file).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "maintenance.json"
+DEFAULT_MESSAGE = "The service is down for maintenance. Please try again later."
+DEFAULT_RETRY_AFTER = 60
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    message: str
+    since: str
+    retry_after: int = DEFAULT_RETRY_AFTER
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"on": True, "message": self.message, "since": self.since, "retry_after": self.retry_after}
+
+    def json_body(self) -> str:
+        return json.dumps({"status": "maintenance", "message": self.message, "since": self.since,
+                           "retry_after": self.retry_after})
+
+    def html_body(self) -> str:
+        return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head>"
+                f"<body><h1>Down for maintenance</h1><p>{html.escape(self.message)}</p></body></html>")
+
+
+OFF: dict[str, Any] = {"on": False, "message": None, "since": None, "retry_after": None}
+
+
+def read(state_dir: Path) -> Maintenance | None:
+    """The maintenance in force, or None (off). A file that cannot be read as one counts as
+    on with the default message: the operator turned it on, and only `off` turns it off."""
+    path = state_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return Maintenance(DEFAULT_MESSAGE, "")
+    if not isinstance(data, dict):
+        return Maintenance(DEFAULT_MESSAGE, "")
+    retry = data.get("retry_after")
+    return Maintenance(str(data.get("message") or DEFAULT_MESSAGE), str(data.get("since") or ""),
+                       retry if isinstance(retry, int) and retry >= 0 else DEFAULT_RETRY_AFTER)
+
+
+def write(state_dir: Path, maintenance: Maintenance | None) -> None:
+    from .state import atomic_write
+
+    path = state_dir / STATE_FILE
+    if maintenance is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, json.dumps(maintenance.as_dict()) + "\n")
+
+
+def shown(maintenance: Maintenance | None) -> dict[str, Any]:
+    """`status --json`'s and `maintenance status --json`'s object."""
+    return dict(OFF) if maintenance is None else maintenance.as_dict()
