@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import parts
-from tests.parts_proxy import Load, ProxyProcess, caddy_binary, start_proxy
+from tests.parts_proxy import Load, ProxyProcess, caddy_binary, start_proxy, wait_serving
 
 RATE = 100
 INTERVAL = 2.0
@@ -117,11 +117,7 @@ def measure(kind: str, tmp: Path, registry: str, step_seconds: float) -> list[di
             raise RuntimeError(f"{kind}: the first deploy failed:\n{first.stdout}{first.stderr}")
         # nginx's old workers (the placeholder upstream before the first deploy) may still
         # answer for a moment after the reload: measured from when only v1.0.0 answers.
-        for _ in range(20):
-            with Load(f"{proxy.url}/cgi-bin/api", rate=20, max_seconds=0.5) as warm:
-                warm._stop.wait(0.5)
-            if not warm.failed and warm.versions == {"v1.0.0"}:
-                break
+        wait_serving(f"{proxy.url}/health")
         code, load, watcher, out = deploy_watched(root, proxy.url, "v1.1.0")
         rows.append({"metric": f"{kind}, good canary: exit code", "value": code, "target": "0", "met": code == 0})
         bounds = watcher.changes + [(float("inf"), 100)]

@@ -30,6 +30,7 @@ from tests.parts_proxy import (
     caddy_binary,
     start_proxy,
     traefik_binary,
+    wait_serving,
 )
 
 RATE = 100
@@ -80,6 +81,7 @@ def canaried(tmp_path: Path, registry: parts.Registry, images: dict[str, str],
     try:
         first = root.agent("deploy", "v1.0.0")
         assert first.returncode == 0, first.stdout + first.stderr
+        wait_serving(f"{proxy.url}/health")  # nginx's old workers: the placeholder, a moment
         assert "canary" not in (parts.history(root)[0].get("canary") or {}), parts.history(root)[0]
         yield root
     finally:
