@@ -416,7 +416,7 @@ class ProxiedAgentSide(AgentSide):
     ephemeral port, the prober goes through the proxy. `deploy("rollback")` rolls back."""
 
     def __init__(self, path: Path, registry: str, project: str, settings: dict[str, Any],
-                 kind: str) -> None:
+                 kind: str, *, single_writer: bool = False) -> None:
         from tests.parts_proxy import start_proxy
 
         self.proxy = start_proxy(kind, path.parent)
@@ -425,7 +425,12 @@ class ProxiedAgentSide(AgentSide):
             "proxy": self.proxy.proxy_settings(drain_seconds=1)})
         self.name = f"obs-agent + {kind}"
         f = self.root.path / "docker-compose.server.yml"
-        f.write_text(f.read_text().replace(f'"127.0.0.1:{self.root.port}:8000"', '"127.0.0.1::8000"'))
+        text = f.read_text().replace(f'"127.0.0.1:{self.root.port}:8000"', '"127.0.0.1::8000"')
+        # The observer carries the path contract, a single writer (stop-first, held): the
+        # start-first cutover (scenario 7) labels it out of that; scenario 10 measures it.
+        label = "true" if single_writer else "false"
+        f.write_text(text.replace("    restart: unless-stopped\n", (
+            f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
         self.port = self.proxy.listen_port
 
     def deploy(self, tag: str, env: dict[str, str] | None = None,

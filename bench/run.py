@@ -77,6 +77,7 @@ TITLES = {
     "7": "behind a proxy (caddy, nginx, traefik): good deploy, crash, error, rollback",
     "8": "a deploy dumping a 1 GiB PostgreSQL accessory (obsdeploy.backup) vs pg_dump alone",
     "9": "obsdeploy release of five images: in parallel vs one after the other; one changed",
+    "10": "a single writer held behind caddy and traefik: good deploy, crash, error",
 }
 # Scenario 9: each image's build waits this long in a RUN step (as a build waits on
 # downloads), so that the five builds take about the same time.
@@ -939,6 +940,11 @@ class Bench:
         from bench import accessory_data
 
         return accessory_data.run(self)
+
+    def scenario_10(self) -> dict[str, Any]:
+        from bench import held
+
+        return held.run(self)
 
     def run(self, only: set[str]) -> dict[str, Any]:
         started = time.monotonic()

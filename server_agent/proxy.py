@@ -13,7 +13,8 @@
                  `point_at` sends them on (docs/held-requests.md says how caddy does it)
     Traefik      the dynamic-configuration file its file provider watches, owned whole by
                  the agent (router and service `obsdeploy-<project>`), replaced atomically;
-                 with its API, the agent waits until traefik routes to the new servers
+                 with its API, the agent waits until traefik routes to the new servers;
+                 it holds by sending requests back into itself (traefik_hold_dynamic)
     ProxyCutover what the rollout needs: which service, where its containers answer, how
                  long the old ones drain
     maintenance  every request answered 503 with Retry-After and the message (caddy: routes
@@ -276,6 +277,8 @@ class CaddyHold:
     file: Path
     seen_by_caddy: str
     seconds: float
+
+
 def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int, str]:
     """One JSON request to a proxy's API; OSError or HTTPException when it does not answer."""
     where = urlsplit(base_url)
@@ -595,12 +598,8 @@ TRAEFIK_POLL = 0.1
 
 
 def traefik_dynamic(name: str, entrypoint: str, rule: str, addresses: Sequence[str]) -> dict[str, Any]:
-    """The whole dynamic file the agent owns: one router and one service, both `name`.
-
-    The later guarantees go here, each still one replacement of this file: held requests
-    (single writers) as a `retry` middleware on this router (`middlewares: [<name>-hold]`,
-    defined under http.middlewares), and canary weights as a `weighted` service named `name`
-    whose children are one loadBalancer per release; the router keeps naming `name`."""
+    """The whole dynamic file the agent owns: one router and one service, both `name` (a
+    canary's split is traefik_weighted, still one replacement of this file)."""
     return {"http": {
         "routers": {name: {"entryPoints": [entrypoint], "rule": rule, "service": name}},
         "services": {name: {"loadBalancer": {"servers": [{"url": f"http://{a}"} for a in addresses]}}},
@@ -625,8 +624,103 @@ def traefik_weighted(name: str, entrypoint: str, rule: str, stable: Sequence[str
     }}
 
 
+# Held requests through traefik (SPEC §19, docs/held-requests.md). A request keeps the
+# handlers of the configuration it arrived under for all its retries, so a held request
+# cannot wait for a server the next file names. Instead it is sent back into traefik itself
+# (the `hop`), marked by a header: each try is a new request, routed by whatever
+# configuration traefik has at that moment. While holding, the marked request gets
+# noop@internal's 418 at once and the retry middleware tries again; once released, it
+# reaches the new container, at most HOLD_MAX_REQUESTS of them at a time (traefik's
+# inFlightReq answers the others 429, retried the same way: see caddy's max_requests).
+TRAEFIK_HELD_HEADER = "X-Obsdeploy-Held"
+TRAEFIK_RETRY_STATUS = ["418", "429"]
+# Each try of a held request is a request through traefik (the hop), not a failed dial as
+# in caddy: measured here with about 500 held, 0.55 cores of traefik at 50 ms, 0.26 at
+# 200 ms, and the release drained slower for it on 2 cores. Traefik's backoff grows each
+# wait from this to twice it.
+TRAEFIK_HOLD_INTERVAL = 0.1
+# Above any rule-length priority traefik computes for the user's own routers.
+TRAEFIK_HELD_PRIORITY = 1_000_000_000
+# Traefik applying the hold or the release later than this: the user's providersThrottleDuration.
+TRAEFIK_SLOW_APPLY = 0.5
+
+
+def _held_rule(name: str) -> str:
+    return f"Header(`{TRAEFIK_HELD_HEADER}`, `{name}`)"
+
+
+def traefik_released_dynamic(name: str, entrypoint: str, rule: str,
+                             addresses: Sequence[str]) -> dict[str, Any]:
+    """A single writer's file once released to `addresses`: traefik_dynamic, plus the
+    router `<name>-held` that takes the marked requests still held to the same service."""
+    doc = traefik_dynamic(name, entrypoint, rule, addresses)
+    doc["http"]["routers"][f"{name}-held"] = {
+        "entryPoints": [entrypoint], "rule": _held_rule(name), "priority": TRAEFIK_HELD_PRIORITY,
+        "service": name, "middlewares": [f"{name}-redial", f"{name}-trickle", f"{name}-unmark"]}
+    doc["http"]["middlewares"] = {
+        # A held request's hop that cannot connect to the container would answer the held
+        # request 502 (not retried: only traefik's own statuses are): a dial error is
+        # retried here, as it never reached the container.
+        f"{name}-redial": {"retry": {"attempts": 3, "initialInterval": "50ms"}},
+        f"{name}-trickle": {"inFlightReq": {"amount": HOLD_MAX_REQUESTS}},
+        # An empty value removes the header: the container never sees the mark.
+        f"{name}-unmark": {"headers": {"customRequestHeaders": {TRAEFIK_HELD_HEADER: ""}}}}
+    return doc
+
+
+def traefik_hold_dynamic(name: str, entrypoint: str, rule: str, hop_url: str,
+                         hold_seconds: float) -> dict[str, Any]:
+    """A single writer's file while holding: the router sends every request to traefik
+    itself at `hop_url`, marked, retried for `hold_seconds`; the marked ones get a 418."""
+    # Enough tries that the timeout, not the count, ends the wait (traefik's backoff grows
+    # from the interval to twice it).
+    attempts = int(hold_seconds / TRAEFIK_HOLD_INTERVAL) + 2
+    return {"http": {
+        "routers": {
+            name: {"entryPoints": [entrypoint], "rule": rule, "service": f"{name}-hold",
+                   "middlewares": [f"{name}-hold", f"{name}-mark"]},
+            f"{name}-held": {"entryPoints": [entrypoint], "rule": _held_rule(name),
+                             "priority": TRAEFIK_HELD_PRIORITY, "service": "noop@internal"},
+        },
+        "services": {f"{name}-hold": {"loadBalancer": {"servers": [{"url": hop_url}]}}},
+        "middlewares": {
+            f"{name}-hold": {"retry": {
+                "attempts": attempts, "initialInterval": f"{TRAEFIK_HOLD_INTERVAL * 1000:g}ms",
+                "timeout": f"{hold_seconds:g}s", "status": TRAEFIK_RETRY_STATUS,
+                # The status retried is traefik's own (418, 429): no container saw the request.
+                "retryNonIdempotentMethod": True}},
+            f"{name}-mark": {"headers": {"customRequestHeaders": {TRAEFIK_HELD_HEADER: name}}},
+        },
+    }}
+
+
 # The cookie a sticky canary keeps a client on its release with.
 STICKY_COOKIE = "obsdeploy_canary"
+
+
+def traefik_hop_url(entrypoint: Any) -> str:
+    """Where traefik reaches its own entrypoint (its API's entrypoint object): a wildcard
+    address is reached on loopback."""
+    address = str((entrypoint or {}).get("address") or "").split("/", 1)[0]  # ":80/tcp"
+    host, _, port = address.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def traefik_expects(doc: Any, name: str) -> tuple[str | None, list[str], list[int] | None]:
+    """What a dynamic file of ours makes traefik do: the service its router `name` names,
+    the servers of the service `name` (none while holding; a canary's: its children's), and
+    a canary's weights (else None)."""
+    http_doc = (doc.get("http") or {}) if isinstance(doc, dict) else {}
+    router = (http_doc.get("routers") or {}).get(name)
+    service = router.get("service") if isinstance(router, dict) else None
+    services = http_doc.get("services") or {}
+    children = ((services.get(name) or {}).get("weighted") or {}).get("services") or []
+    if children:  # a canary's split: each release's loadBalancer, and the weights
+        return (service, [a for c in children for a in traefik_servers(services.get(c.get("name")))],
+                [c.get("weight") for c in children])
+    return service, traefik_servers(services.get(name)), None
 
 
 def traefik_servers(service: Any) -> list[str]:
@@ -643,7 +737,7 @@ class _NotYet(Exception):
 class Traefik:
     def __init__(self, dynamic_file: Path, name: str, entrypoint: str, rule: str,
                  api_url: str | None, confirm_timeout: float = RELOAD_TIMEOUT,
-                 sticky: bool = False) -> None:
+                 hold_seconds: float = 30.0, sticky: bool = False) -> None:
         self.sticky = sticky
         self.file = dynamic_file
         self.name = name
@@ -651,22 +745,65 @@ class Traefik:
         self.rule = rule
         self.api_url = api_url
         self.confirm_timeout = confirm_timeout
+        self.hold_seconds = hold_seconds
+
+    @property
+    def can_hold(self) -> bool:
+        # The agent must see traefik take the hold before the old container stops, and
+        # learns from the API where traefik's entrypoint listens (the hop).
+        return self.api_url is not None
 
     def point_at(self, addresses: Sequence[str]) -> None:
-        self._write(traefik_dynamic(self.name, self.entrypoint, self.rule, addresses), addresses)
-        log.info("traefik service %s now routes to %s", self.name, ", ".join(addresses))
+        held = len(addresses) == 1 and self._held_router_in(self._read())
+        doc = (traefik_released_dynamic if held else traefik_dynamic)(
+            self.name, self.entrypoint, self.rule, addresses)
+        self._replace(doc)
+        log.info("traefik service %s now routes to %s%s", self.name, ", ".join(addresses),
+                 " (held router)" if held else "")
 
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
         split_weights(stable, canary, weight)  # the same refusals as the other kinds
-        self._write(traefik_weighted(self.name, self.entrypoint, self.rule, stable, canary,
-                                     weight, self.sticky), [*stable, *canary], [100 - weight, weight])
+        self._replace(traefik_weighted(self.name, self.entrypoint, self.rule, stable, canary,
+                                       weight, self.sticky))
         log.info("traefik service %s now sends %d %% to %s", self.name, weight, ", ".join(canary))
 
     def canary_problem(self, sticky: bool) -> str | None:
         return None  # weighted services (and their sticky cookie) are traefik 2's own
 
-    def _write(self, doc: dict[str, Any], addresses: Sequence[str],
-               weights: list[int] | None = None) -> None:
+    def hold(self) -> None:
+        if self.api_url is None:
+            raise ProxyError("traefik holds requests only with agent.proxy.api_url set")
+        entrypoint = self._api_get(f"/api/entrypoints/{quote(self.entrypoint, safe='')}")
+        if entrypoint is None:
+            raise ProxyError(f"traefik has no entrypoint {self.entrypoint!r}")
+        if ((entrypoint.get("http") or {}).get("tls")) is not None:
+            # The hop is plain HTTP back into this entrypoint.
+            raise ProxyError(f"traefik's entrypoint {self.entrypoint} terminates TLS: the agent "
+                             "holds requests only on a plain HTTP entrypoint",
+                             hint="docs/held-requests.md, \"Behind traefik\"")
+        took = self._replace(traefik_hold_dynamic(self.name, self.entrypoint, self.rule,
+                                                  traefik_hop_url(entrypoint), self.hold_seconds))
+        if took > TRAEFIK_SLOW_APPLY:
+            log.warning("traefik took %.1fs to apply the hold: every held request waits as much "
+                        "again for the release; set its providers.providersThrottleDuration "
+                        "(default 2s) to 100ms", took)
+        log.info("traefik router %s holds requests (up to %gs)", self.name, self.hold_seconds)
+
+    def _read(self) -> Any:
+        import yaml
+
+        try:
+            return yaml.safe_load(self.file.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+
+    def _held_router_in(self, doc: Any) -> bool:
+        routers = ((doc.get("http") or {}).get("routers") or {}) if isinstance(doc, dict) else {}
+        return f"{self.name}-held" in routers
+
+    def _replace(self, doc: dict[str, Any]) -> float:
+        """Write `doc` as the whole file and wait until traefik applied it (seconds taken);
+        when it does not, put the previous file back so traefik keeps what it serves."""
         import yaml
 
         from .state import atomic_write
@@ -674,12 +811,13 @@ class Traefik:
         before = self.file.read_text() if self.file.exists() else None
         text = ("# written by obs-agent, replaced whole on every switch: keep your own routers "
                 "and services in other files\n" + yaml.safe_dump(doc, sort_keys=False))
+        t = time.monotonic()
         try:
             atomic_write(self.file, text)
         except OSError as exc:
             raise ProxyError(f"cannot write traefik's dynamic file {self.file}: {exc.strerror}") from None
         try:
-            self._wait_routes(addresses, weights)
+            self._wait_routes(*traefik_expects(doc, self.name))
         except ProxyError:
             # Back to what traefik served, so the old containers keep receiving every request
             # once the new ones are removed.
@@ -688,15 +826,18 @@ class Traefik:
             else:
                 atomic_write(self.file, before)
                 try:
-                    self._wait_routes(self._file_servers(before))
+                    self._wait_routes(*traefik_expects(self._parse(before), self.name))
                 except ProxyError as exc:
                     log.warning("traefik did not take the previous file back: %s", exc)
             raise
+        return time.monotonic() - t
 
-    def _wait_routes(self, addresses: Sequence[str], weights: list[int] | None = None) -> None:
-        """Until traefik's API shows the service with exactly `addresses` (and a canary's
-        `weights`, stable then canary) and the router enabled: the old containers must not
-        drain while traefik still sends them requests."""
+    def _wait_routes(self, service: str | None, addresses: Sequence[str],
+                     weights: list[int] | None = None) -> None:
+        """Until traefik's API shows the router naming `service`, enabled, and the service
+        `name` with exactly `addresses` (a canary's: its children's, with `weights`, stable
+        then canary): the old containers must not drain (or stop, when holding) while
+        traefik still sends them requests."""
         if self.api_url is None:
             time.sleep(TRAEFIK_UNCONFIRMED_WAIT)
             return
@@ -716,7 +857,7 @@ class Traefik:
                 if [c.get("weight") for c in children] != weights:
                     raise _NotYet
             router = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}@file")
-            if router is None:
+            if router is None or router.get("service") != service:
                 raise _NotYet
             if router.get("status") != "enabled":
                 raise ProxyError(f"traefik refused the router {self.name}: "
@@ -730,8 +871,9 @@ class Traefik:
                 with attempt:
                     routed()
         except _NotYet:
+            target = ", ".join(want) or f"its hold ({service})"
             raise ProxyError(
-                f"traefik did not route {self.name} to {', '.join(want)} within "
+                f"traefik did not route {self.name} to {target} within "
                 f"{self.confirm_timeout:g} s of writing {self.file} (it routes to "
                 f"{', '.join(seen) or 'nothing'}): see traefik's log",
                 hint="traefik's file provider must watch that file (providers.file.directory or "
@@ -766,32 +908,21 @@ class Traefik:
         return [a for child in children for a in traefik_servers(
             self._api_get(f"/api/http/services/{quote(str(child.get('name')), safe='')}@file"))]
 
-    def _file_servers(self, text: str) -> list[str]:
-        service = self._file_service(text)
-        children = ((service or {}).get("weighted") or {}).get("services") or []
-        if not children:
-            return traefik_servers(service)
-        import yaml
-
-        services = ((yaml.safe_load(text) or {}).get("http") or {}).get("services") or {}
-        return [a for child in children for a in traefik_servers(services.get(child.get("name")))]
-
-    def _file_service(self, text: str) -> Any:
+    def _parse(self, text: str) -> Any:
         import yaml
 
         try:
-            doc = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ProxyError(f"traefik's dynamic file {self.file} is not YAML: {exc}",
                              hint="remove it: the agent writes it whole on the next deploy") from None
-        return ((doc.get("http") or {}).get("services") or {}).get(self.name) if isinstance(doc, dict) else None
 
     def current(self) -> list[str]:
         """Where traefik routes, as its API says; without the API, as the file says."""
         if self.api_url is not None:
             return self._api_servers()
         try:
-            return self._file_servers(self.file.read_text())
+            return traefik_expects(self._parse(self.file.read_text()), self.name)[1]
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -807,7 +938,7 @@ class Traefik:
             return f"the directory of traefik's dynamic file {self.file} is not writable by uid {os.getuid()}"
         try:
             if self.file.exists():
-                self._file_service(self.file.read_text())
+                self._parse(self.file.read_text())
             if self.api_url is None:
                 return None
             if self._api_get(f"/api/entrypoints/{quote(self.entrypoint, safe='')}") is None:
@@ -820,13 +951,6 @@ class Traefik:
         except OSError as exc:
             return f"cannot read traefik's dynamic file {self.file}: {exc.strerror}"
         return None
-
-    @property
-    def can_hold(self) -> bool:
-        return False  # not yet: a single writer behind traefik is a preflight problem
-
-    def hold(self) -> None:
-        raise ProxyError("the agent does not hold requests through traefik yet")
 
     def set_maintenance(self, maintenance: Maintenance | None) -> None:
         from .common.errors import UsageError
@@ -923,7 +1047,8 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
                        version_command=s.version_command)
     elif s.kind == "traefik":
         assert s.dynamic_file is not None
-        driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url, sticky=sticky)
+        driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url,
+                         hold_seconds=s.hold_seconds, sticky=sticky)
     else:
         assert s.upstream_file is not None
         driver = Nginx(Path(s.upstream_file), s.reload_command,

@@ -346,9 +346,9 @@ class ProxySettings(BaseModel):  # SPEC §15
                     "stop_grace_period, else 10), at most 30.")
     hold_seconds: float = Field(
         30, gt=0, le=300,
-        description="caddy, a single-writer service (its switch is stop-first): how long a "
-                    "request arriving while the old container stops and the new one is gated "
-                    "waits for it before caddy answers 502.")
+        description="caddy or traefik, a single-writer service (its switch is stop-first): how "
+                    "long a request arriving while the old container stops and the new one is "
+                    "gated waits for it before the proxy answers (caddy 502, traefik 418).")
     hold_file: str | None = Field(
         None, description="caddy, a single-writer service: the absolute path of the file the "
                           "agent writes the container's address into; caddy reads it on every "

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,20 @@ class NginxProcess:
         wait_port(self.listen_port)
         return self
 
+    def wait_one_worker(self, timeout: float = 30) -> None:
+        """Until the master has one worker (NGINX_CONF's worker_processes): after a reload,
+        the old worker keeps accepting on the shared socket, with the old upstreams, until it
+        has finished its connections."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.05), reraise=True,
+                                retry=retry_if_exception_type(AssertionError)):
+            with attempt:
+                workers = children.read_text().split()
+                assert len(workers) == 1, workers
+
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "nginx", "service": service, "port": 8000,
                 "upstream_file": str(self.upstream_file),
@@ -188,6 +204,9 @@ api:
   insecure: true
 ping: {{}}
 providers:
+  # What docs/held-requests.md asks of a traefik that holds: every second traefik waits
+  # before applying a change is a second more for each held request (default 2s).
+  providersThrottleDuration: 100ms
   file:
     directory: "{dynamic}"
     watch: true
@@ -252,7 +271,12 @@ class TraefikProcess:
     def stop(self) -> None:
         if self.proc:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                # Its graceful stop waits up to its graceTimeOut (10 s) for open connections.
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
@@ -438,22 +462,50 @@ def build_caddy_image(client: Any, registry: str) -> str:  # noqa: ANN401 (docke
 
 
 # --- single writers (SPEC §19) -----------------------------------------------------------------
+Holding = Callable[[], bool]
+
+
+def caddy_holding(dial_file: Path) -> Holding:
+    """Caddy holds while the dial file it reads on every try names the hold address."""
+    from server_agent.proxy import HOLD_DIAL
+
+    def holding() -> bool:
+        try:
+            return dial_file.read_text().strip() == HOLD_DIAL
+        except OSError:
+            return False
+    return holding
+
+
+def traefik_holding(api_url: str, project: str) -> Holding:
+    """Traefik holds while its API says the agent's router sends requests to the hold
+    service (what traefik applied, not what the file says)."""
+    def holding() -> bool:
+        try:
+            with urllib.request.urlopen(f"{api_url}/api/http/routers/obsdeploy-{project}@file",
+                                        timeout=2) as resp:
+                return bool(json.load(resp).get("service") == f"obsdeploy-{project}-hold")
+        except (OSError, ValueError):
+            return False
+    return holding
+
+
 class WriterWatch:
     """Samples, every `interval` seconds, the running containers of one service of a compose
-    project (docker's own list, the engine's truth), and `dial_file` (caddy's held dial
-    address) when given: the most writers at once, and how long the proxy held."""
+    project (docker's own list, the engine's truth), and whether the proxy holds (`holding`,
+    when given): the most writers at once, and how long the proxy held."""
 
     def __init__(self, project: str, service: str = "observer", interval: float = 0.05,
-                 dial_file: Path | None = None) -> None:
+                 holding: Holding | None = None) -> None:
         import docker
 
         self.client = docker.from_env()
         self.filters = {"label": [f"com.docker.compose.project={project}",
                                   f"com.docker.compose.service={service}"], "status": "running"}
         self.interval = interval
-        self.dial_file = dial_file
+        self.holding = holding
         self.samples: list[tuple[float, list[str]]] = []  # (monotonic, running container ids)
-        self.dials: list[tuple[float, str]] = []
+        self.holds: list[tuple[float, bool]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -471,29 +523,33 @@ class WriterWatch:
             ids = [c.id for c in self.client.containers.list(filters=self.filters, ignore_removed=True)]
             now = time.monotonic()
             self.samples.append((now, ids))
-            if self.dial_file is not None:
-                try:
-                    self.dials.append((now, self.dial_file.read_text().strip()))
-                except OSError:
-                    pass
+            if self.holding is not None:
+                self.holds.append((now, self.holding()))
             self._stop.wait(self.interval)
 
     @property
     def most_at_once(self) -> int:
         return max((len(ids) for _, ids in self.samples), default=0)
 
-    def longest_hold(self) -> float:
-        """The longest stretch of samples in which the dial file held (seconds)."""
-        from server_agent.proxy import HOLD_DIAL
-
-        longest, start = 0.0, None
-        for t, dial in self.dials:
-            if dial == HOLD_DIAL:
-                start = t if start is None else start
-                longest = max(longest, t - start + self.interval)
-            else:
+    def hold_spans(self) -> list[tuple[float, float]]:
+        """The (start, end) monotonic times of each stretch of samples in which the proxy held."""
+        spans: list[tuple[float, float]] = []
+        start = None
+        for t, held in self.holds:
+            if held and start is None:
+                start = t
+            elif not held and start is not None:
+                spans.append((start, t))
                 start = None
-        return longest
+        if start is not None:
+            spans.append((start, self.holds[-1][0] + self.interval))
+        return spans
+
+    def longest_hold(self) -> float:
+        """The longest stretch of samples in which the proxy held (seconds)."""
+        return max((end - start for start, end in self.hold_spans()), default=0.0)
+
+
 TRAEFIK_IMAGE_REPO = "obs/traefik"
 
 

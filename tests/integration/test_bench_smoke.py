@@ -21,7 +21,7 @@ from tests.conftest import missing
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
+SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
 
 
 def numbers(value: object) -> list[float]:
@@ -34,7 +34,8 @@ def numbers(value: object) -> list[float]:
     return []
 
 
-TARGET = re.compile(r"^<= (?P<limit>[0-9.]+) ?(?P<unit>x|s|ms)$")
+TARGET = re.compile(r"^<= (?P<limit>[0-9.]+) ?(?P<unit>x|s|ms)?$")  # no unit: a count
+HELD = re.compile(r"^<= gap \+ (?P<slack>[0-9.]+) s$")
 
 
 def expected_met(row: dict) -> bool | None:  # type: ignore[type-arg]
@@ -46,6 +47,9 @@ def expected_met(row: dict) -> bool | None:  # type: ignore[type-arg]
     if m:
         value = row["ratio"] if m["unit"] == "x" else row["ours"]
         return None if value is None else value <= float(m["limit"])
+    m = HELD.match(target)
+    if m:  # the longest request against the gap the proxy held (script column), which must exist
+        return bool(row["script"]) and row["ours"] <= row["script"] + float(m["slack"])
     if target == "0":  # behind a proxy: no failed request, and no failing release answered
         return row["ours"] == 0 and "FAILED RELEASE SERVED" not in row["note"]
     if target.startswith("<= 1.1x the raw floor"):  # the note says how far from the floor
@@ -86,6 +90,10 @@ def test_met_is_judged_from_the_target() -> None:
          "target": "all 0", "met": False},
         {"unit": "s", "ours": 3.0, "script": 1.0, "swarm": None, "ratio": 3.0,
          "target": "(info)", "met": None},
+        {"unit": "", "ours": 1, "script": None, "swarm": None, "ratio": None,
+         "target": "<= 1", "met": True},
+        {"unit": "s", "ours": 3.5, "script": 3.0, "swarm": None, "ratio": 3.5 / 3.0,
+         "target": "<= gap + 1 s", "met": True},
     ]
     check_rows({"1": {"rows": good}})
     wrong = [
@@ -94,6 +102,9 @@ def test_met_is_judged_from_the_target() -> None:
         {**good[2], "met": True},             # 200 ms reported under 150 ms
         {**good[3], "ours": [0], "met": True},  # the failing release exited 0
         {**good[5], "met": True},             # an info row claiming a target
+        {**good[6], "ours": 2},               # two writers at once reported as met
+        {**good[7], "ours": 4.5, "ratio": 1.5},  # held 1.5 s past the gap reported as met
+        {**good[7], "script": 0, "ratio": None},  # no gap seen: nothing was held
     ]
     for bad in wrong:
         with pytest.raises(AssertionError):
@@ -113,7 +124,7 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
     data = json.loads(out.read_text())
     assert data["meta"]["mode"] == "quick"
     scenarios = data["scenarios"]
-    assert sorted(scenarios) == SCENARIOS
+    assert sorted(scenarios, key=int) == SCENARIOS
 
     for sid in SCENARIOS[:5]:
         sc = scenarios[sid]
@@ -152,6 +163,15 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
     assert row("2", "time until the old release answers again, raw docker floor")["ours"] > 0
     assert row("1", "wall time floor of the gate alone")["ours"] > 0
     assert row("5", "obs-agent --help")["ours"] > 0
+    # A single writer held behind caddy and traefik: every case ran, one writer at a time,
+    # never a failing release answering, the archive one run of records per writer.
+    ten = scenarios["10"]
+    assert ten["measured"], ten.get("note")
+    assert len(ten["runs"]) == 6, ten["runs"]  # caddy and traefik: good, crash, error
+    assert [r["exit_code"] for r in ten["runs"]] == [0, 20, 20] * 2, ten["runs"]
+    assert all(r["most_writers"] == 1 and r["holds_s"] for r in ten["runs"]), ten["runs"]
+    assert all(r["archive_runs"] == r["archive_writers"] for r in ten["runs"]), ten["runs"]
+    assert not [r for r in ten["rows"] if "FAILED RELEASE SERVED" in r["note"]], ten["rows"]
     # The release of five images: the one-changed release built one and reused four.
     [one] = [r for r in scenarios["9"]["runs"] if r["kind"] == "one changed"]
     assert (one["built"], one["reused"]) == (1, 4), one

@@ -395,3 +395,10 @@ def test_the_canary_weight_metric(tmp_path: Path) -> None:
     assert weights() == {"v2": 25}
     metrics.write(path, "obs", [], "v1", healthy=True)
     assert weights() == {}
+
+
+def test_traefik_expects_a_splits_children_and_weights() -> None:
+    from server_agent.proxy import traefik_expects
+
+    doc = traefik_weighted("obsdeploy-o", "web", "r", ["s:1"], ["c:1"], 25, sticky=False)
+    assert traefik_expects(doc, "obsdeploy-o") == ("obsdeploy-o", ["s:1", "c:1"], [75, 25])

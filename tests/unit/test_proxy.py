@@ -213,3 +213,56 @@ def test_nginx_cannot_hold() -> None:
     assert nginx.can_hold is False
     with pytest.raises(ProxyError):
         nginx.hold()
+
+
+def test_traefik_holds_by_sending_requests_back_into_itself_marked() -> None:
+    """While holding, the router retries (on traefik's own 418 and 429 only) a hop back
+    into traefik's entrypoint; the marked hop gets the 418 until the release routes it, at
+    most 8 at a time, to the container (SPEC §19; docs/held-requests.md)."""
+    from server_agent.proxy import (
+        traefik_expects,
+        traefik_hold_dynamic,
+        traefik_hop_url,
+        traefik_released_dynamic,
+    )
+
+    hold = traefik_hold_dynamic("obsdeploy-p", "web", "Host(`a`)", "http://127.0.0.1:80", 30)["http"]
+    assert hold["routers"]["obsdeploy-p"] == {
+        "entryPoints": ["web"], "rule": "Host(`a`)", "service": "obsdeploy-p-hold",
+        "middlewares": ["obsdeploy-p-hold", "obsdeploy-p-mark"]}
+    assert hold["routers"]["obsdeploy-p-held"]["rule"] == "Header(`X-Obsdeploy-Held`, `obsdeploy-p`)"
+    assert hold["routers"]["obsdeploy-p-held"]["service"] == "noop@internal"
+    assert hold["services"] == {"obsdeploy-p-hold": {"loadBalancer": {"servers": [
+        {"url": "http://127.0.0.1:80"}]}}}
+    retry = hold["middlewares"]["obsdeploy-p-hold"]["retry"]
+    assert (retry["timeout"], retry["initialInterval"], retry["status"]) == ("30s", "100ms", ["418", "429"])
+    assert retry["attempts"] * 0.1 > 30 and retry["retryNonIdempotentMethod"] is True
+    assert hold["middlewares"]["obsdeploy-p-mark"] == {
+        "headers": {"customRequestHeaders": {"X-Obsdeploy-Held": "obsdeploy-p"}}}
+    assert traefik_expects({"http": hold}, "obsdeploy-p") == ("obsdeploy-p-hold", [], None)
+
+    released = traefik_released_dynamic("obsdeploy-p", "web", "Host(`a`)", ["127.0.0.1:7"])
+    assert traefik_expects(released, "obsdeploy-p") == ("obsdeploy-p", ["127.0.0.1:7"], None)
+    held = released["http"]["routers"]["obsdeploy-p-held"]
+    assert (held["service"], held["middlewares"]) == (
+        "obsdeploy-p", ["obsdeploy-p-redial", "obsdeploy-p-trickle", "obsdeploy-p-unmark"])
+    assert released["http"]["middlewares"]["obsdeploy-p-redial"] == {
+        "retry": {"attempts": 3, "initialInterval": "50ms"}}
+    assert released["http"]["middlewares"]["obsdeploy-p-trickle"] == {"inFlightReq": {"amount": 8}}
+    assert released["http"]["middlewares"]["obsdeploy-p-unmark"] == {
+        "headers": {"customRequestHeaders": {"X-Obsdeploy-Held": ""}}}
+
+    assert traefik_hop_url({"address": ":80"}) == "http://127.0.0.1:80"
+    assert traefik_hop_url({"address": "0.0.0.0:8000/tcp"}) == "http://127.0.0.1:8000"
+    assert traefik_hop_url({"address": "10.0.0.5:80"}) == "http://10.0.0.5:80"
+
+
+def test_traefik_holds_only_with_its_api(tmp_path: Path) -> None:
+    from server_agent.proxy import ProxyError
+
+    t = Traefik(tmp_path / "o.yml", "obsdeploy-p", "web", "PathPrefix(`/`)", None)
+    assert t.can_hold is False
+    with pytest.raises(ProxyError, match="api_url"):
+        t.hold()
+    assert Traefik(tmp_path / "o.yml", "obsdeploy-p", "web", "PathPrefix(`/`)",
+                   "http://127.0.0.1:8080").can_hold is True
