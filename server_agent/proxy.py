@@ -852,8 +852,8 @@ class Traefik:
             if sorted(seen) != want:
                 raise _NotYet
             if weights is not None:  # the next step's share has the same servers
-                service = self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file") or {}
-                children = (service.get("weighted") or {}).get("services") or []
+                split = self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file") or {}
+                children = (split.get("weighted") or {}).get("services") or []
                 if [c.get("weight") for c in children] != weights:
                     raise _NotYet
             router = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}@file")
