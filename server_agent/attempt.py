@@ -25,6 +25,7 @@ class Attempt:
     backup: str | None = None
     failure: dict[str, Any] | None = None
     watch: dict[str, Any] | None = None
+    canary: dict[str, Any] | None = None  # its steps and their measurements (SPEC §20)
     rollback_gate: dict[str, Any] | None = None
     sent_secrets: bool = False  # secrets came with --secrets-stdin (written into .env)
     dumps: list[dict[str, Any]] = field(default_factory=list)  # the accessories' dumps taken
@@ -49,7 +50,7 @@ class Attempt:
         """What the journal holds while the attempt runs."""
         out: dict[str, Any] = {"action": self.action, "tag": self.tag, "from_tag": self.from_tag,
                                "started_at": self.started_at, "backup": self.backup, "pid": self.pid}
-        for key in ("failure", "watch", "rollback_gate"):
+        for key in ("failure", "watch", "canary", "rollback_gate"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         for key in ("dumps", "irreversible_jobs", "warnings", "hooks"):  # only when there are some

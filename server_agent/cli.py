@@ -193,7 +193,7 @@ def _finish(outcome: Any, transaction: Any, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: current_tag, last_good_tag, healthy, "
-                                                            "services, last_action, proxy.")
+                                                            "services, last_action, proxy, canary.")
 @click.pass_obj
 def status(ctx: Ctx, as_json: bool) -> None:
     """Current and last good release, container states, the last action."""
@@ -211,6 +211,13 @@ def status(ctx: Ctx, as_json: bool) -> None:
         click.echo(f"  {s['name']:<16} {s['state']:<10} {s['health'] or '-':<10} {s['image']}")
     if la:
         click.echo(f"last action: {la['action']} {la['tag']} -> {la['result']} at {la['finished_at'] or '-'}")
+    running_canary = data.get("canary")
+    if running_canary is not None:
+        click.echo(f"canary:    {running_canary['tag']} at {running_canary['weight']} % (step "
+                   f"{running_canary['step']}, since {running_canary['since']}), the rest to "
+                   f"{running_canary['stable']}")
+        for m in running_canary.get("measurements") or []:
+            click.echo(f"  {m.get('check')}: {m.get('verdict')} {m.get('detail')}")
     if data["maintenance"]["on"]:
         click.echo(f"maintenance: on since {data['maintenance']['since']}: {data['maintenance']['message']}")
     proxy = data["proxy"]
@@ -373,6 +380,14 @@ def history(ctx: Ctx, as_json: bool, limit: int | None) -> None:
                    + (f"  ({reason})" if reason else ""))
         for line in log_tail_lines(failure):
             click.echo(f"{'':<25} {line}")
+        canary_ = r.get("canary")
+        if isinstance(canary_, dict):  # each step's share, how it ended and what it measured
+            for st in canary_.get("steps") or []:
+                measured = "; ".join(f"{m.get('check')} {m.get('verdict')} {m.get('detail')}"
+                                     for m in st.get("measurements") or [])
+                click.echo(f"{'':<25} canary {st.get('weight')} % {st.get('result')} after "
+                           f"{st.get('seconds')}s ({(st.get('requests') or {}).get('canary', 0)} "
+                           f"answers): {measured or '-'}")
         for h in r.get("hooks") or []:
             if isinstance(h, dict) and h.get("result") == "failed":
                 click.echo(f"{'':<25} hook {h.get('hook')} failed: {h.get('action')}: {h.get('detail')}")
@@ -495,6 +510,44 @@ def _restore_dumps(root: AgentRoot, engine: Any, archive: Any, tag: str | None) 
     for r in restore_accessories(root, backend, engine, archive, backend.running_tag() or tag):
         stopped = f" ({', '.join(r.stopped)} stopped meanwhile)" if r.stopped else ""
         click.echo(f"restored {r.accessory} from {archive.name}: {r.bytes} bytes in {r.seconds:.2f}s{stopped}")
+
+
+@cli.group()
+def canary() -> None:
+    """Act on the canary of the deploy that runs now (agent.canary), from another shell."""
+
+
+def _canary_request(ctx: Ctx, action: str) -> None:
+    from .canary import leave_request
+    from .common.errors import UsageError
+    from .state import ReleaseState
+
+    root = ctx.load_root(validate=False, create=False)
+    state = ReleaseState(root.state_dir)
+    pending = state.pending()
+    running = pending is not None and state.lock.is_held() and isinstance(pending.get("canary"), dict)
+    if not running or pending is None or pending["canary"].get("result") != "running":
+        raise UsageError("no canary is running here (no deploy holds the lock with agent.canary)",
+                         hint="obs-agent status shows what runs")
+    leave_request(root.state_dir, action)
+    click.echo(f"asked the deploy of {pending.get('tag')} to {action} its canary "
+               f"(at {pending['canary'].get('weight')} % now); it acts within "
+               f"one interval of agent.canary")
+
+
+@canary.command("promote")
+@click.pass_obj
+def canary_promote(ctx: Ctx) -> None:
+    """Send 100 % to the canary as soon as the current step's checks pass."""
+    _canary_request(ctx, "promote")
+
+
+@canary.command("abort")
+@click.pass_obj
+def canary_abort(ctx: Ctx) -> None:
+    """Send 100 % back to the release that served now, and stop the canary (its deploy
+    exits 20)."""
+    _canary_request(ctx, "abort")
 
 
 @cli.group()

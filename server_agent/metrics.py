@@ -28,7 +28,8 @@ class DeployCollector:
     """prometheus-client collector over history records (oldest first)."""
 
     def __init__(self, project: str, records: list[dict[str, Any]], release: str | None,
-                 healthy: bool) -> None:
+                 healthy: bool, canary: tuple[str, int] | None = None) -> None:
+        self.canary = canary
         self.project = project
         self.records = records
         self.release = release
@@ -48,6 +49,12 @@ class DeployCollector:
                                     labels=["project"])
         healthy.add_metric([p], 1 if self.healthy else 0)
         yield healthy
+        weight = GaugeMetricFamily("obsdeploy_canary_weight",
+                                   "The percent of requests the proxy sends to a canary release "
+                                   "(100 once promoted, 0 once aborted)", labels=["project", "tag"])
+        if self.canary is not None:
+            weight.add_metric([p, self.canary[0]], self.canary[1])
+        yield weight
         attempts = CounterMetricFamily("obsdeploy_attempts", "Deploy and rollback attempts by result",
                                        labels=["project", "action", "result"])
         counts = Counter((str(r.get("action")), str(r.get("result"))) for r in self.records)
@@ -78,12 +85,12 @@ class DeployCollector:
 
 
 def write(path: Path, project: str, records: list[dict[str, Any]], release: str | None,
-          healthy: bool) -> None:
+          healthy: bool, canary: tuple[str, int] | None = None) -> None:
     """Replace `path` atomically (prometheus-client writes a temporary file beside it, whose
     name does not end in .prom, and renames it)."""
     from prometheus_client import CollectorRegistry, write_to_textfile
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DeployCollector(project, records, release, healthy))  # type: ignore[arg-type]
+    registry.register(DeployCollector(project, records, release, healthy, canary))  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)

@@ -52,6 +52,22 @@ def notice(record: dict[str, Any], project: str, host: str | None = None) -> Not
     return Notice(REDACTOR(title), REDACTOR("\n".join(lines)), level)
 
 
+def canary_notice(journal: dict[str, Any], project: str, promoted: bool,
+                  host: str | None = None) -> Notice:
+    """The moment a canary ends: promoted to 100 %, or aborted (back to the release that
+    served); the attempt's own notice follows when it ends."""
+    host = host or socket.gethostname()
+    canary = journal.get("canary") or {}
+    steps = canary.get("steps") or []
+    done = ", ".join(f"{s.get('weight')} % {s.get('result')}" for s in steps) or "-"
+    what = "promoted to 100 %" if promoted else "aborted, back to " + str(canary.get("stable") or "-")
+    lines = [f"host: {host}", f"project: {project}",
+             f"canary: {journal.get('tag')} {what}", f"steps: {done}",
+             f"reason: {canary.get('reason') or '-'}"]
+    title = f"[{project}@{host}] canary {journal.get('tag')}: {'promoted' if promoted else 'aborted'}"
+    return Notice(REDACTOR(title), REDACTOR("\n".join(lines)), "success" if promoted else "warning")
+
+
 def send(urls: list[str], message: Notice, budget: float = BUDGET_S) -> bool | None:
     """Send to every URL; True when all took it, False when one refused, None when the
     budget ran out first.

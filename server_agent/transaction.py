@@ -24,6 +24,7 @@ from . import report
 from .attempt import Attempt, Outcome, log_tail_lines
 from .backends.base import Backend, PreSwitchFailure, Release, S, Switched
 from .backup import BackupArchive, BackupSnapshot, DumpFile
+from .canary import CanaryResult, CanaryRun
 from .checkpoint import checkpoint
 from .common.errors import ExitCode, ObsError, PreflightError, UsageError
 from .common.redact import REDACTOR
@@ -191,6 +192,10 @@ class Transaction:
         watch = Watch(release.root.settings.watch)
         watching = attempt.action == "deploy" and watch.on
         baseline = watch.baseline() if watching else {}  # "just before the switch"
+        canary = self._canary_plan(attempt, release)
+        canary_baseline = canary.baseline(tag, attempt.from_tag or "") if canary else {}
+        # A canary's first share goes to the proxied step's new units at its cutover.
+        first_share = canary.plan.first_weight if canary else 100
         switched: list[Any] = []
         failed: Switched | None = None  # the step whose gate failed
         details: dict[str, Any] = {}  # what the failure record holds besides the reason
@@ -226,13 +231,14 @@ class Transaction:
                 verdict = run_gate(self.backend.observe(sw), criteria.for_step(contract=sw.contract))
             attempt.add("gate", verdict.seconds)
             if verdict.healthy:
-                verdict = self._cut_over(sw, verdict)
+                verdict = self._cut_over(sw, verdict, first_share)
             if not verdict.healthy:
                 failed = sw
                 if len(plan.steps) > 1:
                     verdict = verdict.within(f"step {n} ({', '.join(step.names)})")
                 break
-            self.backend.settle(sw, probation=watching)
+            # On probation (a canary or a watch) the proxied service's old units stand by.
+            self.backend.settle(sw, probation=watching or canary is not None)
             try:  # accessories that depend on this step's services (a project's own nginx)
                 self._start_accessories(plan, release, criteria, after_step=n)
             except PreSwitchFailure as exc:
@@ -247,6 +253,8 @@ class Transaction:
         checkpoint("gated")
         if verdict.healthy:  # the switch is over (a failed one: once it went back, in _finish)
             self._post_switch(attempt)
+        if verdict.healthy and canary is not None:
+            verdict = self._canary(attempt, canary, canary_baseline, switched)
         if verdict.healthy and watching:
             verdict = self._watch(attempt, watch, baseline, switched)
         if not verdict.healthy:
@@ -287,17 +295,80 @@ class Transaction:
             attempt.paused = False
             self._hook(attempt, "post_switch", result)
 
-    def _cut_over(self, sw: Switched, verdict: Verdict) -> Verdict:
-        """Behind a proxy, the gated step's new units receive traffic only now. A proxy that
-        cannot be updated fails the step: it still serves the old ones."""
+    def _cut_over(self, sw: Switched, verdict: Verdict, weight: int = 100) -> Verdict:
+        """Behind a proxy, the gated step's new units receive traffic only now (`weight`
+        percent of it: a canary's first step). A proxy that cannot be updated fails the
+        step: it still serves the old ones."""
         from .proxy import ProxyError
 
         try:
-            self.backend.cut_over(sw)
+            self.backend.cut_over(sw, weight)
         except ProxyError as exc:
             return Verdict(False, f"the proxy could not be updated: {REDACTOR(str(exc))[:400]}",
                            verdict.seconds)
         return verdict
+
+    def _canary_plan(self, attempt: Attempt, release: Release) -> CanaryRun | None:
+        """The canary of a deploy (never of a rollback: it returns to a release that served)."""
+        settings = release.root.settings
+        if attempt.action != "deploy" or settings.canary is None or settings.proxy is None:
+            return None
+        return CanaryRun.of(settings.canary, settings.proxy, self.state.dir)
+
+    def _canary(self, attempt: Attempt, canary: CanaryRun, baseline: dict[str, float | None],
+                switched: list[Any]) -> Verdict:
+        """Every step gated and the canary has its first share: the steps of agent.canary,
+        then 100 % (promotion), or a failed verdict that the walk back turns into 100 % for
+        the release that served (the proxy still sends it the rest meanwhile)."""
+        from .proxy import ProxyError
+
+        stable = attempt.from_tag or "-"
+        shown_weight = -1
+
+        def split(weight: int) -> tuple[list[str], list[str]]:
+            addresses = self.backend.split(switched, weight)
+            assert addresses is not None
+            return addresses
+
+        def journal(progress: CanaryResult) -> None:
+            nonlocal shown_weight
+            attempt.canary = progress.as_dict()
+            self.state.update(canary=attempt.canary)
+            if progress.weight != shown_weight:  # a new share: the metric follows it
+                shown_weight = progress.weight
+                report.canary_metric(self.root, self.state, attempt.tag, progress.weight)
+                checkpoint(f"canary_{progress.weight}")
+
+        since = min(sw.started_ns for sw in switched) / 1e9
+        try:
+            # The cutover sent the first share already; None: nothing served before, the
+            # new release has 100 % (a first deploy).
+            if self.backend.split(switched, canary.plan.first_weight) is None:
+                log.info("canary: no release served before %s: it receives 100 %% at once", attempt.tag)
+                return PASSED
+            canary.runner.begin()
+            result = canary.runner.run(attempt.tag, stable, split, self.backend.watched(switched),
+                                       since, baseline, on_round=journal)
+        except ProxyError as exc:
+            return Verdict(False, f"canary: the proxy could not be updated: {REDACTOR(str(exc))[:400]}", 0.0)
+        if result.ok:
+            try:
+                split(100)
+            except ProxyError as exc:
+                result.ok = False
+                result.reason = ("canary: promotion failed, the proxy could not be updated: "
+                                 f"{REDACTOR(str(exc))[:400]}")
+        attempt.canary = result.as_dict()
+        self.state.update(canary=attempt.canary)
+        attempt.add("canary", result.seconds)
+        report.canary_metric(self.root, self.state, attempt.tag, 100 if result.ok else 0)
+        report.canary_notice(self.root, attempt.journal(), result.ok)
+        checkpoint("canary_done")
+        if result.ok:
+            log.info("canary %s promoted to 100 %% (%.2fs, %d step(s))", attempt.tag,
+                     result.seconds, len(result.steps))
+            return Verdict(True, "healthy", result.seconds)
+        return Verdict(False, result.reason or "canary failed", result.seconds)
 
     def _watch(self, attempt: Attempt, watch: Watch, baseline: dict[str, float | None],
                switched: list[Any]) -> Verdict:

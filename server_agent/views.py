@@ -22,7 +22,20 @@ def status(root: AgentRoot, engine: Engine) -> dict[str, Any]:
 
     return {"current_tag": running.pop("current_tag"), "last_good_tag": state.last_good_tag(),
             **running, "last_action": last_action(state),
-            "maintenance": maintenance.shown(maintenance.read(root.state_dir))}
+            "maintenance": maintenance.shown(maintenance.read(root.state_dir)),
+            "canary": running_canary(state)}
+
+
+CANARY_KEYS = ("tag", "stable", "step", "weight", "since", "measurements")
+
+
+def running_canary(state: ReleaseState) -> dict[str, Any] | None:
+    """The canary of the deploy that holds the lock now, from its journal; None otherwise."""
+    pending = state.pending()
+    canary = pending.get("canary") if pending is not None else None
+    if not isinstance(canary, dict) or canary.get("result") != "running" or not state.lock.is_held():
+        return None
+    return {k: canary.get(k) for k in CANARY_KEYS}
 
 
 def last_action(state: ReleaseState) -> dict[str, Any] | None:

@@ -34,6 +34,8 @@ RELEASES = {
     "v2.0.0-crash": "crash",
     "v2.0.0-slow": "slow",
     "v2.0.0-wrongpath": "wrongpath",
+    "v2.0.0-flaky": "flaky",  # its API fails 10 % of requests, its health stays healthy
+    "v2.0.0-sluggish": "sluggish",  # its API answers after 0.5 s
 }
 # Everything any agent printed in this test session, for the secret scan.
 OUTPUTS: list[str] = []

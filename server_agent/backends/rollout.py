@@ -138,15 +138,27 @@ class Rollout:
         log.info("started %s: %s (%.2fs)", tag, ", ".join(c.name for c in started), swap_s)
         return Switch(step, tag, swap_s, None, snapshot, old=old, new=started, started_ns=started_ns)
 
-    def cut_over(self, sw: Switch) -> None:
+    def cut_over(self, sw: Switch, weight: int = 100) -> None:
         """The step passed its gate: point the proxy at its new containers, in one change
-        (SPEC §15). Raises ProxyError when the proxy cannot be updated; it then still
-        serves the old containers."""
+        (SPEC §15), or send them `weight` percent of the requests (a canary's first step,
+        SPEC §20: the old keep the rest). Raises ProxyError when the proxy cannot be updated;
+        it then still serves the old containers."""
         if self.proxy is None or not self.proxied(sw.step):
             return
-        self.proxy.point_at(self._fresh(sw.new))
-        sw.cut_over, sw.cut_over_at = True, time.monotonic()
+        if weight < 100 and sw.old:
+            self.split(sw, weight)
+        else:
+            self.proxy.point_at(self._fresh(sw.new))
+            sw.cut_over, sw.cut_over_at = True, time.monotonic()
         checkpoint("cut_over")
+
+    def split(self, sw: Switch, weight: int) -> tuple[list[str], list[str]]:
+        """The proxied step's new containers get `weight` percent (100: all), its old ones
+        the rest; the addresses of each. The drain of the old counts from the last change."""
+        assert self.proxy is not None
+        addresses = self.proxy.split(self._fresh(sw.old), self._fresh(sw.new), weight)
+        sw.cut_over, sw.cut_over_at = True, time.monotonic()
+        return addresses
 
     def complete(self, sw: Switch, probation: bool = False) -> None:
         """The step passed its gate: stop the start-first services' old containers (graceful;

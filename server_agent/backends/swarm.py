@@ -319,8 +319,12 @@ class SwarmBackend:
         return TaskObserver(self.swarm, sw.replicas, sw.tag, sw.seen, contract=sw.step.contract,
                             since=sw.started_ns / 1e9, asked=sw.asked)
 
-    def cut_over(self, sw: SwarmSwitch) -> None:
+    def cut_over(self, sw: SwarmSwitch, weight: int = 100) -> None:
         """Swarm's routing mesh sends traffic to the tasks that run: nothing to change."""
+
+    def split(self, switched: list[SwarmSwitch], weight: int) -> tuple[list[str], list[str]] | None:
+        """No canary by weight on a swarm (preflight refuses agent.canary there)."""
+        return None
 
     def settle(self, sw: SwarmSwitch, *, probation: bool) -> None:
         """Swarm stopped the old tasks as its update went."""

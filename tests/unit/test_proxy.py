@@ -239,10 +239,10 @@ def test_traefik_holds_by_sending_requests_back_into_itself_marked() -> None:
     assert retry["attempts"] * 0.1 > 30 and retry["retryNonIdempotentMethod"] is True
     assert hold["middlewares"]["obsdeploy-p-mark"] == {
         "headers": {"customRequestHeaders": {"X-Obsdeploy-Held": "obsdeploy-p"}}}
-    assert traefik_expects({"http": hold}, "obsdeploy-p") == ("obsdeploy-p-hold", [])
+    assert traefik_expects({"http": hold}, "obsdeploy-p") == ("obsdeploy-p-hold", [], None)
 
     released = traefik_released_dynamic("obsdeploy-p", "web", "Host(`a`)", ["127.0.0.1:7"])
-    assert traefik_expects(released, "obsdeploy-p") == ("obsdeploy-p", ["127.0.0.1:7"])
+    assert traefik_expects(released, "obsdeploy-p") == ("obsdeploy-p", ["127.0.0.1:7"], None)
     held = released["http"]["routers"]["obsdeploy-p-held"]
     assert (held["service"], held["middlewares"]) == (
         "obsdeploy-p", ["obsdeploy-p-redial", "obsdeploy-p-trickle", "obsdeploy-p-unmark"])

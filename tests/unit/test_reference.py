@@ -291,6 +291,17 @@ def test_json_doc_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(server_agent.proxy, "proxy_for", unreadable)
     got |= _paths(status(root, _Engine([_container()])))  # type: ignore[arg-type]
+    # A deploy holding the lock with a canary in its journal: status shows the canary.
+    from server_agent.state import ReleaseState
+
+    state = ReleaseState(root.state_dir)
+    state.begin({"action": "deploy", "tag": "v1.1.0", "canary": {
+        "result": "running", "tag": "v1.1.0", "stable": "v1.0.0", "step": 1, "weight": 5,
+        "since": "t", "measurements": [], "steps": []}})
+    with state.lock.hold("deploy", "v1.1.0"):
+        shown = status(root, _Engine([_container()]))  # type: ignore[arg-type]
+    assert shown["canary"]["weight"] == 5, shown
+    got |= _paths(shown)
     assert got == _doc_keys("json.md", "`obs-agent status --json`")
 
 
@@ -329,7 +340,7 @@ def test_json_doc_history() -> None:
 
     section = _doc_keys("json.md", "`obs-agent history --json [--limit N]`")
     attempt = Attempt("deploy", "v1.0.0", failure={"reason": "x"}, watch={"result": "passed"},
-                      rollback_gate={"healthy": True, "reason": "healthy"},
+                      canary={"result": "promoted"}, rollback_gate={"healthy": True, "reason": "healthy"},
                       dumps=[{"accessory": "db"}], irreversible_jobs=["migrate"], warnings=["w"],
                       hooks=[{"hook": "pre_switch"}])
     record = attempt.record("success")
@@ -349,7 +360,8 @@ def test_json_doc_plan_and_check() -> None:
     from server_agent.preflight import Problem
 
     plan = RolloutPlan("v1.0.0", ("migrate",), (Step(1, (ServicePlan("observer", "stop-first", 1, None, True),)),),
-                       (AccessoryPlan("redis", "leave", False),), {"observer": ["image a -> b"]})
+                       (AccessoryPlan("redis", "leave", False),), {"observer": ["image a -> b"]},
+                       canary=((5, 900.0),), canary_checks=("success_rate",), canary_interval=10)
     problems = [Problem("env.missing", "x").as_dict()]
     # What cli.plan prints: the plan, today's problems over the plan's own, and ok.
     printed = {**plan.as_dict(), "problems": problems, "ok": False}
