@@ -115,7 +115,7 @@ def test_plan_then_deploy_in_order_accessory_untouched_job_once_rollback(project
         ["gateway"], ["scanner"], ["worker"]]
     assert plan["steps"][2]["services"][0] | {"contract": None} == {
         "name": "worker", "strategy": "start-first", "replicas": 2, "container_name": None,
-        "contract": None}
+        "contract": None, "single_writer": False}
     assert plan["accessories"] == [{"name": "kv", "action": "start", "definition_changed": False,
                                   "needs": [], "after_step": 0, "dump": [], "restore": [],
                                   "build": False}]
