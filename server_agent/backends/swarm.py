@@ -258,10 +258,9 @@ class SwarmBackend:
                 return f"did not finish within job_timeout={self.root.settings.job_timeout:g}s", None
             time.sleep(POLL_S)
 
-    def run_in_accessory(self, name: str, argv: tuple[str, ...], *, timeout: float,
-                         stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
-        """In the accessory's running task on this node (the manager): docker exec reaches
-        only this engine's containers."""
+    def _running_here(self, name: str) -> str | None:
+        """The container of a running task of service `name` on this node (the manager), or
+        None: docker exec reaches only this engine's containers."""
         for task in self.swarm.tasks([name]):
             if task.state != "running" or not task.container_id:
                 continue
@@ -269,7 +268,16 @@ class SwarmBackend:
                 self.engine.inspect(task.container_id)
             except EngineHTTPError:  # a task of another node
                 continue
-            return self.engine.exec_streams(task.container_id, argv, timeout=timeout,
+            return task.container_id
+        return None
+
+    def run_in_accessory(self, name: str, argv: tuple[str, ...], *, timeout: float,
+                         stdout_fd: int | None = None, stdin: IO[bytes] | None = None) -> ExecResult:
+        """In the accessory's running task on this node (the manager): docker exec reaches
+        only this engine's containers."""
+        container = self._running_here(name)
+        if container is not None:
+            return self.engine.exec_streams(container, argv, timeout=timeout,
                                             stdout_fd=stdout_fd, stdin=stdin)
         raise UsageError(f"accessory {name} has no running task on this node",
                          hint=f"place {name} on the manager the agent runs on (deploy.placement."
@@ -278,14 +286,9 @@ class SwarmBackend:
     def run_in_service(self, name: str, argv: tuple[str, ...], *, timeout: float,
                        env: dict[str, str]) -> ExecResult:
         """In the service's running task on this node: docker exec reaches only this engine."""
-        for task in self.swarm.tasks([name]):
-            if task.state != "running" or not task.container_id:
-                continue
-            try:
-                self.engine.inspect(task.container_id)
-            except EngineHTTPError:  # a task of another node
-                continue
-            return self.engine.exec_streams(task.container_id, argv, timeout=timeout, env=env)
+        container = self._running_here(name)
+        if container is not None:
+            return self.engine.exec_streams(container, argv, timeout=timeout, env=env)
         raise UsageError(f"service {name} has no running task on this node",
                          hint=f"place {name} on the manager the agent runs on for its exec hook "
                               "(deploy.placement.constraints: [node.role == manager])")
