@@ -417,20 +417,17 @@ class ProxiedAgentSide(AgentSide):
 
     def __init__(self, path: Path, registry: str, project: str, settings: dict[str, Any],
                  kind: str, *, single_writer: bool = False) -> None:
-        from tests.parts_proxy import start_proxy
+        from tests.parts_proxy import behind_a_proxy, start_proxy
 
         self.proxy = start_proxy(kind, path.parent)
         super().__init__(path, registry, project, {
             **settings, "health_url": f"{self.proxy.url}/health",
             "proxy": self.proxy.proxy_settings(drain_seconds=1)})
         self.name = f"obs-agent + {kind}"
-        f = self.root.path / "docker-compose.server.yml"
-        text = f.read_text().replace(f'"127.0.0.1:{self.root.port}:8000"', '"127.0.0.1::8000"')
-        # The observer carries the path contract, a single writer (stop-first, held): the
-        # start-first cutover (scenario 7) labels it out of that; scenario 10 measures it.
-        label = "true" if single_writer else "false"
-        f.write_text(text.replace("    restart: unless-stopped\n", (
-            f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
+        # The start-first cutover (scenario 7) labels the observer out of being a single
+        # writer; scenario 10 measures it as one (stop-first, held).
+        behind_a_proxy(self.root.path / "docker-compose.server.yml", self.root.port,
+                       single_writer=single_writer)
         self.port = self.proxy.listen_port
 
     def deploy(self, tag: str, env: dict[str, str] | None = None,

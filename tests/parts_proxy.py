@@ -304,6 +304,16 @@ def wait_serving(url: str, timeout: float = 15.0, steady: float = 1.0) -> None:
         time.sleep(0.02)
 
 
+def behind_a_proxy(compose: Path, port: int, *, single_writer: bool) -> None:
+    """The fixture's compose file made for a proxy: the observer publishes an ephemeral
+    loopback port instead of `port` (the proxy is the way in), and is labelled a single writer
+    or not (it carries the path contract, so it is one unless labelled "false")."""
+    text = compose.read_text().replace(f'"127.0.0.1:{port}:8000"', '"127.0.0.1::8000"')
+    label = "true" if single_writer else "false"
+    compose.write_text(text.replace("    restart: unless-stopped\n", (
+        f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
+
+
 def start_proxy(kind: str, workdir: Path, canary: bool = False) -> ProxyProcess:
     """A real proxy of `kind` on loopback, started (caddy, nginx or traefik); for a `canary`,
     writing the access log the agent measures (caddy: as the agent configures it)."""

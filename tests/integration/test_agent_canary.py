@@ -27,6 +27,7 @@ from tests.parts_proxy import (
     NginxProcess,
     ProxyProcess,
     TraefikProcess,
+    behind_a_proxy,
     caddy_binary,
     start_proxy,
     traefik_binary,
@@ -65,11 +66,7 @@ def canary_root(tmp_path: Path, registry: str, proxy: ProxyProcess, *, single_wr
                                  health_url=f"{proxy.url}/health",
                                  proxy=proxy.proxy_settings(drain_seconds=1), canary=settings,
                                  metrics_file="state/obsdeploy.prom")
-    compose = root.path / "docker-compose.server.yml"
-    text = compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
-    label = "true" if single_writer else "false"
-    compose.write_text(text.replace("    restart: unless-stopped\n", (
-        f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
+    behind_a_proxy(root.path / "docker-compose.server.yml", root.port, single_writer=single_writer)
     return root
 
 

@@ -26,6 +26,7 @@ from tests.parts_proxy import (
     NginxProcess,
     ProxyProcess,
     TraefikProcess,
+    behind_a_proxy,
     start_proxy,
     traefik_binary,
 )
@@ -53,11 +54,7 @@ def proxied_root(tmp_path: Path, registry: str, proxy: ProxyProcess, *,
     root = parts.make_agent_root(tmp_path / "observer", registry, f"obs-{uuid.uuid4().hex[:8]}",
                                  health_url=f"{proxy.url}/health",
                                  proxy=proxy.proxy_settings(drain_seconds=1, **proxy_extra))
-    compose = root.path / "docker-compose.server.yml"
-    text = compose.read_text().replace(f'"127.0.0.1:{root.port}:8000"', '"127.0.0.1::8000"')
-    label = "true" if single_writer else "false"
-    compose.write_text(text.replace("    restart: unless-stopped\n", (
-        f"    restart: unless-stopped\n    labels:\n      obsdeploy.single_writer: \"{label}\"\n"), 1))
+    behind_a_proxy(root.path / "docker-compose.server.yml", root.port, single_writer=single_writer)
     return root
 
 
