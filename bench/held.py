@@ -48,6 +48,18 @@ def archive_runs(archive: Path) -> tuple[int, int]:
     return len(writers), len(set(writers))
 
 
+def release_drain(load: Any, writers: Any) -> tuple[int, float]:
+    """(requests sent while the proxy held, seconds from the end of the longest hold to the
+    last of them answered): what the release of the backlog adds to the gap."""
+    spans = writers.hold_spans()
+    if not spans:
+        return 0, 0.0
+    start, end = max(spans, key=lambda s: s[1] - s[0])
+    held = [a for a in load.answers if start <= load._t0 + a.sent <= end]
+    last = max((load._t0 + a.sent + a.latency for a in held), default=end)
+    return len(held), max(0.0, last - end)
+
+
 def run(bench: Bench) -> dict[str, Any]:
     from bench.run import log, row
     from tests import parts_project
@@ -93,10 +105,12 @@ def run(bench: Bench) -> dict[str, Any]:
             versions = sorted({a.version for a in load.answers if a.version})
             bad = [v for v in versions if v.startswith("v2.0.0")]
             gap = writers.longest_hold()
+            drain = release_drain(load, writers)
             longest = max((a.latency for a in load.answers), default=0.0)
             record_runs, record_writers = archive_runs(archive)
             log(f"  {kind:<8} {label:<24} exit {code:<3} failed {len(load.failed):<4} writers "
-                f"{writers.most_at_once}  longest {longest:.2f}s  gap {gap:.2f}s  archive "
+                f"{writers.most_at_once}  longest {longest:.2f}s  gap {gap:.2f}s  held {drain[0]} "
+                f"answered {drain[1]:.2f}s after the release  archive "
                 f"{record_runs} runs / {record_writers} writers")
             if code not in (0, 20):
                 log(f"    {h.tail(out, 10)}")
@@ -106,6 +120,7 @@ def run(bench: Bench) -> dict[str, Any]:
                          "versions": versions, "most_writers": writers.most_at_once,
                          "holds_s": [round(b - a, 3) for a, b in writers.hold_spans()],
                          "longest_request_s": round(longest, 3),
+                         "held_requests": drain[0], "last_held_answer_after_release_s": round(drain[1], 3),
                          "running": [parts_project.release_of(c)
                                      for c in parts_project.running(side.root.project, "observer")],
                          "archive_runs": record_runs, "archive_writers": record_writers,
