@@ -102,6 +102,9 @@ class AnswerServer:
     page_dir: Path  # DIR/state/proxy/maintenance
     listen: str     # host:port, port 0: a free one
 
+    def __post_init__(self) -> None:
+        self.page_dir = self.page_dir.resolve()  # the server runs in "/"
+
     def write(self, m: Maintenance) -> None:
         """What it answers, from the next request on."""
         self.page_dir.mkdir(parents=True, exist_ok=True)
@@ -133,9 +136,14 @@ class AnswerServer:
 
         self.page_dir.mkdir(parents=True, exist_ok=True)
         (self.page_dir / ADDRESS_FILE).unlink(missing_ok=True)
+        # It imports this package from where the agent does, whatever its working directory
+        # ("/": it keeps no directory busy).
+        package_parent = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
         with open(self.page_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", MODULE, self.listen, str(self.page_dir)],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+                                    env={**os.environ, "PYTHONPATH": path},
                                     start_new_session=True, close_fds=True)
         def started() -> str | None:  # "": it exited
             return self.running() if proc.poll() is None else ""
