@@ -1029,11 +1029,16 @@ class Traefik:
                                             "this host that traefik reaches") from None
 
     def advice(self) -> str | None:
+        notes = []
         if self.api_url is None:
-            return ("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
-                    f"nor see it take a change, and waits {TRAEFIK_UNCONFIRMED_WAIT:g} s after "
-                    "writing its file before the old containers drain")
-        return None
+            notes.append("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
+                         f"nor see it take a change, and waits {TRAEFIK_UNCONFIRMED_WAIT:g} s after "
+                         "writing its file before the old containers drain")
+        if self.maintenance is not None and self.answer is not None and self.answer.running() is None:
+            notes.append("maintenance is on but its answer server does not run (the host restarted?): "
+                         "traefik answers 502 until the next deploy, rollback or `obs-agent "
+                         "maintenance on` starts it again")
+        return "; ".join(notes) or None
 
 
 # --- what the rollout uses ---------------------------------------------------------------------

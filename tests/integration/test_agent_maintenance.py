@@ -136,6 +136,9 @@ def test_a_held_single_writer_deploy_keeps_maintenance(
             if isinstance(proxy, TraefikProcess) and tag == "v1.1.0":
                 # As a reboot leaves it: the answer server gone; the next deploy starts it again.
                 stop_answer_server(root.path)
+                wait_for = Retrying(stop=stop_after_delay(10), wait=wait_fixed(0.1), retry=retry_if_result(
+                    lambda notes: not [n for n in notes if "answer server does not run" in n]))
+                wait_for(lambda: json.loads(root.agent("check", "--json").stdout)["notes"])
             res = root.agent("deploy", tag)
             assert res.returncode == 0, res.stdout + res.stderr
             assert get(proxy.url, "application/json").status_code == 503, tag
