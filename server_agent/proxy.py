@@ -45,7 +45,7 @@ from .common.errors import ObsError
 from .common.redact import REDACTOR
 from .engine import ContainerInfo
 from .maintenance import Maintenance
-from .maintenance_answer import AnswerServer
+from .maintenance_answer import AnswerError, AnswerServer
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -1001,11 +1001,9 @@ class Traefik:
         if not isinstance(doc, dict):
             doc = {}
         previous = self.maintenance
-        if maintenance is not None:
-            self.answer.write(maintenance)  # a server already running answers it at once
         self.maintenance = maintenance
         try:
-            self._replace(doc)
+            self._replace(doc)  # on: a server already running answers the new page at once
         except ProxyError:  # traefik serves what it did: so does the answer server
             self.maintenance = previous
             if previous is not None:
@@ -1018,8 +1016,6 @@ class Traefik:
         log.info("traefik maintenance %s", "on" if maintenance else "off")
 
     def _answer_url(self) -> str:
-        from .maintenance_answer import AnswerError
-
         assert self.answer is not None and self.maintenance is not None
         self.answer.write(self.maintenance)
         try:
