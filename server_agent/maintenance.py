@@ -4,7 +4,11 @@ page holding the message (JSON to a client that accepts JSON, else HTML).
 The state is the file DIR/state/maintenance.json, written once the proxy took the change and
 removed once it took it back. A deploy or rollback reads it when it builds its proxy driver,
 so a switch keeps maintenance as it is (caddy: the agent's server is rebuilt with the
-maintenance routes still first; nginx: the maintenance file is not the upstream file).
+maintenance routes still first; nginx: the maintenance file is not the upstream file;
+traefik: every dynamic file the agent writes keeps its maintenance router).
+
+The answer's shape (status, headers, the two bodies, which one a request gets) is here, for
+every proxy: each only writes it in its own configuration's terms.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from typing import Any
 STATE_FILE = "maintenance.json"
 DEFAULT_MESSAGE = "The service is down for maintenance. Please try again later."
 DEFAULT_RETRY_AFTER = 60
+STATUS = 503
+JSON_TYPE = "application/json"
+HTML_TYPE = "text/html; charset=utf-8"
+
+
+def wants_json(accept: str) -> bool:
+    """Whether a request whose Accept header is `accept` gets the JSON body (caddy matches
+    `*json*`, nginx `~* "json"`: the same test)."""
+    return "json" in accept.lower()
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,17 @@ class Maintenance:
     def json_body(self) -> str:
         return json.dumps({"status": "maintenance", "message": self.message, "since": self.since,
                            "retry_after": self.retry_after})
+
+    def headers(self, content_type: str) -> dict[str, str]:
+        """The answer's headers besides its length."""
+        return {"Retry-After": str(self.retry_after), "Content-Type": content_type,
+                "Cache-Control": "no-store"}
+
+    def answer(self, accept: str) -> tuple[dict[str, str], str]:
+        """The headers and body for a request whose Accept header is `accept`."""
+        if wants_json(accept):
+            return self.headers(JSON_TYPE), self.json_body()
+        return self.headers(HTML_TYPE), self.html_body()
 
     def html_body(self) -> str:
         return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head>"

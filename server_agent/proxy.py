@@ -19,7 +19,9 @@
                  long the old ones drain
     maintenance  every request answered 503 with Retry-After and the message (caddy: routes
                  first in the agent's server, kept by every rebuild of it; nginx: a file of
-                 its own that the user's server block includes, and a reload)
+                 its own that the user's server block includes, and a reload; traefik: a
+                 router above the agent's, kept in every file the agent writes, to the
+                 answer server the agent runs, server_agent/maintenance_answer.py)
 
 Builders (the caddy server, the change for a given config, the upstream file's text) are
 pure functions, tested as values; the classes only send them.
@@ -38,10 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from . import maintenance
 from .common.errors import ObsError
 from .common.redact import REDACTOR
 from .engine import ContainerInfo
 from .maintenance import Maintenance
+from .maintenance_answer import AnswerError, AnswerServer
 
 if TYPE_CHECKING:
     from .root import AgentRoot
@@ -212,9 +216,8 @@ def caddy_maintenance_routes(name: str, hosts: Sequence[str], m: Maintenance) ->
     def route(suffix: str, body: str, content_type: str, match: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "@id": f"{name}-{suffix}",
-            "handle": [{"handler": "static_response", "status_code": 503,
-                        "headers": {"Retry-After": [str(m.retry_after)], "Content-Type": [content_type],
-                                    "Cache-Control": ["no-store"]},
+            "handle": [{"handler": "static_response", "status_code": maintenance.STATUS,
+                        "headers": {k: [v] for k, v in m.headers(content_type).items()},
                         "body": body.replace("{", "\\{").replace("}", "\\}")}],
             "terminal": True,
         }
@@ -223,9 +226,9 @@ def caddy_maintenance_routes(name: str, hosts: Sequence[str], m: Maintenance) ->
         return out
 
     host = {"host": list(hosts)} if hosts else {}
-    return [route("maintenance-json", m.json_body(), "application/json",
-                  {**host, "header": {"Accept": ["*json*"]}}),
-            route("maintenance", m.html_body(), "text/html; charset=utf-8", host)]
+    return [route("maintenance-json", m.json_body(), maintenance.JSON_TYPE,
+                  {**host, "header": {"Accept": ["*json*"]}}),  # maintenance.wants_json
+            route("maintenance", m.html_body(), maintenance.HTML_TYPE, host)]
 
 
 def caddy_with_maintenance(server: dict[str, Any], name: str, hosts: Sequence[str],
@@ -694,6 +697,33 @@ def traefik_hold_dynamic(name: str, entrypoint: str, rule: str, hop_url: str,
     }}
 
 
+# Maintenance through traefik (docs/maintenance.md): a router of its own, with the agent's
+# rule, above the agent's router and the user's (rule-length priorities), below the held
+# router (its marked requests are the agent's own hops), to the answer server the agent runs.
+TRAEFIK_MAINTENANCE_PRIORITY = TRAEFIK_HELD_PRIORITY - 1
+
+
+def traefik_with_maintenance(doc: dict[str, Any], name: str, entrypoint: str, rule: str,
+                             answer_url: str | None) -> dict[str, Any]:
+    """`doc` with the router and service `<name>-maintenance` to `answer_url` (or without
+    them: None)."""
+    ours = f"{name}-maintenance"
+    http_doc = dict(doc.get("http") or {})
+    routers = {k: v for k, v in (http_doc.get("routers") or {}).items() if k != ours}
+    services = {k: v for k, v in (http_doc.get("services") or {}).items() if k != ours}
+    if answer_url is not None:
+        routers[ours] = {"entryPoints": [entrypoint], "rule": rule,
+                         "priority": TRAEFIK_MAINTENANCE_PRIORITY, "service": ours}
+        services[ours] = {"loadBalancer": {"servers": [{"url": answer_url}]}}
+    elif not routers:
+        # Off before the first deploy: traefik skips a provider's configuration with nothing
+        # in it and keeps the previous one (the maintenance router): the agent's service,
+        # with no server yet, keeps it from being empty.
+        services.setdefault(name, {"loadBalancer": {"servers": []}})
+    http_doc.update(routers=routers, services=services)
+    return {**doc, "http": {k: v for k, v in http_doc.items() if v}}
+
+
 # The cookie a sticky canary keeps a client on its release with.
 STICKY_COOKIE = "obsdeploy_canary"
 
@@ -737,8 +767,11 @@ class _NotYet(Exception):
 class Traefik:
     def __init__(self, dynamic_file: Path, name: str, entrypoint: str, rule: str,
                  api_url: str | None, confirm_timeout: float = RELOAD_TIMEOUT,
-                 hold_seconds: float = 30.0, sticky: bool = False) -> None:
+                 hold_seconds: float = 30.0, sticky: bool = False,
+                 answer: AnswerServer | None = None, maintenance: Maintenance | None = None) -> None:
         self.sticky = sticky
+        self.answer = answer  # the maintenance answer server (None: maintenance unavailable)
+        self.maintenance = maintenance  # in force: every file the agent writes keeps its router
         self.file = dynamic_file
         self.name = name
         self.entrypoint = entrypoint
@@ -808,6 +841,8 @@ class Traefik:
 
         from .state import atomic_write
 
+        doc = traefik_with_maintenance(doc, self.name, self.entrypoint, self.rule,
+                                       self._answer_url() if self.maintenance else None)
         before = self.file.read_text() if self.file.exists() else None
         text = ("# written by obs-agent, replaced whole on every switch: keep your own routers "
                 "and services in other files\n" + yaml.safe_dump(doc, sort_keys=False))
@@ -817,7 +852,7 @@ class Traefik:
         except OSError as exc:
             raise ProxyError(f"cannot write traefik's dynamic file {self.file}: {exc.strerror}") from None
         try:
-            self._wait_routes(*traefik_expects(doc, self.name))
+            self._wait_routes(*traefik_expects(doc, self.name), maintained=self.maintenance is not None)
         except ProxyError:
             # Back to what traefik served, so the old containers keep receiving every request
             # once the new ones are removed.
@@ -826,14 +861,15 @@ class Traefik:
             else:
                 atomic_write(self.file, before)
                 try:
-                    self._wait_routes(*traefik_expects(self._parse(before), self.name))
+                    self._wait_routes(*traefik_expects(self._parse(before), self.name),
+                                      maintained=f"{self.name}-maintenance" in before)
                 except ProxyError as exc:
                     log.warning("traefik did not take the previous file back: %s", exc)
             raise
         return time.monotonic() - t
 
     def _wait_routes(self, service: str | None, addresses: Sequence[str],
-                     weights: list[int] | None = None) -> None:
+                     weights: list[int] | None = None, maintained: bool = False) -> None:
         """Until traefik's API shows the router naming `service`, enabled, and the service
         `name` with exactly `addresses` (a canary's: its children's, with `weights`, stable
         then canary): the old containers must not drain (or stop, when holding) while
@@ -857,12 +893,16 @@ class Traefik:
                 if [c.get("weight") for c in children] != weights:
                     raise _NotYet
             router = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}@file")
-            if router is None or router.get("service") != service:
+            if (router or {}).get("service") != service:  # None: no router (maintenance alone)
                 raise _NotYet
-            if router.get("status") != "enabled":
-                raise ProxyError(f"traefik refused the router {self.name}: "
-                                 f"{'; '.join(map(str, router.get('error') or [])) or router.get('status')}",
-                                 hint="fix agent.proxy.entrypoint or agent.proxy.rule")
+            ours = self._api_get(f"/api/http/routers/{quote(self.name, safe='')}-maintenance@file")
+            if (ours is not None) != maintained:
+                raise _NotYet
+            for r in (router, ours):
+                if r is not None and r.get("status") != "enabled":
+                    raise ProxyError(f"traefik refused the router {r.get('name')}: "
+                                     f"{'; '.join(map(str, r.get('error') or [])) or r.get('status')}",
+                                     hint="fix agent.proxy.entrypoint or agent.proxy.rule")
 
         try:
             for attempt in Retrying(stop=stop_after_delay(self.confirm_timeout),
@@ -871,7 +911,8 @@ class Traefik:
                 with attempt:
                     routed()
         except _NotYet:
-            target = ", ".join(want) or f"its hold ({service})"
+            target = (", ".join(want) or (f"its hold ({service})" if service else
+                                          f"maintenance {'on' if maintained else 'off'}"))
             raise ProxyError(
                 f"traefik did not route {self.name} to {target} within "
                 f"{self.confirm_timeout:g} s of writing {self.file} (it routes to "
@@ -953,17 +994,47 @@ class Traefik:
         return None
 
     def set_maintenance(self, maintenance: Maintenance | None) -> None:
-        from .common.errors import UsageError
+        """The maintenance router on (after the answer server answers `maintenance`) or off
+        (then the answer server stops), the rest of the file as it is."""
+        assert self.answer is not None
+        doc = self._read()
+        if not isinstance(doc, dict):
+            doc = {}
+        previous = self.maintenance
+        self.maintenance = maintenance
+        try:
+            self._replace(doc)  # on: a server already running answers the new page at once
+        except ProxyError:  # traefik serves what it did: so does the answer server
+            self.maintenance = previous
+            if previous is not None:
+                self.answer.write(previous)
+            elif maintenance is not None:
+                self.answer.stop()
+            raise
+        if maintenance is None:
+            self.answer.stop()
+        log.info("traefik maintenance %s", "on" if maintenance else "off")
 
-        raise UsageError("maintenance is not available through traefik yet",
-                         hint="use agent.proxy.kind caddy or nginx for obs-agent maintenance")
+    def _answer_url(self) -> str:
+        assert self.answer is not None and self.maintenance is not None
+        self.answer.write(self.maintenance)
+        try:
+            return self.answer.ensure()
+        except (AnswerError, OSError) as exc:
+            raise ProxyError(str(exc), hint="fix agent.proxy.maintenance_listen: an address of "
+                                            "this host that traefik reaches") from None
 
     def advice(self) -> str | None:
+        notes = []
         if self.api_url is None:
-            return ("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
-                    f"nor see it take a change, and waits {TRAEFIK_UNCONFIRMED_WAIT:g} s after "
-                    "writing its file before the old containers drain")
-        return None
+            notes.append("agent.proxy.api_url is not set: the agent cannot check that traefik answers "
+                         f"nor see it take a change, and waits {TRAEFIK_UNCONFIRMED_WAIT:g} s after "
+                         "writing its file before the old containers drain")
+        if self.maintenance is not None and self.answer is not None and self.answer.running() is None:
+            notes.append("maintenance is on but its answer server does not run (the host restarted?): "
+                         "traefik answers 502 until the next deploy, rollback or `obs-agent "
+                         "maintenance on` starts it again")
+        return "; ".join(notes) or None
 
 
 # --- what the rollout uses ---------------------------------------------------------------------
@@ -1034,7 +1105,6 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
     s: ProxySettings | None = root.settings.proxy
     if s is None:
         return None
-    from . import maintenance
 
     driver: Proxy
     name = f"obsdeploy-{root.project}"
@@ -1048,7 +1118,10 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
     elif s.kind == "traefik":
         assert s.dynamic_file is not None
         driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url,
-                         hold_seconds=s.hold_seconds, sticky=sticky)
+                         hold_seconds=s.hold_seconds, sticky=sticky,
+                         answer=AnswerServer(root.state_dir / "proxy/maintenance",
+                                             s.maintenance_listen),
+                         maintenance=maintenance.read(root.state_dir))
     else:
         assert s.upstream_file is not None
         driver = Nginx(Path(s.upstream_file), s.reload_command,
@@ -1060,13 +1133,12 @@ def switch_maintenance(root: AgentRoot, on: Maintenance | None) -> None:
     """Maintenance on (`on`) or off (None) through the root's proxy, then kept in the state
     (only once the proxy took it: the file says what the proxy does). UsageError without a
     proxy or with one that cannot; ProxyError when it does not take the change."""
-    from . import maintenance
     from .common.errors import UsageError
 
     proxy = proxy_for(root)
     if proxy is None:
         raise UsageError("maintenance is answered by the proxy, and agent.proxy is not set",
-                         hint="set agent.proxy (caddy or nginx) in deployment_config.json")
+                         hint="set agent.proxy (caddy, nginx or traefik) in deployment_config.json")
     proxy.driver.set_maintenance(on)
     root.state_dir.mkdir(exist_ok=True)
     maintenance.write(root.state_dir, on)

@@ -328,6 +328,14 @@ class ProxySettings(BaseModel):  # SPEC §15
                           "until traefik routes to the new containers before the old ones drain. "
                           "null: it cannot tell, and waits 5 s instead (traefik applies a file change "
                           "within its providersThrottleDuration, 2 s by default).")
+    maintenance_listen: str = Field(
+        "127.0.0.1:0", description="traefik, for `obs-agent maintenance`: HOST:PORT where the "
+                                   "agent's maintenance answer server listens while maintenance "
+                                   "is on, and where traefik sends every request then; port 0: "
+                                   "a free one. An address of this host that traefik reaches: "
+                                   "loopback when traefik runs on the host (or with host "
+                                   "networking); in a container, e.g. its network's gateway "
+                                   "(172.17.0.1:8399 on Docker's default bridge).")
     access_log: str | None = Field(
         None, description="The absolute path of the proxy's access log the agent reads for a "
                           "canary's `success_rate` and `latency` (on this host): caddy writes it "
@@ -373,6 +381,16 @@ class ProxySettings(BaseModel):  # SPEC §15
         if v is not None and not re.match(r"https?://[^/\s]+/?$", v):
             raise ValueError("must be traefik's API base URL, e.g. http://127.0.0.1:8080")
         return None if v is None else v.rstrip("/")
+
+    @field_validator("maintenance_listen")
+    @classmethod
+    def _maintenance_listen(cls, v: str) -> str:
+        # A concrete address: traefik dials the address the server listens on.
+        m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]/]+):(\d{1,5})", v)
+        if not m or int(m[2]) > 65535 or m[1] in ("0.0.0.0", "[::]"):
+            raise ValueError("must be HOST:PORT of an address of this host that traefik reaches "
+                             "(not a wildcard), e.g. 127.0.0.1:0 or 172.17.0.1:8399")
+        return v
 
     @field_validator("upstream_file", "hold_file", "caddy_hold_file", "maintenance_file", "access_log")
     @classmethod

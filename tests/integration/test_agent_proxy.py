@@ -28,6 +28,7 @@ from tests.parts_proxy import (
     TraefikProcess,
     behind_a_proxy,
     start_proxy,
+    stop_answer_server,
     traefik_binary,
 )
 
@@ -358,7 +359,10 @@ def test_traefik_as_an_accessory_from_the_compose_template(
     directory mounted) as the accessory of a project: the first deploy starts it and then
     points it at the release through the mounted file; a deploy under load of the observer, a
     single writer, holds the requests of the gap in traefik (the hop back into its own
-    entrypoint), fails nothing and never restarts traefik."""
+    entrypoint), fails nothing and never restarts traefik; maintenance through it answers
+    503 from the agent's answer server on the host, and off serves again."""
+    import requests
+
     from tests.parts_proxy import build_traefik_image
 
     if not traefik_binary():
@@ -398,7 +402,18 @@ def test_traefik_as_an_accessory_from_the_compose_template(
         (again,) = parts_project.running(root.project, "traefik")
         assert (again["Id"], again["State"]["StartedAt"]) == (traefik["Id"], traefik["State"]["StartedAt"])
         assert parts.status(root)["proxy"]["serving"] == ["v1.1.0"]
+
+        on = root.agent("maintenance", "on", "--message", "back soon")
+        assert on.returncode == 0, on.stdout + on.stderr
+        page = requests.get(f"{url}/health", headers={"Accept": "application/json"}, timeout=5)
+        assert page.status_code == 503 and page.headers["Retry-After"] == "60", page.text
+        assert page.json()["message"] == "back soon"
+        off = root.agent("maintenance", "off")
+        assert off.returncode == 0, off.stdout + off.stderr
+        back = requests.get(f"{url}/health", timeout=5)
+        assert back.status_code == 200 and back.json()["version"] == "v1.1.0"
     finally:
+        stop_answer_server(root.path)
         root.down()
 
 
