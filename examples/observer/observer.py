@@ -251,12 +251,7 @@ def _handler(observer: Observer) -> type[BaseHTTPRequestHandler]:
                 code, body = (200 if body["ready"] else 503), {"ready": body["ready"]}
             elif path != "/health":
                 code, body = 404, {"error": "not found", "paths": ["/health", "/live", "/ready"]}
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._answer(code, body)
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             # The body (a deploy's hook sends the attempt as JSON) says who asked, for the log.
@@ -276,6 +271,9 @@ def _handler(observer: Observer) -> type[BaseHTTPRequestHandler]:
                 code, body = 200, {"paused": observer.paused.is_set()}
             else:
                 code, body = 404, {"error": "not found", "paths": ["/pause", "/resume"]}
+            self._answer(code, body)
+
+        def _answer(self, code: int, body: dict[str, object]) -> None:
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
