@@ -78,6 +78,7 @@ TITLES = {
     "8": "a deploy dumping a 1 GiB PostgreSQL accessory (obsdeploy.backup) vs pg_dump alone",
     "9": "obsdeploy release of five images: in parallel vs one after the other; one changed",
     "10": "a single writer held behind caddy and traefik: good deploy, crash, error",
+    "11": "a canary by weight behind caddy and nginx: shares, a failing canary aborted",
 }
 # Scenario 9: each image's build waits this long in a RUN step (as a build waits on
 # downloads), so that the five builds take about the same time.
@@ -945,6 +946,11 @@ class Bench:
         from bench import held
 
         return held.run(self)
+
+    def scenario_11(self) -> dict[str, Any]:
+        from bench import canary
+
+        return canary.run(self)
 
     def run(self, only: set[str]) -> dict[str, Any]:
         started = time.monotonic()

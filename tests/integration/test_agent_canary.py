@@ -9,15 +9,19 @@ success_rate, a slow one by latency, one that gets no requests holds and then fa
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from server_agent.proxy import STICKY_COOKIE
 from tests import parts, parts_project
 from tests.conftest import missing
 from tests.faults import collect, spawn, wait_for
@@ -335,3 +339,73 @@ def test_preflight_says_what_a_proxy_lacks_for_a_canary(tmp_path: Path, registry
     res = writer.agent("check", "--json")
     found = {p["code"]: p["message"] for p in json.loads(res.stdout)["problems"]}
     assert "cannot be a canary" in found.get("canary.single_writer", ""), found
+
+
+def _ask_with(url: str, cookie: str | None) -> tuple[str | None, str | None]:
+    """One GET on its own connection, as a browser would: sending `cookie` (name=value) if it
+    has one, keeping the sticky cookie it is given. The release that answered (None: the
+    request failed) and the client's cookie after it."""
+    from http.cookies import SimpleCookie
+
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname or "", where.port, timeout=5)
+    try:
+        conn.request("GET", where.path, headers={"Connection": "close", **({"Cookie": cookie} if cookie else {})})
+        resp = conn.getresponse()
+        doc = json.loads(resp.read() or b"null")
+        given = SimpleCookie(resp.getheader("Set-Cookie") or "").get(STICKY_COOKIE)
+        if given is not None:
+            cookie = f"{STICKY_COOKIE}={given.value}"
+        ok = resp.status == 200 and isinstance(doc, dict) and doc.get("status") == "healthy"
+        return (doc["version"] if ok else None), cookie
+    except (OSError, http.client.HTTPException, ValueError):
+        return None, cookie
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("proxy", ["traefik"], indirect=True)
+def test_a_sticky_canary_keeps_each_client_on_the_release_it_was_given(
+        proxy: TraefikProcess, canaried: parts.AgentRootDir) -> None:
+    """agent.canary.sticky: 40 clients that send back the cookie they were given each get
+    every answer from one release (some the canary's, some the stable's), while the load's
+    clients, which send none, are split by the weight. After the promotion everyone reaches the
+    new release, the cookies naming the old one included, with no failed request."""
+    root = canaried
+    _configure(root, sticky=True, steps=[{"weight": 30, "seconds": 600}])
+    api = f"{proxy.url}/cgi-bin/api"
+    with Load(api, rate=RATE, max_seconds=240) as load:
+        proc = spawn(root, "deploy", "v1.1.0")
+        shown = _wait_for_canary(root, proc)
+        assert shown["canary"]["weight"] == 30, shown["canary"]
+        began = time.monotonic() - load._t0
+        clients: list[tuple[str | None, list[str | None]]] = []
+        for _ in range(40):
+            version, cookie = _ask_with(api, None)
+            clients.append((cookie, [version]))
+        for _ in range(15):
+            for i, (cookie, seen) in enumerate(clients):
+                version, cookie = _ask_with(api, cookie)
+                seen.append(version)
+                clients[i] = (cookie, seen)
+        ended = time.monotonic() - load._t0
+        kept = [set(seen) for _, seen in clients]
+        assert all(len(k) == 1 for k in kept), kept  # sticky ignored: most clients see both
+        assert {v for k in kept for v in k} == {"v1.0.0", "v1.1.0"}, kept  # both cohorts
+        assert all(c and c.startswith(f"{STICKY_COOKIE}=") for c, _ in clients), clients
+        # The cookieless clients meanwhile: about 30 % of their answers from the canary.
+        split = [a.version for a in load.answers if began <= a.sent < ended and a.ok]
+        assert len(split) >= 100, load.summary()
+        assert 0.15 < split.count("v1.1.0") / len(split) < 0.45, (split.count("v1.1.0"), len(split))
+
+        asked = root.agent("canary", "promote")
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        done = collect(proc)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert running_versions(root.project) == {"v1.1.0"} and root.last_good() == "v1.1.0"
+        # The stable cohort's cookie names a release that is gone: it is not an error.
+        after = [_ask_with(api, cookie)[0] for cookie, _ in clients for _ in range(3)]
+        assert after == ["v1.1.0"] * len(after), after
+        load._stop.wait(0.5)
+    assert_no_failed_requests(load, proxy)
+    assert parts.history(root)[0]["canary"]["steps"][-1]["result"] == "promoted"

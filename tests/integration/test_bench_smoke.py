@@ -21,7 +21,7 @@ from tests.conftest import missing
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
+SCENARIOS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"]
 
 
 def numbers(value: object) -> list[float]:
@@ -36,6 +36,7 @@ def numbers(value: object) -> list[float]:
 
 TARGET = re.compile(r"^<= (?P<limit>[0-9.]+) ?(?P<unit>x|s|ms)?$")  # no unit: a count
 HELD = re.compile(r"^<= gap \+ (?P<slack>[0-9.]+) s$")
+SHARE = re.compile(r"^(?P<weight>[0-9]+) ± (?P<points>[0-9.]+) points over >= (?P<requests>[0-9]+) requests$")
 
 
 def expected_met(row: dict) -> bool | None:  # type: ignore[type-arg]
@@ -50,6 +51,10 @@ def expected_met(row: dict) -> bool | None:  # type: ignore[type-arg]
     m = HELD.match(target)
     if m:  # the longest request against the gap the proxy held (script column), which must exist
         return bool(row["script"]) and row["ours"] <= row["script"] + float(m["slack"])
+    m = SHARE.match(target)
+    if m:  # a canary's observed share, over the requests its note starts with
+        requests = int(row["note"].split()[0])
+        return abs(row["ours"] - int(m["weight"])) <= float(m["points"]) and requests >= int(m["requests"])
     if target == "0":  # behind a proxy: no failed request, and no failing release answered
         return row["ours"] == 0 and "FAILED RELEASE SERVED" not in row["note"]
     if target.startswith("<= 1.1x the raw floor"):  # the note says how far from the floor
@@ -94,6 +99,8 @@ def test_met_is_judged_from_the_target() -> None:
          "target": "<= 1", "met": True},
         {"unit": "s", "ours": 3.5, "script": 3.0, "swarm": None, "ratio": 3.5 / 3.0,
          "target": "<= gap + 1 s", "met": True},
+        {"unit": "%", "ours": 26.5, "script": None, "swarm": None, "ratio": None,
+         "target": "25 ± 3 points over >= 1000 requests", "met": True, "note": "1300 requests"},
     ]
     check_rows({"1": {"rows": good}})
     wrong = [
@@ -105,6 +112,8 @@ def test_met_is_judged_from_the_target() -> None:
         {**good[6], "ours": 2},               # two writers at once reported as met
         {**good[7], "ours": 4.5, "ratio": 1.5},  # held 1.5 s past the gap reported as met
         {**good[7], "script": 0, "ratio": None},  # no gap seen: nothing was held
+        {**good[8], "ours": 28.5},            # 3.5 points off the weight reported as met
+        {**good[8], "note": "999 requests"},  # too few requests for the share reported as met
     ]
     for bad in wrong:
         with pytest.raises(AssertionError):
@@ -172,6 +181,13 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path, docker_client) -> None:
     assert all(r["most_writers"] == 1 and r["holds_s"] for r in ten["runs"]), ten["runs"]
     assert all(r["archive_runs"] == r["archive_writers"] for r in ten["runs"]), ten["runs"]
     assert not [r for r in ten["rows"] if "FAILED RELEASE SERVED" in r["note"]], ten["rows"]
+    # The canary by weight (one proxy in --quick): the good one promoted, the failing one
+    # aborted by the agent's own measurement, both cleaned up.
+    eleven = scenarios["11"]
+    assert eleven["measured"], eleven.get("note")
+    [canary] = eleven["runs"]
+    assert (canary["good"]["exit_code"], canary["failing"]["exit_code"]) == (0, 20), canary
+    assert canary["failing"]["aborted_s"] is not None and canary["failing"]["canary_answers"] > 0, canary
     # The release of five images: the one-changed release built one and reused four.
     [one] = [r for r in scenarios["9"]["runs"] if r["kind"] == "one changed"]
     assert (one["built"], one["reused"]) == (1, 4), one
