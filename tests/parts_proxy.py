@@ -513,6 +513,28 @@ def traefik_holding(api_url: str, project: str) -> Holding:
     return holding
 
 
+# caddy 2.11 closes a connection without an answer on some of its config changes, which
+# Debian's 2.6 never did here (measured: 2-8 of 3,200 requests at 100/s over 60 plain
+# switches, none with 2.6; docs/canary.md): a few such closes are caddy's own, not the
+# agent's, and are allowed behind it; anything else fails.
+CADDY_OWN_CLOSES = 3
+
+
+def assert_no_failed_requests(load: Load, proxy: ProxyProcess | None = None,
+                              besides: str | None = None) -> None:
+    """No failed request but those the release `besides` answered with its errors (and,
+    behind the caddy on the host (`proxy`), at most CADDY_OWN_CLOSES connections it closed
+    itself). For caddy this needs net.ipv4.tcp_migrate_req=1 on the host
+    (host_migrates_queued_connections; README): without it caddy's own config change resets
+    about one connection in 30-40 changes at 100-200 requests/s."""
+    failed = [a for a in load.failed if besides is None or a.version != besides]
+    if isinstance(proxy, CaddyProcess):
+        closes = [a for a in failed if a.version is None and a.detail.startswith("RemoteDisconnected")]
+        if len(closes) <= CADDY_OWN_CLOSES:
+            failed = [a for a in failed if a not in closes]
+    assert not failed, load.summary()
+
+
 class WriterWatch:
     """Samples, every `interval` seconds, the running containers of one service of a compose
     project (docker's own list, the engine's truth), and whether the proxy holds (`holding`,

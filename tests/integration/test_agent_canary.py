@@ -31,6 +31,7 @@ from tests.parts_proxy import (
     NginxProcess,
     ProxyProcess,
     TraefikProcess,
+    assert_no_failed_requests,
     behind_a_proxy,
     caddy_binary,
     start_proxy,
@@ -97,24 +98,6 @@ def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str, env: dict[
         load._stop.wait(0.5)
     parts.no_traceback(res)
     return res.returncode, load, res.stdout + res.stderr
-
-
-# caddy 2.11 closes a connection without an answer on some of its config changes, which
-# Debian's 2.6 never did here (measured: 2-8 of 3,200 requests at 100/s over 60 plain
-# switches, none with 2.6; docs/canary.md): a few such closes are caddy's own, not the
-# agent's, and are allowed behind it; anything else fails.
-CADDY_OWN_CLOSES = 3
-
-
-def assert_no_failed_requests(load: Load, proxy: ProxyProcess, besides: str | None = None) -> None:
-    """No failed request but those the release `besides` answered with its errors (and, behind
-    caddy, at most CADDY_OWN_CLOSES connections it closed itself)."""
-    failed = [a for a in load.failed if besides is None or a.version != besides]
-    if isinstance(proxy, CaddyProcess):
-        closes = [a for a in failed if a.version is None and a.detail.startswith("RemoteDisconnected")]
-        if len(closes) <= CADDY_OWN_CLOSES:
-            failed = [a for a in failed if a not in closes]
-    assert not failed, load.summary()
 
 
 def running_versions(project: str) -> set[str | None]:

@@ -26,6 +26,7 @@ from tests.parts_proxy import (
     NginxProcess,
     ProxyProcess,
     TraefikProcess,
+    assert_no_failed_requests,
     behind_a_proxy,
     start_proxy,
     stop_answer_server,
@@ -101,13 +102,6 @@ def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str,
     return res.returncode, load, res.stdout + res.stderr
 
 
-def assert_no_failed_requests(load: Load, what: str = "") -> None:
-    """Zero, behind either proxy. For caddy this needs net.ipv4.tcp_migrate_req=1 on the host
-    (tests/parts_proxy.host_migrates_queued_connections; README): without it caddy's own
-    config change resets about one connection in 30-40 changes at 100-200 requests/s."""
-    assert not load.failed, f"{what} {load.summary()}"
-
-
 def running_versions(project: str) -> set[str | None]:
     return {parts_project.release_of(c) for c in parts_project.running(project, "observer")}
 
@@ -123,7 +117,7 @@ def test_proxy_cutover_zero_failed_requests(proxy: ProxyProcess,
     code, load, out = deploy_under_load(root, proxy.url, "deploy", "v1.1.0")
     assert code == 0, out
     assert len(load.answers) >= RATE * 2, load.summary()
-    assert_no_failed_requests(load)
+    assert_no_failed_requests(load, proxy)
     assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
     assert running_versions(root.project) == {"v1.1.0"}
     # status names where the proxy sends traffic and which release answers there.
@@ -146,7 +140,7 @@ def test_proxy_cutover_zero_failed_requests(proxy: ProxyProcess,
     # A manual rollback starts the previous release's containers first.
     code, load, out = deploy_under_load(root, proxy.url, "rollback")
     assert code == 0, out
-    assert_no_failed_requests(load)
+    assert_no_failed_requests(load, proxy)
     assert load.versions == {"v1.0.0", "v1.1.0"}, load.summary()
     assert running_versions(root.project) == {"v1.0.0"}
     assert root.last_good() == "v1.0.0"
@@ -284,7 +278,7 @@ def test_automatic_rollback_after_the_cutover_points_the_proxy_back(
         assert first.returncode == 0, first.stdout + first.stderr
         code, load, out = deploy_under_load(root, proxy.url, "deploy", "v3.0.0-scannercrash")
         assert code == 20, out
-        assert_no_failed_requests(load)  # cutover and back
+        assert_no_failed_requests(load, proxy)  # cutover and back
         # Step 1 passed its gate and served; the walk back put v1.0.0 behind the proxy again.
         assert load.versions == {"v1.0.0", "v3.0.0-scannercrash"}, load.summary()
         assert sorted(a.version for a in load.answers[-RATE // 4:]) == ["v1.0.0"] * (RATE // 4)
@@ -437,7 +431,7 @@ def test_kill_9_around_the_cutover_fails_no_request(proxy: CaddyProcess | Traefi
         again = root.agent("deploy", "v1.1.0", env=root.env(**watch))
         load._stop.wait(0.5)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert_no_failed_requests(load)
+    assert_no_failed_requests(load, proxy)
     assert running_versions(root.project) == {"v1.1.0"}
     assert len(parts_project.running(root.project, "observer")) == 1
     assert root.last_good() == "v1.1.0"
