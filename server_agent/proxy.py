@@ -72,8 +72,10 @@ class ProxyError(ObsError):
 
 
 class Proxy(Protocol):
-    def point_at(self, addresses: Sequence[str]) -> None:
-        """Send all traffic to `addresses` (host:port) in one change, or raise ProxyError."""
+    def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
+        """Send all traffic to `addresses` (host:port) in one change, or raise ProxyError.
+        `held`: the service is a single writer the proxy holds for, so the proxy is left in
+        the shape it holds in (a later hold then changes only what it points at)."""
 
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
         """Send `weight` percent of the requests to `canary` and the rest to `stable`, in one
@@ -330,10 +332,16 @@ class Caddy:
     def can_hold(self) -> bool:
         return self._hold is not None
 
-    def point_at(self, addresses: Sequence[str]) -> None:
+    def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
         config = self._request("GET", "/config/")
-        if self._hold is not None and len(addresses) == 1 and self._held_server_in(config):
+        if self._hold is not None and len(addresses) == 1 and (held or self._held_server_in(config)):
             self._write_dial(addresses[0])  # the requests held, if any, go there on their next try
+            if not self._held_server_in(config):
+                # A single writer's first release: the held server now, while nothing is held,
+                # so no hold changes caddy's config (each change closes a few of its client
+                # connections, tcp_migrate_req or not: up to 3 measured with caddy 2.11).
+                path, body = caddy_change(config, self.name, self._held_server())
+                self._request("POST", path, body)
             log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
             return
         self._put(config, self._maintained(caddy_server(self.name, self.listen, self.hosts, addresses,
@@ -525,7 +533,7 @@ class Nginx:
                              hint=f"check that your server block includes {file}") from None
         log.info("nginx maintenance %s (%s)", "on" if maintenance else "off", file)
 
-    def point_at(self, addresses: Sequence[str]) -> None:
+    def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
         self._write(nginx_upstreams(addresses))
         log.info("nginx upstream %s now lists %s", self.file, ", ".join(addresses))
 
@@ -786,7 +794,8 @@ class Traefik:
         # learns from the API where traefik's entrypoint listens (the hop).
         return self.api_url is not None
 
-    def point_at(self, addresses: Sequence[str]) -> None:
+    def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
+        # `held` changes nothing here: traefik's hold is a file change like any other.
         held = len(addresses) == 1 and self._held_router_in(self._read())
         doc = (traefik_released_dynamic if held else traefik_dynamic)(
             self.name, self.entrypoint, self.rule, addresses)
@@ -1061,12 +1070,12 @@ class ProxyCutover:
             out.append(a)
         return out
 
-    def point_at(self, containers: Sequence[ContainerInfo]) -> None:
+    def point_at(self, containers: Sequence[ContainerInfo], held: bool = False) -> None:
         addresses = self.addresses(containers)
         if not addresses:
             raise ProxyError(f"no running container of {self.service} to point the proxy at")
         self.last_split = None
-        self.driver.point_at(addresses)
+        self.driver.point_at(addresses, held)
 
     def split(self, stable: Sequence[ContainerInfo], canary: Sequence[ContainerInfo],
               weight: int) -> tuple[list[str], list[str]]:

@@ -148,7 +148,7 @@ class Rollout:
         if weight < 100 and sw.old:
             self.split(sw, weight)
         else:
-            self.proxy.point_at(self._fresh(sw.new))
+            self.proxy.point_at(self._fresh(sw.new), held=self.held(sw.step))
             sw.cut_over, sw.cut_over_at = True, time.monotonic()
         checkpoint("cut_over")
 
@@ -311,7 +311,7 @@ class Rollout:
             raise ObsError(f"{', '.join(c.name for c in sw.old)} did not become healthy again"
                            + ("; the proxy holds requests" if held else ""))
         if sw.old and (held or sw.cut_over):
-            self.proxy.point_at(self._fresh(sw.old))  # the held requests go to the old release
+            self.proxy.point_at(self._fresh(sw.old), held=held)  # the held requests go there
             sw.cut_over, sw.standing_by = False, []
 
     def _fresh(self, containers: Sequence[ContainerInfo]) -> list[ContainerInfo]:

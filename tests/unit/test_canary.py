@@ -343,7 +343,7 @@ def test_the_same_split_again_is_no_change_of_the_proxy() -> None:
         def split(self, stable: Any, canary: Any, weight: int) -> None:
             self.changes.append(("split", weight))
 
-        def point_at(self, addresses: Any) -> None:
+        def point_at(self, addresses: Any, held: bool = False) -> None:
             self.changes.append(("point_at", list(addresses)))
 
     class C:

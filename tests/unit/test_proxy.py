@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,6 +205,42 @@ def test_caddys_held_server_reads_its_dial_address_from_a_file_on_every_try() ->
     # While holding, every try fails to connect at once (and is retried): a unix socket
     # that cannot exist, a valid dial address for caddy.
     assert HOLD_DIAL.startswith("unix//nonexistent/")
+
+
+def test_a_single_writers_first_release_leaves_caddy_held_so_no_hold_changes_its_config(
+        tmp_path: Path) -> None:
+    """Every caddy config change closes a few client connections: a single writer's server
+    takes its held shape at its first release (nothing held yet), and holding or releasing
+    afterwards only rewrites the dial file."""
+    from server_agent.proxy import HOLD_DIAL, Caddy, CaddyHold
+
+    config: dict[str, Any] = {"apps": {"http": {"servers": {}}}}
+    posts: list[str] = []
+
+    def admin(method: str, path: str, body: Any = None) -> Any:
+        if method == "GET":
+            return json.loads(json.dumps(config))
+        posts.append(path)
+        *keys, last = path.removeprefix("/config/").split("/")
+        node = config
+        for key in keys:
+            node = node[key]
+        node[last] = body
+        return None
+
+    dial = tmp_path / "upstream"
+    caddy = Caddy("http://127.0.0.1:2019", "obsdeploy-p", [":80"], [], CaddyHold(dial, str(dial), 30))
+    caddy._request = admin  # type: ignore[method-assign]  # the admin API, faked
+    caddy.point_at(["127.0.0.1:32768"], held=True)
+    assert posts == ["/config/apps/http/servers/obsdeploy-p"]
+    assert caddy_upstreams(config["apps"]["http"]["servers"]["obsdeploy-p"]) == [f"{{file.{dial}}}"]
+    assert dial.read_text() == "127.0.0.1:32768\n"
+
+    caddy.hold()
+    assert dial.read_text() == HOLD_DIAL + "\n" and caddy.current() == []
+    caddy.point_at(["127.0.0.1:32769"], held=True)
+    assert dial.read_text() == "127.0.0.1:32769\n" and caddy.current() == ["127.0.0.1:32769"]
+    assert len(posts) == 1, posts
 
 
 def test_nginx_cannot_hold() -> None:
