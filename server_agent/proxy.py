@@ -336,12 +336,10 @@ class Caddy:
         config = self._request("GET", "/config/")
         if self._hold is not None and len(addresses) == 1 and (held or self._held_server_in(config)):
             self._write_dial(addresses[0])  # the requests held, if any, go there on their next try
-            if not self._held_server_in(config):
-                # A single writer's first release: the held server now, while nothing is held,
-                # so no hold changes caddy's config (each change closes a few of its client
-                # connections, tcp_migrate_req or not: up to 3 measured with caddy 2.11).
-                path, body = caddy_change(config, self.name, self._held_server())
-                self._request("POST", path, body)
+            # A single writer's first release: the held server now, while nothing is held, so
+            # no hold changes caddy's config (each change closes a few of its client
+            # connections, tcp_migrate_req or not: up to 3 measured with caddy 2.11).
+            self._keep_held_server(config)
             log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
             return
         self._put(config, self._maintained(caddy_server(self.name, self.listen, self.hosts, addresses,
@@ -351,11 +349,9 @@ class Caddy:
     def hold(self) -> None:
         assert self._hold is not None
         self._write_dial(HOLD_DIAL)
-        config = self._request("GET", "/config/")
-        if not self._held_server_in(config):
-            # Once: requests in flight finish on the old config, the old containers still run.
-            path, body = caddy_change(config, self.name, self._held_server())
-            self._request("POST", path, body)
+        # Once (a start-first service before): requests in flight finish on the old config,
+        # the old containers still run.
+        self._keep_held_server(self._request("GET", "/config/"))
         log.info("caddy server %s holds requests (up to %gs)", self.name, self._hold.seconds)
 
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
@@ -414,6 +410,12 @@ class Caddy:
         assert self._hold is not None
         return self._maintained(caddy_held_server(self.name, self.listen, self.hosts,
                                                   self._hold.seen_by_caddy, self._hold.seconds))
+
+    def _keep_held_server(self, config: Any) -> None:
+        """Put the held server into caddy's `config` unless it is there: one change."""
+        if not self._held_server_in(config):
+            path, body = caddy_change(config, self.name, self._held_server())
+            self._request("POST", path, body)
 
     def _held_server_in(self, config: Any) -> bool:
         servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
@@ -796,12 +798,12 @@ class Traefik:
 
     def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
         # `held` changes nothing here: traefik's hold is a file change like any other.
-        held = len(addresses) == 1 and self._held_router_in(self._read())
-        doc = (traefik_released_dynamic if held else traefik_dynamic)(
+        held_router = len(addresses) == 1 and self._held_router_in(self._read())
+        doc = (traefik_released_dynamic if held_router else traefik_dynamic)(
             self.name, self.entrypoint, self.rule, addresses)
         self._replace(doc)
         log.info("traefik service %s now routes to %s%s", self.name, ", ".join(addresses),
-                 " (held router)" if held else "")
+                 " (held router)" if held_router else "")
 
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
         split_weights(stable, canary, weight)  # the same refusals as the other kinds
