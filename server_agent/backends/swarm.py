@@ -411,6 +411,10 @@ class TaskObserver:
 
     def look(self) -> Look:
         try:
+            # The pauses before the tasks: a pause read after them could be one a task of the
+            # release caused after the read (it crashed in between), resumed as a lost node's.
+            # Read first, its cause is among the tasks, and judge_tasks fails the gate on it.
+            paused = self.swarm.paused(self.replicas)
             self.nodes = self.swarm.nodes()
             tasks = self.swarm.tasks(list(self.replicas))
         except EngineUnreachable:
@@ -418,7 +422,7 @@ class TaskObserver:
         judged = judge_tasks(tasks, self.replicas, self.tag, self.nodes, self.seen_before)
         if judged.kind == "fail":
             return Look(failure=judged.reason)
-        stuck = self._resume_paused(self.replicas, self.resumed)
+        stuck = self._resume_paused(paused, self.resumed)
         if stuck is None and judged.kind == "wait":
             stuck = self._unstick(tasks, self.nodes, self.stuck_since, self.resumed)
         if stuck is not None:
@@ -450,15 +454,12 @@ class TaskObserver:
     def close(self) -> None:
         pass
 
-    def _resume_paused(self, services: Collection[str], resumed: dict[str, int]) -> str | None:
+    def _resume_paused(self, paused: dict[str, str], resumed: dict[str, int]) -> str | None:
         """Swarm pauses an update (failure_action: pause) when a task ends early, which a
         node going down also causes. A failed task of the release has already failed the gate
-        (judge_tasks); any other pause is a lost node's, not the release's: the update is
-        resumed, up to RESUME_LIMIT times. Returns the reason to fail when it keeps pausing."""
-        try:
-            paused = self.swarm.paused(services)
-        except EngineUnreachable:
-            return None
+        (judge_tasks); any other pause (`paused`, read before the tasks) is a lost node's, not
+        the release's: the update is resumed, up to RESUME_LIMIT times. Returns the reason to
+        fail when it keeps pausing."""
         for name, message in paused.items():
             if resumed.get(name, 0) >= RESUME_LIMIT:
                 return f"Swarm paused the update of {name} {RESUME_LIMIT + 1} times: {message}"

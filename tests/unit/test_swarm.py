@@ -136,10 +136,43 @@ def test_a_paused_update_is_resumed_a_few_times_then_fails_the_gate(tmp_path: An
     gate = TaskObserver(swarm, {"observer": 1}, "v2", set(), contract=(), since=0)  # type: ignore[arg-type]
     resumed: dict[str, int] = {}
     for _ in range(RESUME_LIMIT):
-        assert gate._resume_paused(["observer"], resumed) is None
-    reason = gate._resume_paused(["observer"], resumed)
+        assert gate._resume_paused(swarm.paused(()), resumed) is None
+    reason = gate._resume_paused(swarm.paused(()), resumed)
     assert swarm.resumed == RESUME_LIMIT
     assert reason is not None and "paused the update of observer" in reason and "x1" in reason
+
+
+class CrashBetweenReads(PausingSwarm):
+    """The release's task crashes (and Swarm pauses the update for it) right after the
+    observer's first read of the tasks: the pause is there from then on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crashed = False
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        return NODES
+
+    def tasks(self, services: object) -> list[TaskInfo]:
+        before, self.crashed = self.crashed, True
+        return [task("a", "n1", "v2", "failed", "shutdown", "task: non-zero exit (1)", 1)] if before \
+            else [task("a", "n1", "v2", "starting")]
+
+    def paused(self, services: object) -> dict[str, str]:
+        return super().paused(services) if self.crashed else {}
+
+
+def test_a_pause_the_release_caused_between_two_reads_fails_the_gate_and_is_never_resumed() -> None:
+    """The pause is read before the tasks: when it is there, so is the task that caused it
+    (once the pause was read after them, a crash in between was resumed as a lost node's)."""
+    from server_agent.backends.swarm import TaskObserver
+
+    swarm = CrashBetweenReads()
+    gate = TaskObserver(swarm, {"observer": 1}, "v2", set(), contract=(), since=0)  # type: ignore[arg-type]
+    assert gate.look().failure is None
+    failure = gate.look().failure
+    assert failure is not None and "non-zero exit" in failure, failure
+    assert swarm.resumed == 0
 
 
 def test_stuck_tasks_are_those_that_can_never_report_their_shutdown() -> None:
