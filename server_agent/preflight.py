@@ -83,18 +83,17 @@ def _check_proxy(root: AgentRoot, report: PreflightReport) -> None:
     if advice:
         report.notes.append(f"proxy: {advice}")
     _check_canary(root, proxy.driver, report)
-    if report.plan is not None and report.plan.proxied is not None and not proxy.driver.can_hold \
-            and any(sv.single_writer for sv in report.plan.release_services
-                    if sv.name == report.plan.proxied):
-        fix = ("set agent.proxy.api_url (traefik holds them only when the agent can see it "
-               "take the hold)" if root.settings.proxy.kind == "traefik"
-               else "use agent.proxy.kind caddy or traefik")
+    cannot_hold = (proxy.driver.hold_problem() if report.plan is not None and report.plan.proxied
+                   and any(sv.single_writer for sv in report.plan.release_services
+                           if sv.name == report.plan.proxied) else None)
+    if cannot_hold:
+        assert report.plan is not None
         report.add("proxy.cannot_hold", (
             f"service {report.plan.proxied} is a single writer, so it is switched stop-first, "
-            f"and proxy kind {root.settings.proxy.kind} cannot hold the requests that arrive "
-            f"while it stops and its new container is gated (they would fail): {fix}, or label "
-            f"the service {SINGLE_WRITER_LABEL}: \"false\" if two of its containers may run at "
-            "once (then it is switched start-first)"))
+            "and the requests that arrive while it stops and its new container is gated must "
+            f"be held (they would fail): {cannot_hold}; or label the service "
+            f"{SINGLE_WRITER_LABEL}: \"false\" if two of its containers may run at once (then it "
+            "is switched start-first)"))
     problem = proxy.driver.problem()
     if problem is None:
         return

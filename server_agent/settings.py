@@ -343,9 +343,10 @@ class ProxySettings(BaseModel):  # SPEC §15
                           "(see the README's canary section). null: none.")
     version_command: list[str] | None = Field(
         None, min_length=1,
-        description="caddy: the command that prints caddy's version, which preflight reads when "
-                    "a canary needs caddy 2.8 or newer (e.g. [\"docker\", \"exec\", \"caddy\", "
-                    "\"caddy\", \"version\"]). null: `caddy version`.")
+        description="caddy: the command that prints caddy's version, which preflight reads for "
+                    "what needs caddy 2.8 or newer (a canary; holding a single writer's "
+                    "requests), e.g. [\"docker\", \"exec\", \"observer-caddy-1\", \"caddy\", "
+                    "\"version\"] when caddy runs in a container. null: `caddy version`.")
     drain_seconds: float | None = Field(
         None, ge=0, le=300,
         description="Seconds the old containers keep running after the proxy left them, for "

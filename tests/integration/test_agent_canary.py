@@ -310,9 +310,10 @@ def test_preflight_says_what_a_proxy_lacks_for_a_canary(tmp_path: Path, registry
         kind = "caddy" if isinstance(proxy, CaddyProcess) else "nginx"
         assert "cannot keep" in problems({"sticky": True})[f"canary.{kind}"]
     if isinstance(proxy, CaddyProcess):
-        # What Debian 12's caddy says of itself.
-        old = problems({"sticky": False}, version_command=["/bin/echo", "2.6.2"])
-        assert "caddy 2.6.2 has no weighted_round_robin" in old["canary.caddy"] and "2.8" in old["canary.caddy"], old
+        # Debian 12's own caddy, asked.
+        old = problems({"sticky": False}, version_command=["/usr/bin/caddy", "version"])
+        assert "caddy 2.6.2 cannot dial an address read from a file" in old["canary.caddy"] \
+            and "2.8" in old["canary.caddy"], old
         gone = problems({"sticky": False}, version_command=[str(tmp_path / "no-caddy"), "version"])
         assert "cannot read caddy's version" in gone["canary.caddy"], gone
     else:

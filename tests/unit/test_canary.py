@@ -27,6 +27,7 @@ from server_agent.proxy import (
     ProxyError,
     caddy_change,
     caddy_server,
+    caddy_slotted_server,
     caddy_version,
     nginx_upstreams,
     parse_nginx_upstreams,
@@ -88,13 +89,13 @@ def test_split_weights_give_the_canary_its_share_over_any_number_of_containers()
             split_weights(*bad)  # type: ignore[arg-type]
 
 
-def test_caddy_weighted_round_robin_and_its_access_log() -> None:
-    server = caddy_server("obsdeploy-o", [":80"], [], ["s:1", "c:1"], [95, 5], access_log=True)
+def test_caddy_slotted_server_and_its_access_log() -> None:
+    server = caddy_slotted_server("obsdeploy-o", [":80"], [], ["/p/canary-00", "/p/canary-01"], access_log=True)
     handle = server["routes"][0]["handle"]
     assert handle[0] == {"handler": "log_append", "key": "upstream",
                          "value": "{http.reverse_proxy.upstream.hostport}"}
-    assert handle[1]["load_balancing"] == {"selection_policy": {"policy": "weighted_round_robin",
-                                                                "weights": [95, 5]}}
+    assert handle[1]["upstreams"] == [{"dial": "{file./p/canary-00}"}, {"dial": "{file./p/canary-01}"}]
+    assert handle[1]["load_balancing"] == {"selection_policy": {"policy": "round_robin"}}
     assert server["logs"] == {"default_logger_name": "obsdeploy_o"}
     plain = caddy_server("obsdeploy-o", [":80"], [], ["s:1"])
     assert "logs" not in plain and "load_balancing" not in plain["routes"][0]["handle"][0]
@@ -103,6 +104,57 @@ def test_caddy_weighted_round_robin_and_its_access_log() -> None:
         ("/config/logging", {"logs": {"obsdeploy_o": {"x": 1}}})
     assert caddy_change({"logging": {"logs": {"default": {}}}}, "obsdeploy_o", {"x": 1}, ["logging", "logs"]) == \
         ("/config/logging/logs/obsdeploy_o", {"x": 1})
+
+
+def test_slot_addresses_give_the_canary_its_share_and_a_rising_weight_only_adds_slots() -> None:
+    from server_agent.proxy import CANARY_SLOTS, canary_slot_order, slot_addresses
+
+    assert sorted(canary_slot_order()) == list(range(CANARY_SLOTS))
+    five = slot_addresses(["s:1"], ["c:1"], 5)
+    assert five.count("c:1") == 5 and five.count("s:1") == 95
+    spots = sorted(i for i, a in enumerate(five) if a == "c:1")
+    assert max(b - a for a, b in zip(spots, spots[1:], strict=False)) <= 30, spots  # spread, not bunched
+    quarter = slot_addresses(["s:1"], ["c:1"], 25)
+    assert {i for i, a in enumerate(five) if a == "c:1"} <= {i for i, a in enumerate(quarter) if a == "c:1"}
+    two = slot_addresses(["s:1", "s:2"], ["c:1", "c:2"], 50)
+    assert {a: two.count(a) for a in set(two)} == {"s:1": 25, "s:2": 25, "c:1": 25, "c:2": 25}
+    assert set(slot_addresses(["s:1"], [], 0)) == {"s:1"}
+    assert set(slot_addresses([], ["c:1"], 100)) == {"c:1"}
+    with pytest.raises(ProxyError):
+        slot_addresses(["s:1"], [], 5)
+
+
+def test_a_canary_through_caddy_changes_its_config_once_and_then_only_slot_files(tmp_path: Path) -> None:
+    """Every caddy config change closes a few client connections: with a canary configured,
+    the first release puts the slotted server, and every later switch, split, promotion
+    or abort only rewrites slot files (those whose address moves)."""
+    from server_agent.proxy import Caddy, CaddyHold
+    from tests.unit.fakes import CaddyAdmin
+
+    admin = CaddyAdmin()
+    posts = admin.posts
+
+    hold = CaddyHold(tmp_path / "upstream", str(tmp_path / "upstream"), 30)
+    caddy = Caddy("http://127.0.0.1:2019", "obsdeploy-p", [":80"], [], hold, canary=True)
+    caddy._request = admin  # type: ignore[method-assign]  # the admin API, faked
+    caddy.point_at(["s:1"])
+    assert posts == ["/config/apps/http/servers/obsdeploy-p"]
+    assert caddy.current() == ["s:1"]
+    caddy.point_at(["s:2"])
+    mtimes = {f: f.stat().st_mtime_ns for f in hold.slot_files()}
+    caddy.split(["s:2"], ["c:1"], 5)
+    moved = [f for f in hold.slot_files() if f.stat().st_mtime_ns != mtimes[f]]
+    assert len(moved) == 5 and all(f.read_text() == "c:1\n" for f in moved)
+    assert caddy.current() == list(dict.fromkeys(f.read_text().strip() for f in hold.slot_files()))
+    caddy.split(["s:2"], ["c:1"], 25)
+    caddy.point_at(["c:1"])  # the promotion
+    assert caddy.current() == ["c:1"]
+    assert len(posts) == 1, posts
+    # Without a canary configured, a server already slotted stays so.
+    plain = Caddy("http://127.0.0.1:2019", "obsdeploy-p", [":80"], [], hold)
+    plain._request = admin  # type: ignore[method-assign]
+    plain.point_at(["c:2"])
+    assert plain.current() == ["c:2"] and len(posts) == 1, posts
 
 
 def test_caddy_version_is_read_from_its_own_words() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -213,21 +212,10 @@ def test_a_single_writers_first_release_leaves_caddy_held_so_no_hold_changes_its
     takes its held shape at its first release (nothing held yet), and holding or releasing
     afterwards only rewrites the dial file."""
     from server_agent.proxy import HOLD_DIAL, Caddy, CaddyHold
+    from tests.unit.fakes import CaddyAdmin
 
-    config: dict[str, Any] = {"apps": {"http": {"servers": {}}}}
-    posts: list[str] = []
-
-    def admin(method: str, path: str, body: Any = None) -> Any:
-        if method == "GET":
-            return json.loads(json.dumps(config))
-        posts.append(path)
-        *keys, last = path.removeprefix("/config/").split("/")
-        node = config
-        for key in keys:
-            node = node[key]
-        node[last] = body
-        return None
-
+    admin = CaddyAdmin()
+    config, posts = admin.config, admin.posts
     dial = tmp_path / "upstream"
     caddy = Caddy("http://127.0.0.1:2019", "obsdeploy-p", [":80"], [], CaddyHold(dial, str(dial), 30))
     caddy._request = admin  # type: ignore[method-assign]  # the admin API, faked
