@@ -47,9 +47,9 @@ from .common.errors import ObsError
 from .common.redact import REDACTOR
 from .engine import ContainerInfo
 from .maintenance import Maintenance
-from .maintenance_answer import AnswerError, AnswerServer
 
 if TYPE_CHECKING:
+    from .maintenance_answer import AnswerServer
     from .root import AgentRoot
     from .settings import ProxySettings
 
@@ -1146,6 +1146,8 @@ class Traefik:
         log.info("traefik maintenance %s", "on" if maintenance else "off")
 
     def _answer_url(self) -> str:
+        from .maintenance_answer import AnswerError  # traefik's alone (http.server, 6 ms)
+
         assert self.answer is not None and self.maintenance is not None
         self.answer.write(self.maintenance)
         try:
@@ -1246,6 +1248,8 @@ def proxy_for(root: AgentRoot) -> ProxyCutover | None:
                        maintenance=maintenance.read(root.state_dir), access_log=s.access_log,
                        version_command=s.version_command, canary=root.settings.canary is not None)
     elif s.kind == "traefik":
+        from .maintenance_answer import AnswerServer
+
         assert s.dynamic_file is not None
         driver = Traefik(Path(s.dynamic_file), name, s.entrypoint, s.rule, s.api_url,
                          hold_seconds=s.hold_seconds, sticky=sticky,
