@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests import parts
-from tests.parts_proxy import Load, behind_a_proxy, caddy_binary, start_proxy, wait_serving
+from tests.parts_proxy import Load, behind_a_proxy, caddy_binary, proxy_serves, start_proxy
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -144,9 +144,7 @@ def measure(bench: Bench, kind: str, step_seconds: float,
     first = root.agent("deploy", "v1.0.0")
     if first.returncode != 0:
         raise RuntimeError(f"{kind}: the first deploy failed:\n{first.stdout}{first.stderr}")
-    # nginx's old workers (the placeholder upstream before the first deploy) may still
-    # answer for a moment after the reload: measured from when only v1.0.0 answers.
-    wait_serving(f"{proxy.url}/health")
+    proxy_serves(proxy)  # measured from when only v1.0.0 answers (nginx's old workers)
 
     code, load, watcher, out, _ = deploy_watched(root, proxy.url, "v1.1.0")
     runs["good"] = {"exit_code": code, "requests": len(load.answers), "failed": len(load.failed),

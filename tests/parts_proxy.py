@@ -295,26 +295,20 @@ def stop_answer_server(root: Path) -> None:
         pass
 
 
-def wait_serving(url: str, timeout: float = 15.0, steady: float = 1.0) -> None:
-    """Until `url` has answered 200 to every request for `steady` seconds. nginx's
-    `-s reload` only signals the master: the first deploy's upstream takes effect as new
-    workers start and the old ones (which still proxy to the placeholder) stop accepting, a
-    moment after the agent is done; a load started at once counts their 502s as failures."""
-    import urllib.error
-    import urllib.request
+def proxy_serves(proxy: ProxyProcess, version: str = "v1.0.0") -> None:
+    """Until the proxy answers /health with `version` alone, after the first deploy: `nginx
+    -s reload` returns once it signalled the master, and for a moment nginx's old worker
+    still proxies to the upstream file's placeholder, which nothing serves (later switches
+    leave the old containers draining meanwhile, so no request fails then); a load started
+    at once would count its 502s as failures."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-    deadline = time.monotonic() + timeout
-    since: float | None = None
-    while since is None or time.monotonic() - since < steady:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (the test's proxy)
-                ok = resp.status == 200
-        except (OSError, urllib.error.URLError):
-            ok = False
-        since = (since or time.monotonic()) if ok else None
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer 200 steadily within {timeout:g}s")
-        time.sleep(0.02)
+    for attempt in Retrying(stop=stop_after_delay(10), wait=wait_fixed(0.05), reraise=True,
+                            retry=retry_if_exception_type((OSError, AssertionError))):
+        with attempt, urllib.request.urlopen(f"{proxy.url}/health", timeout=5) as resp:  # noqa: S310 (the test's proxy)
+            assert json.load(resp).get("version") == version
+    if isinstance(proxy, NginxProcess):
+        proxy.wait_one_worker()
 
 
 def behind_a_proxy(compose: Path, port: int, *, single_writer: bool) -> None:

@@ -34,9 +34,9 @@ from tests.parts_proxy import (
     assert_no_failed_requests,
     behind_a_proxy,
     caddy_binary,
+    proxy_serves,
     start_proxy,
     traefik_binary,
-    wait_serving,
 )
 
 RATE = 100
@@ -83,7 +83,7 @@ def canaried(tmp_path: Path, registry: parts.Registry, images: dict[str, str],
     try:
         first = root.agent("deploy", "v1.0.0")
         assert first.returncode == 0, first.stdout + first.stderr
-        wait_serving(f"{proxy.url}/health")  # nginx's old workers: the placeholder, a moment
+        proxy_serves(proxy)
         assert "canary" not in (parts.history(root)[0].get("canary") or {}), parts.history(root)[0]
         yield root
     finally:

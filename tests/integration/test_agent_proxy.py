@@ -28,6 +28,7 @@ from tests.parts_proxy import (
     TraefikProcess,
     assert_no_failed_requests,
     behind_a_proxy,
+    proxy_serves,
     start_proxy,
     stop_answer_server,
     traefik_binary,
@@ -69,27 +70,10 @@ def behind_proxy(tmp_path: Path, registry: parts.Registry, images: dict[str, str
     try:
         first = root.agent("deploy", "v1.0.0")
         assert first.returncode == 0, first.stdout + first.stderr
-        serving(proxy, "v1.0.0")
+        proxy_serves(proxy)
         yield root
     finally:
         root.down()
-
-
-def serving(proxy: ProxyProcess, version: str) -> None:
-    """Until the proxy answers with `version` alone. `nginx -s reload` returns once it
-    signalled the master: for a moment nginx's old worker still proxies to the upstream
-    file's placeholder, which nothing serves before the first deploy (later switches leave
-    the old containers draining meanwhile, so no request fails then)."""
-    import urllib.request
-
-    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
-    for attempt in Retrying(stop=stop_after_delay(10), wait=wait_fixed(0.05), reraise=True,
-                            retry=retry_if_exception_type((OSError, AssertionError))):
-        with attempt, urllib.request.urlopen(f"{proxy.url}/health", timeout=5) as resp:
-            assert json.load(resp).get("version") == version
-    if isinstance(proxy, NginxProcess):
-        proxy.wait_one_worker()
 
 
 def deploy_under_load(root: parts.AgentRootDir, url: str, *args: str,
