@@ -200,7 +200,7 @@ def test_caddys_held_server_reads_its_dial_address_from_a_file_on_every_try() ->
     server = caddy_held_server("obsdeploy-p", [":80"], [], "/srv/proxy/upstream", 30)
     [handler] = server["routes"][0]["handle"]
     assert handler["upstreams"] == [{"dial": "{file./srv/proxy/upstream}", "max_requests": 8}]
-    assert handler["load_balancing"] == {"try_duration": "30s", "try_interval": "50ms"}
+    assert handler["load_balancing"] == {"try_duration": "30s", "try_interval": "100ms"}
     # While holding, every try fails to connect at once (and is retried): a unix socket
     # that cannot exist, a valid dial address for caddy.
     assert HOLD_DIAL.startswith("unix//nonexistent/")
