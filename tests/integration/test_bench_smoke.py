@@ -76,7 +76,12 @@ def check_rows(scenarios: dict) -> None:  # type: ignore[type-arg]
                 for x in numbers(row[col]):
                     assert math.isfinite(x) and 0 <= x < bound, (sid, row)
             if row["ratio"] is not None and isinstance(row["script"], int | float) and row["script"]:
-                assert row["ratio"] == pytest.approx(row["ours"] / row["script"], rel=0.01, abs=1e-3), (sid, row)
+                # The report rounds to 4 decimals (bench.run): a 1.6 ms script value is up to
+                # 3 % off, so the ratio is checked within what that rounding allows.
+                half = 0.5e-4
+                low = max(row["ours"] - half, 0) / (row["script"] + half)
+                high = (row["ours"] + half) / max(row["script"] - half, 1e-9)
+                assert low * 0.99 - 1e-3 <= row["ratio"] <= high * 1.01 + 1e-3, (sid, row)
             assert row["met"] is expected_met(row), (sid, row)
 
 
