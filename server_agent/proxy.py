@@ -161,6 +161,7 @@ CADDY_FILES = (2, 8)
 # closes a few of caddy's client connections (2-8 in 3,200 requests over 60 changes, caddy
 # 2.11, tcp_migrate_req on).
 CANARY_SLOTS = 100
+CANARY_SLOT_NAMES = [f"canary-{i:02d}" for i in range(CANARY_SLOTS)]
 # The access-log field the agent adds in its server: the upstream that answered.
 CADDY_UPSTREAM_FIELD = "upstream"
 
@@ -234,24 +235,23 @@ def caddy_slotted_server(name: str, listen: Sequence[str], hosts: Sequence[str],
     return server
 
 
-def canary_slot_order(slots: int = CANARY_SLOTS) -> list[int]:
+def canary_slot_order() -> list[int]:
     """The order in which slots go to the canary as its weight rises: a rising weight only
     adds slots (so a step rewrites only the slots it moves), and any first N are spread over
     the round (i * 37 mod 100 steps evenly through 0-99: 37 is prime to 100)."""
-    return [(i * 37) % slots for i in range(slots)] if slots == CANARY_SLOTS else list(range(slots))
+    return [(i * 37) % CANARY_SLOTS for i in range(CANARY_SLOTS)]
 
 
-def slot_addresses(stable: Sequence[str], canary: Sequence[str], weight: int,
-                   slots: int = CANARY_SLOTS) -> list[str]:
-    """The address each slot names: `weight` of every `slots` requests reach `canary`, the
-    rest `stable` (0: stable alone, 100: canary alone), each release's share spread evenly
-    over its containers."""
-    to_canary = weight * slots // 100
-    if not 0 <= weight <= 100 or (to_canary and not canary) or (to_canary < slots and not stable):
+def slot_addresses(stable: Sequence[str], canary: Sequence[str], weight: int) -> list[str]:
+    """The address each slot names: `weight` of every CANARY_SLOTS (100) requests reach
+    `canary`, the rest `stable` (0: stable alone, 100: canary alone), each release's share
+    spread evenly over its containers."""
+    to_canary = weight * CANARY_SLOTS // 100
+    if not 0 <= weight <= 100 or (to_canary and not canary) or (to_canary < CANARY_SLOTS and not stable):
         raise ProxyError(f"a split needs the releases it sends requests to (got {weight} % over "
                          f"{len(stable)} stable and {len(canary)} canary address(es))")
-    out = [""] * slots
-    for n, slot in enumerate(canary_slot_order(slots)):
+    out = [""] * CANARY_SLOTS
+    for n, slot in enumerate(canary_slot_order()):
         out[slot] = canary[n % len(canary)] if n < to_canary else stable[(n - to_canary) % len(stable)]
     return out
 
@@ -330,11 +330,11 @@ class CaddyHold:
     seconds: float
 
     def slot_files(self) -> list[Path]:
-        return [self.file.with_name(f"canary-{i:02d}") for i in range(CANARY_SLOTS)]
+        return [self.file.with_name(n) for n in CANARY_SLOT_NAMES]
 
     def slot_files_seen_by_caddy(self) -> list[str]:
         head = self.seen_by_caddy.rpartition("/")[0]
-        return [f"{head}/canary-{i:02d}" for i in range(CANARY_SLOTS)]
+        return [f"{head}/{n}" for n in CANARY_SLOT_NAMES]
 
 
 def _http(base_url: str, method: str, path: str, body: Any = None) -> tuple[int, str]:
@@ -470,9 +470,7 @@ class Caddy:
             path, body = caddy_change(config, caddy_logger(self.name), logger, ["logging", "logs"])
             self._request("POST", path, body)
             config = self._request("GET", "/config/")
-        if not self._in(config, server):
-            path, body = caddy_change(config, self.name, server)
-            self._request("POST", path, body)
+        self._keep(config, server)
 
     def canary_problem(self, sticky: bool) -> str | None:
         if sticky:
@@ -524,9 +522,12 @@ class Caddy:
                                                   self._hold.seen_by_caddy, self._hold.seconds))
 
     def _keep_held_server(self, config: Any) -> None:
-        """Put the held server into caddy's `config` unless it is there: one change."""
-        if not self._held_server_in(config):
-            path, body = caddy_change(config, self.name, self._held_server())
+        self._keep(config, self._held_server())
+
+    def _keep(self, config: Any, server: dict[str, Any]) -> None:
+        """Put `server` into caddy's `config` unless it is there: at most one change."""
+        if not self._in(config, server):
+            path, body = caddy_change(config, self.name, server)
             self._request("POST", path, body)
 
     def _held_server_in(self, config: Any) -> bool:
